@@ -1,0 +1,1 @@
+//! Domain types: the model catalog and the validated request. No I/O lives here.

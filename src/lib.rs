@@ -1,0 +1,15 @@
+//! vidgate: a durable gateway in front of the Turing `/videos` API (Veo and Seedance models).
+//!
+//! Module map (one room each; see `../shared/design/ARCHITECTURE.md`):
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
+//! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
+//! | [`upstream::sim`] | a faithful simulator of the upstream for tests, benchmarks and the no-key demo |
+//!
+//! Rules of the upstream contract are cited by their numbers from `CONTRACT.md` (V1-V5, S1-S10,
+//! U1-U4) in code and test names.
+
+pub mod domain;
+pub mod upstream;

@@ -1,0 +1,3 @@
+//! A simulator of the upstream `/videos` API.
+
+pub mod mp4gen;
