@@ -6,10 +6,12 @@
 //! |---|---|
 //! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
+//! | [`pb`] | the generated `vidgate.v1` protobuf types and service (from `proto/`) |
 //! | [`upstream::sim`] | a faithful simulator of the upstream for tests, benchmarks and the no-key demo |
 //!
 //! Rules of the upstream contract are cited by their numbers from `CONTRACT.md` (V1-V5, S1-S10,
 //! U1-U4) in code and test names.
 
 pub mod domain;
+pub mod pb;
 pub mod upstream;
