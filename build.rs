@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Chunks and images as `bytes::Bytes`: no copy per chunk.
         .bytes(".")
+        // Maps as BTreeMap: deterministic encoding, so a request's fingerprint is stable.
+        .btree_map(".")
         // Well-known types from pbjson-types, so Timestamp has the canonical JSON mapping.
         // (prost only lets the mapping be replaced when it does not add its own default.)
         .compile_well_known_types(true)
@@ -27,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         // pbjson maps `.google.protobuf` to `::pbjson_types` by itself.
         .register_descriptors(&descriptor_set)?
+        .btree_map(["."])
         .build(&[".vidgate"])?;
     Ok(())
 }

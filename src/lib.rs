@@ -6,12 +6,20 @@
 //! |---|---|
 //! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
+//! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
+//! | [`job`] | the durable job record, its statuses, phases and failure reasons |
+//! | [`store`] | jobs, idempotency keys and the event log behind [`store::JobStore`]; SQLite embedded |
 //! | [`pb`] | the generated `vidgate.v1` protobuf types and service (from `proto/`) |
+//! | [`media`] | probing MP4 files (duration, size, tracks) to check downloaded videos; `mp4parse` underneath |
 //! | [`upstream::sim`] | a faithful simulator of the upstream for tests, benchmarks and the no-key demo |
 //!
 //! Rules of the upstream contract are cited by their numbers from `CONTRACT.md` (V1-V5, S1-S10,
 //! U1-U4) in code and test names.
 
+pub mod blob;
 pub mod domain;
+pub mod job;
+pub mod media;
 pub mod pb;
+pub mod store;
 pub mod upstream;

@@ -1,0 +1,293 @@
+//! Finished videos and last frames: put once, read any range as a stream, many times.
+//!
+//! Backed by `object_store` (a local directory by default; S3/GCS/Azure are the same trait).
+//! Downloads are written to a partial file under the store's root first and renamed into
+//! place once verified, so a reader never sees half a video.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Where partial downloads live, inside the store's root.
+const PARTIAL_DIR: &str = "partial";
+
+/// Blob store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// No such blob.
+    #[error("blob {0} does not exist")]
+    NotFound(String),
+    /// The range starts past the end.
+    #[error("offset {offset} is past the end of blob {key} ({size} bytes)")]
+    OutOfRange {
+        /// The blob.
+        key: String,
+        /// Asked-for start.
+        offset: u64,
+        /// The blob's size.
+        size: u64,
+    },
+    /// Storage failed.
+    #[error("blob storage failed on {op} of {key}: {detail}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The blob.
+        key: String,
+        /// The underlying error.
+        detail: String,
+    },
+}
+
+/// Videos and images by key (`videos/<job id>.mp4`).
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    root: PathBuf,
+}
+
+impl BlobStore {
+    /// A blob store in a local directory (created if missing).
+    pub fn local(root: impl AsRef<Path>) -> Result<Self, BlobError> {
+        let root = root.as_ref().to_path_buf();
+        let io = |detail: std::io::Error| BlobError::Io {
+            op: "create directory",
+            key: root.display().to_string(),
+            detail: detail.to_string(),
+        };
+        std::fs::create_dir_all(root.join(PARTIAL_DIR)).map_err(io)?;
+        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| BlobError::Io {
+            op: "open",
+            key: root.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+            root,
+        })
+    }
+
+    /// The local file a partial download of `name` is written to.
+    pub fn partial_path(&self, name: &str) -> PathBuf {
+        self.root.join(PARTIAL_DIR).join(name)
+    }
+
+    /// Moves a finished partial file into place under `key` (atomic on a local directory).
+    pub async fn commit_partial(&self, name: &str, key: &str) -> Result<(), BlobError> {
+        let from = ObjectPath::from(format!("{PARTIAL_DIR}/{name}"));
+        self.store
+            .rename(&from, &ObjectPath::from(key))
+            .await
+            .map_err(|e| map_err("commit", key, e))
+    }
+
+    /// The size of a blob.
+    pub async fn size(&self, key: &str) -> Result<u64, BlobError> {
+        let meta = self
+            .store
+            .head(&ObjectPath::from(key))
+            .await
+            .map_err(|e| map_err("head", key, e))?;
+        Ok(meta.size)
+    }
+
+    /// Deletes a blob; a missing one is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err("delete", key, e)),
+        }
+    }
+
+    /// Bytes `[range.start, range.end)` of a blob (`end` clamped to its size) in chunks of
+    /// `chunk` bytes (the last may be shorter). Each reader has its own file handle, so a
+    /// thousand readers of one video share the page cache, not a thousand copies.
+    pub async fn read_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        chunk: usize,
+    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+        let size = self.size(key).await?;
+        if range.start > size || (range.start == size && size > 0) {
+            return Err(BlobError::OutOfRange {
+                key: key.to_owned(),
+                offset: range.start,
+                size,
+            });
+        }
+        let end = range.end.min(size);
+        if range.start >= end {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let options = GetOptions::new().with_range(Some(range.start..end));
+        let result = self
+            .store
+            .get_opts(&ObjectPath::from(key), options)
+            .await
+            .map_err(|e| map_err("read", key, e))?;
+        let key_owned = key.to_owned();
+        let chunk = chunk.max(1);
+        match result.payload {
+            // object_store's own file stream reads 8 KiB per blocking call; read the file
+            // ourselves in chunk-sized reads instead.
+            GetResultPayload::File(file, _path) => {
+                let mut file = tokio::fs::File::from_std(file);
+                file.seek(std::io::SeekFrom::Start(range.start))
+                    .await
+                    .map_err(|e| BlobError::Io {
+                        op: "seek",
+                        key: key_owned.clone(),
+                        detail: e.to_string(),
+                    })?;
+                Ok(file_chunks(file, end - range.start, chunk, key_owned))
+            }
+            GetResultPayload::Stream(stream) => Ok(rechunk(
+                stream
+                    .map(move |r| r.map_err(|e| map_err("read", &key_owned, e)))
+                    .boxed(),
+                chunk,
+            )),
+        }
+    }
+}
+
+fn file_chunks(
+    file: tokio::fs::File,
+    len: u64,
+    chunk: usize,
+    key: String,
+) -> BoxStream<'static, Result<Bytes, BlobError>> {
+    futures::stream::try_unfold((file, len), move |(mut file, remaining)| {
+        let key = key.clone();
+        async move {
+            if remaining == 0 {
+                return Ok(None);
+            }
+            let want = remaining.min(chunk as u64) as usize;
+            let mut buf = BytesMut::with_capacity(want);
+            while buf.len() < want {
+                let n = (&mut file)
+                    .take((want - buf.len()) as u64)
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| BlobError::Io {
+                        op: "read",
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    })?;
+                if n == 0 {
+                    return Err(BlobError::Io {
+                        op: "read",
+                        key: key.clone(),
+                        detail: "file ended before its recorded size".into(),
+                    });
+                }
+            }
+            let got = buf.len() as u64;
+            Ok(Some((buf.freeze(), (file, remaining - got))))
+        }
+    })
+    .boxed()
+}
+
+fn rechunk(
+    stream: BoxStream<'static, Result<Bytes, BlobError>>,
+    chunk: usize,
+) -> BoxStream<'static, Result<Bytes, BlobError>> {
+    futures::stream::try_unfold(
+        (stream, BytesMut::new(), false),
+        move |(mut stream, mut buf, mut done)| async move {
+            while !done && buf.len() < chunk {
+                match stream.next().await {
+                    Some(item) => buf.extend_from_slice(&item?),
+                    None => done = true,
+                }
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let take = buf.len().min(chunk);
+            let out = buf.split_to(take).freeze();
+            Ok(Some((out, (stream, buf, done))))
+        },
+    )
+    .boxed()
+}
+
+fn map_err(op: &'static str, key: &str, e: object_store::Error) -> BlobError {
+    match e {
+        object_store::Error::NotFound { .. } => BlobError::NotFound(key.to_owned()),
+        other => BlobError::Io {
+            op,
+            key: key.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with(name: &str, data: &[u8]) -> (BlobStore, PathBuf) {
+        let root = std::env::temp_dir().join(format!("vidgate-blob-{}", uuid::Uuid::now_v7()));
+        let blobs = BlobStore::local(&root).unwrap();
+        tokio::fs::write(blobs.partial_path(name), data).await.unwrap();
+        blobs.commit_partial(name, "videos/a.mp4").await.unwrap();
+        (blobs, root)
+    }
+
+    async fn collect(s: BoxStream<'static, Result<Bytes, BlobError>>) -> Vec<Bytes> {
+        s.map(|r| r.unwrap()).collect().await
+    }
+
+    #[tokio::test]
+    async fn ranges_come_back_exactly_in_chunks_of_the_asked_size() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (blobs, root) = store_with("a.part", &data).await;
+        assert_eq!(blobs.size("videos/a.mp4").await.unwrap(), 100_000);
+        for (range, chunk) in [(0..100_000, 65_536), (10..99_999, 4096), (99_000..200_000, 333)] {
+            let chunks = collect(blobs.read_range("videos/a.mp4", range.clone(), chunk).await.unwrap()).await;
+            let end = range.end.min(100_000) as usize;
+            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert!(joined == data[range.start as usize..end], "range {range:?} differs");
+            assert!(chunks.iter().all(|c| c.len() <= chunk));
+            assert!(chunks[..chunks.len() - 1].iter().all(|c| c.len() == chunk));
+        }
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[tokio::test]
+    async fn offset_past_the_end_is_out_of_range_and_missing_blob_is_not_found() {
+        let (blobs, root) = store_with("b.part", b"hello").await;
+        assert!(matches!(
+            blobs.read_range("videos/a.mp4", 6..10, 10).await,
+            Err(BlobError::OutOfRange { size: 5, .. })
+        ));
+        assert!(matches!(
+            blobs.read_range("videos/none.mp4", 0..10, 10).await,
+            Err(BlobError::NotFound(_))
+        ));
+        blobs.delete("videos/a.mp4").await.unwrap();
+        blobs.delete("videos/a.mp4").await.unwrap();
+        assert!(matches!(blobs.size("videos/a.mp4").await, Err(BlobError::NotFound(_))));
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[tokio::test]
+    async fn rechunk_joins_small_pieces_into_full_chunks() {
+        let pieces: Vec<Result<Bytes, BlobError>> =
+            (0..10).map(|i| Ok(Bytes::from(vec![i as u8; 3]))).collect();
+        let out = collect(rechunk(futures::stream::iter(pieces).boxed(), 7)).await;
+        let sizes: Vec<usize> = out.iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![7, 7, 7, 7, 2]);
+    }
+}

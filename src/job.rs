@@ -1,0 +1,277 @@
+//! A video job as vidgate keeps it: the durable record the store persists, the dispatcher
+//! advances and the API turns into a `Video`. No I/O here.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The public status of a job (`vidgate.v1.VideoStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted by vidgate, or queued upstream.
+    Queued,
+    /// Upstream is generating.
+    Processing,
+    /// The video is stored and can be downloaded.
+    Completed,
+    /// Ended without a video; `Job::error` says why.
+    Failed,
+    /// Cancelled by the caller.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Whether the job will never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Lower-case name, as in AMQP routing keys (`acme.video.completed`) and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads [`JobStatus::as_str`] back.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "queued" => Self::Queued,
+            "processing" => Self::Processing,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the dispatcher is with a job. Internal; the public view is [`JobStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Accepted and durable; nothing sent upstream yet.
+    Pending,
+    /// Written before the create is sent (ARCHITECTURE.md, "No double spend"). Found on start
+    /// without an upstream id, the create's outcome is unknown.
+    Submitting,
+    /// Upstream has the task (`upstream_id` is set); the dispatcher polls it.
+    Polling,
+    /// Upstream said completed; the content is being copied into the blob store.
+    Downloading,
+    /// Nothing more to do.
+    Finished,
+}
+
+/// Stable reasons of a job's failure (`VideoError.reason`, API.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureReason {
+    /// Upstream refused the request (4xx).
+    UpstreamRejected,
+    /// Upstream said the task failed.
+    UpstreamFailed,
+    /// A create was sent and no usable answer came: a generation may exist upstream.
+    UpstreamOutcomeUnknown,
+    /// Upstream completed without a video (moderation, or content 404 after completion).
+    ContentMissing,
+    /// The downloaded file is not a usable MP4.
+    ContentInvalid,
+    /// The job outlived the configured maximum age.
+    JobMaxAge,
+    /// Upstream refused the API key (401/403).
+    UpstreamAuth,
+}
+
+impl FailureReason {
+    /// The reason as API.md spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpstreamRejected => "UPSTREAM_REJECTED",
+            Self::UpstreamFailed => "UPSTREAM_FAILED",
+            Self::UpstreamOutcomeUnknown => "UPSTREAM_OUTCOME_UNKNOWN",
+            Self::ContentMissing => "CONTENT_MISSING",
+            Self::ContentInvalid => "CONTENT_INVALID",
+            Self::JobMaxAge => "JOB_MAX_AGE",
+            Self::UpstreamAuth => "UPSTREAM_AUTH",
+        }
+    }
+}
+
+/// Why a job failed (`vidgate.v1.VideoError`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Stable reason.
+    pub reason: FailureReason,
+    /// For people: what happened and what it means.
+    pub message: String,
+    /// Whether creating the same request again could succeed.
+    pub retryable: bool,
+    /// The upstream's own words, when it gave any.
+    pub upstream_message: String,
+    /// The upstream's HTTP status, when there was one.
+    pub upstream_http_status: Option<u16>,
+}
+
+/// Facts about the stored video (`vidgate.v1.VideoContent`) and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContentFacts {
+    /// Size of the stored MP4.
+    pub size_bytes: u64,
+    /// SHA-256 of the stored MP4, hex.
+    pub sha256: String,
+    /// `video/mp4`.
+    pub mime_type: String,
+    /// From the MP4's own header.
+    pub duration_seconds: f64,
+    /// From the MP4's own header.
+    pub width: u32,
+    /// From the MP4's own header.
+    pub height: u32,
+    /// Whether the MP4 has an audio track.
+    pub has_audio: bool,
+    /// Whether a last frame image is stored too (S10).
+    pub has_last_frame: bool,
+    /// False when the video differs from what the request asked for.
+    pub matches_request: bool,
+    /// What differed; empty when nothing did or when the catalog cannot say what to expect.
+    pub mismatch: String,
+    /// The blob store key of the video.
+    pub blob_key: String,
+    /// The blob store key of the last frame image, if any.
+    pub last_frame_key: Option<String>,
+    /// Size of the last frame image, if any.
+    pub last_frame_size: Option<u64>,
+}
+
+/// One job. The store persists it whole (with `version` for optimistic concurrency); every
+/// change that users can see appends an event carrying a snapshot of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// vidgate's id, `vid_` + a time-ordered UUID.
+    pub id: String,
+    /// The tenant of the credential that created it. Tenants are walls.
+    pub tenant: String,
+    /// The caller's idempotency key (gRPC `request_id`, AMQP `message_id`), if any.
+    pub request_id: Option<String>,
+    /// SHA-256 (hex) of the accepted request, to tell "same key, same request" from
+    /// "same key, different request" (`REQUEST_ID_REUSED`).
+    pub fingerprint: String,
+    /// The model id.
+    pub model: String,
+    /// The caller's own metadata.
+    pub labels: BTreeMap<String, String>,
+    /// The `CreateVideoRequest` as accepted, protobuf-encoded, with input bytes dropped
+    /// (what `Video.request` shows). The full request is kept apart: [`NewJob::submission`].
+    #[serde(with = "b64")]
+    pub request: Bytes,
+    /// Public status.
+    pub status: JobStatus,
+    /// Dispatcher phase.
+    pub phase: Phase,
+    /// Upstream's last status word, verbatim.
+    pub upstream_status: String,
+    /// Upstream's task id, stored the moment the create answered.
+    pub upstream_id: Option<String>,
+    /// 0-100 when upstream gives it.
+    pub progress: Option<u32>,
+    /// Unix milliseconds.
+    pub create_time_ms: i64,
+    /// Unix milliseconds of the last change.
+    pub update_time_ms: i64,
+    /// Unix milliseconds of the terminal change.
+    pub complete_time_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<JobError>,
+    /// The stored video's facts.
+    pub content: Option<ContentFacts>,
+    /// Bumped by every update; an update with a stale version is refused.
+    pub version: i64,
+    /// The sequence of this job's latest event.
+    pub last_sequence: i64,
+    /// When the dispatcher should look at the job next (unix ms); `None` = nothing to do.
+    pub next_action_ms: Option<i64>,
+    /// Consecutive transient failures of the current step (drives backoff).
+    pub attempts: u32,
+    /// Status polls made so far.
+    pub polls: u32,
+    /// Where upstream said the last frame image is (S10), kept for the download step.
+    #[serde(default)]
+    pub last_frame_url: Option<String>,
+    /// W3C trace context of the request that created it, so later steps link to its trace.
+    pub trace_context: Option<String>,
+    /// Deleted by the caller: hidden from every read, kept only until pruned.
+    pub deleted: bool,
+}
+
+/// A job to insert, with the full request the dispatcher will submit.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The record (version 0, last_sequence 0; the store sets both).
+    pub job: Job,
+    /// The whole accepted `CreateVideoRequest`, input bytes included, protobuf-encoded.
+    pub submission: Bytes,
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A new job id: `vid_` + a UUIDv7 in simple hex (time-ordered, so ids sort by creation).
+pub fn new_job_id() -> String {
+    format!("vid_{}", uuid::Uuid::now_v7().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_round_trip_and_terminal_states_are_the_three_final_ones() {
+        for s in [
+            JobStatus::Queued,
+            JobStatus::Processing,
+            JobStatus::Completed,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ] {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert!(JobStatus::Completed.is_terminal());
+        assert!(JobStatus::Failed.is_terminal());
+        assert!(JobStatus::Cancelled.is_terminal());
+        assert!(!JobStatus::Queued.is_terminal());
+        assert!(!JobStatus::Processing.is_terminal());
+        assert_eq!(JobStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn job_ids_are_prefixed_unique_and_time_ordered() {
+        let a = new_job_id();
+        let b = new_job_id();
+        assert!(a.starts_with("vid_") && a.len() == 36, "{a}");
+        assert_ne!(a, b);
+        assert!(a < b, "UUIDv7 ids sort by creation: {a} {b}");
+    }
+}
