@@ -240,7 +240,9 @@ mod tests {
     async fn store_with(name: &str, data: &[u8]) -> (BlobStore, PathBuf) {
         let root = std::env::temp_dir().join(format!("vidgate-blob-{}", uuid::Uuid::now_v7()));
         let blobs = BlobStore::local(&root).unwrap();
-        tokio::fs::write(blobs.partial_path(name), data).await.unwrap();
+        tokio::fs::write(blobs.partial_path(name), data)
+            .await
+            .unwrap();
         blobs.commit_partial(name, "videos/a.mp4").await.unwrap();
         (blobs, root)
     }
@@ -254,11 +256,24 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let (blobs, root) = store_with("a.part", &data).await;
         assert_eq!(blobs.size("videos/a.mp4").await.unwrap(), 100_000);
-        for (range, chunk) in [(0..100_000, 65_536), (10..99_999, 4096), (99_000..200_000, 333)] {
-            let chunks = collect(blobs.read_range("videos/a.mp4", range.clone(), chunk).await.unwrap()).await;
+        for (range, chunk) in [
+            (0..100_000, 65_536),
+            (10..99_999, 4096),
+            (99_000..200_000, 333),
+        ] {
+            let chunks = collect(
+                blobs
+                    .read_range("videos/a.mp4", range.clone(), chunk)
+                    .await
+                    .unwrap(),
+            )
+            .await;
             let end = range.end.min(100_000) as usize;
             let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            assert!(joined == data[range.start as usize..end], "range {range:?} differs");
+            assert!(
+                joined == data[range.start as usize..end],
+                "range {range:?} differs"
+            );
             assert!(chunks.iter().all(|c| c.len() <= chunk));
             assert!(chunks[..chunks.len() - 1].iter().all(|c| c.len() == chunk));
         }
@@ -278,7 +293,10 @@ mod tests {
         ));
         blobs.delete("videos/a.mp4").await.unwrap();
         blobs.delete("videos/a.mp4").await.unwrap();
-        assert!(matches!(blobs.size("videos/a.mp4").await, Err(BlobError::NotFound(_))));
+        assert!(matches!(
+            blobs.size("videos/a.mp4").await,
+            Err(BlobError::NotFound(_))
+        ));
         std::fs::remove_dir_all(root).ok();
     }
 

@@ -243,6 +243,14 @@ pub fn new_job_id() -> String {
     format!("vid_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// Now, in unix milliseconds (the unit every stored time uses).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,8 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`convert`] | the one edge between `vidgate.v1` wire types and domain types |
+//! | [`dispatcher`] | job progress: submit once, poll politely, download and verify once |
 //! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
@@ -17,6 +19,8 @@
 //! U1-U4) in code and test names.
 
 pub mod blob;
+pub mod convert;
+pub mod dispatcher;
 pub mod domain;
 pub mod job;
 pub mod media;

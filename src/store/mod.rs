@@ -76,7 +76,9 @@ pub struct EventQuery {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The same tenant used this `request_id` for a different request.
-    #[error("request_id {request_id:?} was already used for a different request (job {existing_id})")]
+    #[error(
+        "request_id {request_id:?} was already used for a different request (job {existing_id})"
+    )]
     RequestIdReused {
         /// The key.
         request_id: String,

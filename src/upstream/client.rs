@@ -250,7 +250,10 @@ impl UpstreamClient {
                 state: UpstreamState::Queued,
                 recognised: true,
             });
-        let model = json.get("model").and_then(|v| v.as_str()).map(str::to_owned);
+        let model = json
+            .get("model")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         tracing::debug!(upstream_id = %id, status = %status.raw, "upstream accepted create");
         Ok(CreatedTask { id, status, model })
     }
@@ -294,7 +297,10 @@ impl UpstreamClient {
         if parsed.scheme() != "https" && parsed.scheme() != "http" {
             return Err(UpstreamError::InvalidRequest {
                 endpoint,
-                detail: format!("last_frame_url has scheme {:?}; only http(s)", parsed.scheme()),
+                detail: format!(
+                    "last_frame_url has scheme {:?}; only http(s)",
+                    parsed.scheme()
+                ),
             });
         }
         let same_origin = parsed.origin() == self.base_url.origin();
@@ -338,7 +344,10 @@ impl UpstreamClient {
             if range.0 != offset {
                 return Err(UpstreamError::Protocol {
                     endpoint,
-                    detail: format!("asked for bytes from {offset}, got a range from {}", range.0),
+                    detail: format!(
+                        "asked for bytes from {offset}, got a range from {}",
+                        range.0
+                    ),
                 });
             }
             (ContentStart::Resumed(range.0), range.1)
@@ -372,7 +381,11 @@ impl UpstreamClient {
                 detail: "vidgate is shutting down; the request was not sent".into(),
             })?;
         if slot.waited > Duration::from_secs(1) {
-            tracing::debug!(endpoint = endpoint.as_str(), waited_ms = slot.waited.as_millis() as u64, "waited at the upstream rate limit");
+            tracing::debug!(
+                endpoint = endpoint.as_str(),
+                waited_ms = slot.waited.as_millis() as u64,
+                "waited at the upstream rate limit"
+            );
         }
         Ok(slot)
     }
@@ -389,7 +402,11 @@ impl UpstreamClient {
             .await
             .map_err(|e| classify_reqwest(endpoint, &e, &self.api_key))?;
         let status = response.status();
-        tracing::debug!(endpoint = endpoint.as_str(), status = status.as_u16(), "upstream answered");
+        tracing::debug!(
+            endpoint = endpoint.as_str(),
+            status = status.as_u16(),
+            "upstream answered"
+        );
         if status.is_success() {
             return Ok(response);
         }
@@ -471,7 +488,12 @@ impl UpstreamClient {
         url
     }
 
-    fn task_url(&self, endpoint: Endpoint, id: &str, tail: Option<&str>) -> Result<Url, UpstreamError> {
+    fn task_url(
+        &self,
+        endpoint: Endpoint,
+        id: &str,
+        tail: Option<&str>,
+    ) -> Result<Url, UpstreamError> {
         if id.is_empty() || id.len() > MAX_TASK_ID_LEN {
             return Err(UpstreamError::InvalidRequest {
                 endpoint,
@@ -590,9 +612,7 @@ pub fn parse_video(json: &serde_json::Value) -> Option<UpstreamVideo> {
         Some(serde_json::Value::Object(_)) => {
             let e = json.get("error")?;
             Some(TaskError {
-                code: e
-                    .get("code")
-                    .and_then(|c| field_text(c)),
+                code: e.get("code").and_then(field_text),
                 message: text(e, "message"),
             })
         }
@@ -610,9 +630,15 @@ pub fn parse_video(json: &serde_json::Value) -> Option<UpstreamVideo> {
             .and_then(|p| p.as_f64())
             .filter(|p| p.is_finite())
             .map(|p| p.clamp(0.0, 100.0).round() as u32),
-        created_at: field(json, "created_at").and_then(|v| v.as_f64()).map(|v| v as i64),
-        completed_at: field(json, "completed_at").and_then(|v| v.as_f64()).map(|v| v as i64),
-        expires_at: field(json, "expires_at").and_then(|v| v.as_f64()).map(|v| v as i64),
+        created_at: field(json, "created_at")
+            .and_then(|v| v.as_f64())
+            .map(|v| v as i64),
+        completed_at: field(json, "completed_at")
+            .and_then(|v| v.as_f64())
+            .map(|v| v as i64),
+        expires_at: field(json, "expires_at")
+            .and_then(|v| v.as_f64())
+            .map(|v| v as i64),
         size: text(json, "size"),
         seconds: field(json, "seconds").map(|s| s.as_text()),
         error,
@@ -637,7 +663,10 @@ mod tests {
 
     #[test]
     fn content_range_is_parsed_with_and_without_total() {
-        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, Some(1000))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
         assert_eq!(parse_content_range("bytes x-9/10"), None);
@@ -668,7 +697,8 @@ mod tests {
 
     #[test]
     fn s10_last_frame_url_is_found_top_level_or_under_content() {
-        let top = parse_video(&json!({"status": "completed", "last_frame_url": "https://a/x.png"})).unwrap();
+        let top = parse_video(&json!({"status": "completed", "last_frame_url": "https://a/x.png"}))
+            .unwrap();
         assert_eq!(top.last_frame_url.as_deref(), Some("https://a/x.png"));
         let ark = parse_video(&json!({"status": "succeeded", "content": {"video_url": "https://v", "last_frame_url": "https://b/y.png"}})).unwrap();
         assert_eq!(ark.last_frame_url.as_deref(), Some("https://b/y.png"));
@@ -693,9 +723,17 @@ mod tests {
             ApiKey::new("k").unwrap(),
         ))
         .unwrap();
-        assert_eq!(client.videos_url(&[]).as_str(), "http://127.0.0.1:9/api/v1/videos");
-        let url = client.task_url(Endpoint::Get, "../../admin", Some("content")).unwrap();
-        assert_eq!(url.as_str(), "http://127.0.0.1:9/api/v1/videos/..%2F..%2Fadmin/content");
+        assert_eq!(
+            client.videos_url(&[]).as_str(),
+            "http://127.0.0.1:9/api/v1/videos"
+        );
+        let url = client
+            .task_url(Endpoint::Get, "../../admin", Some("content"))
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9/api/v1/videos/..%2F..%2Fadmin/content"
+        );
         assert!(client.task_url(Endpoint::Get, "", None).is_err());
     }
 }

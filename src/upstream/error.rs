@@ -176,9 +176,9 @@ impl UpstreamError {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Self::RateLimited { .. } => Some(429),
-            Self::Server { status, .. } | Self::Auth { status, .. } | Self::Rejected { status, .. } => {
-                Some(*status)
-            }
+            Self::Server { status, .. }
+            | Self::Auth { status, .. }
+            | Self::Rejected { status, .. } => Some(*status),
             Self::NotFound { .. } => Some(404),
             Self::RangeNotSatisfiable { .. } => Some(416),
             _ => None,
@@ -287,7 +287,11 @@ mod tests {
         assert_eq!(connect.create_failure(), CreateFailure::NotTakenRetryable);
         assert_eq!(e(429).create_failure(), CreateFailure::NotTakenRetryable);
         for s in [400, 401, 403, 404, 409, 422] {
-            assert_eq!(e(s).create_failure(), CreateFailure::NotTakenPermanent, "{s}");
+            assert_eq!(
+                e(s).create_failure(),
+                CreateFailure::NotTakenPermanent,
+                "{s}"
+            );
         }
         for s in [500, 502, 503, 504] {
             assert_eq!(e(s).create_failure(), CreateFailure::OutcomeUnknown, "{s}");

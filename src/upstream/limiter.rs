@@ -112,7 +112,9 @@ impl UpstreamLimiter {
     /// [`MAX_RETRY_AFTER`]), else for the configured default. A shorter pause never shortens
     /// a longer one already in force.
     pub fn pause_after_rate_limit(&self, retry_after: Option<Duration>) {
-        let pause = retry_after.unwrap_or(self.default_pause).min(MAX_RETRY_AFTER);
+        let pause = retry_after
+            .unwrap_or(self.default_pause)
+            .min(MAX_RETRY_AFTER);
         let until = Instant::now() + pause;
         let mut guard = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none_or(|current| current < until) {
@@ -178,7 +180,10 @@ mod tests {
         let _b = gate.acquire().await.unwrap();
         assert_eq!(gate.in_flight(), 2);
         let third = tokio::time::timeout(Duration::from_millis(50), gate.acquire()).await;
-        assert!(third.is_err(), "a third caller must wait while two are in flight");
+        assert!(
+            third.is_err(),
+            "a third caller must wait while two are in flight"
+        );
         drop(a);
         assert_eq!(gate.in_flight(), 1);
         assert!(gate.acquire().await.is_some());
@@ -194,7 +199,11 @@ mod tests {
         let before = Instant::now();
         let slot = gate.acquire().await.unwrap();
         assert!(Instant::now() >= until);
-        assert!(slot.waited >= Duration::from_secs(29), "{:?}", before.elapsed());
+        assert!(
+            slot.waited >= Duration::from_secs(29),
+            "{:?}",
+            before.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

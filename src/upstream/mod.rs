@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod limiter;
+pub mod request;
 pub mod secret;
 pub mod sim;
 pub mod status;

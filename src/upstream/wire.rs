@@ -2,6 +2,9 @@
 
 use bytes::Bytes;
 
+/// How much of a JSON body `Debug` shows.
+const MAX_DEBUG_JSON_CHARS: usize = 512;
+
 /// The body of a `POST /videos`: JSON for text to video and every Seedance request, multipart
 /// form data when a file is uploaded (Veo image to video, V3).
 #[derive(Clone, PartialEq)]
@@ -45,7 +48,16 @@ impl std::fmt::Debug for UploadFile {
 impl std::fmt::Debug for CreateBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CreateBody::Json(v) => f.debug_tuple("Json").field(v).finish(),
+            CreateBody::Json(v) => {
+                // A Seedance body may inline megabytes of base64 image: show its start only.
+                let text = v.to_string();
+                let shown: String = text.chars().take(MAX_DEBUG_JSON_CHARS).collect();
+                if shown.len() < text.len() {
+                    write!(f, "Json({shown}… {} bytes)", text.len())
+                } else {
+                    write!(f, "Json({shown})")
+                }
+            }
             CreateBody::Multipart { fields, file } => f
                 .debug_struct("Multipart")
                 .field("fields", fields)

@@ -1,0 +1,893 @@
+//! The dispatcher owns job progress: it submits each accepted job once, polls it on a polite
+//! schedule, downloads and verifies the result once, and records every outcome in the store.
+//!
+//! Everything is driven from the store: a job's `next_action_ms` says when to look at it next,
+//! so a restart resumes exactly where the last process stopped. Tests drive it with
+//! [`Dispatcher::step`]; production runs [`Dispatcher::run`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::blob::BlobStore;
+use crate::convert;
+use crate::domain::{ModelCatalog, VideoSpec};
+use crate::job::{ContentFacts, FailureReason, Job, JobError, JobStatus, Phase, now_ms};
+use crate::media;
+use crate::pb;
+use crate::store::{JobStore, StoreError};
+use crate::upstream::request::create_body;
+use crate::upstream::{ContentStart, CreateFailure, UpstreamClient, UpstreamError, UpstreamState};
+
+/// ARCHITECTURE.md: the first poll comes after an expected minimum generation time.
+pub const DEFAULT_FIRST_POLL_AFTER_MS: u64 = 15_000;
+/// CONTRACT.md recommends one status call every 20-30 s per task.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 20_000;
+/// +-20% jitter, so jobs created together do not poll together.
+pub const DEFAULT_POLL_JITTER: f64 = 0.2;
+/// ARCHITECTURE.md: 5xx and timeouts back off exponentially from 2 s ...
+pub const DEFAULT_BACKOFF_MIN_MS: u64 = 2_000;
+/// ... to 60 s, with jitter.
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
+/// ARCHITECTURE.md: a job older than 6 h fails with `JOB_MAX_AGE`, never earlier for polling.
+pub const DEFAULT_MAX_AGE_MS: u64 = 6 * 3600 * 1000;
+/// Jobs advanced at once; the upstream limiter caps the HTTP calls underneath separately.
+pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 64;
+/// Due jobs read from the store per round.
+pub const DEFAULT_BATCH: u32 = 256;
+/// Longest sleep of the run loop when nothing is due, so a job inserted by another instance
+/// (or by hand) is noticed without a wake-up.
+pub const DEFAULT_IDLE_WAKE_MS: u64 = 1_000;
+/// A job in `Submitting` whose create has not answered within this is treated as crashed
+/// mid-create (unknown outcome). Longer than the upstream request timeout (60 s).
+pub const DEFAULT_SUBMIT_LEASE_MS: u64 = 120_000;
+/// The largest last-frame image copied (S10); a PNG frame is well under this.
+pub const MAX_LAST_FRAME_BYTES: u64 = 50 * 1024 * 1024;
+
+/// What to do when a create's outcome is unknown (ARCHITECTURE.md, "No double spend").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownCreatePolicy {
+    /// Fail the job with `UPSTREAM_OUTCOME_UNKNOWN`; never send it again (the default).
+    #[default]
+    Fail,
+    /// Send it again, accepting that upstream may generate (and bill) it twice.
+    Resubmit,
+}
+
+/// Dispatcher settings (section `[dispatcher]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Whether the dispatcher runs at all (off: jobs are accepted and wait; benchmarks of
+    /// intake alone use this).
+    pub enabled: bool,
+    /// See [`DEFAULT_FIRST_POLL_AFTER_MS`].
+    pub first_poll_after_ms: u64,
+    /// Per-model overrides of `first_poll_after_ms`.
+    pub first_poll_after_ms_by_model: BTreeMap<String, u64>,
+    /// See [`DEFAULT_POLL_INTERVAL_MS`].
+    pub poll_interval_ms: u64,
+    /// See [`DEFAULT_POLL_JITTER`].
+    pub poll_jitter: f64,
+    /// See [`DEFAULT_BACKOFF_MIN_MS`].
+    pub backoff_min_ms: u64,
+    /// See [`DEFAULT_BACKOFF_MAX_MS`].
+    pub backoff_max_ms: u64,
+    /// See [`DEFAULT_MAX_AGE_MS`].
+    pub max_age_ms: u64,
+    /// See [`UnknownCreatePolicy`].
+    pub on_unknown_create: UnknownCreatePolicy,
+    /// See [`DEFAULT_MAX_CONCURRENT_JOBS`].
+    pub max_concurrent_jobs: usize,
+    /// See [`DEFAULT_BATCH`].
+    pub batch: u32,
+    /// See [`DEFAULT_IDLE_WAKE_MS`].
+    pub idle_wake_ms: u64,
+    /// See [`DEFAULT_SUBMIT_LEASE_MS`].
+    pub submit_lease_ms: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            first_poll_after_ms: DEFAULT_FIRST_POLL_AFTER_MS,
+            first_poll_after_ms_by_model: BTreeMap::new(),
+            poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+            poll_jitter: DEFAULT_POLL_JITTER,
+            backoff_min_ms: DEFAULT_BACKOFF_MIN_MS,
+            backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+            on_unknown_create: UnknownCreatePolicy::Fail,
+            max_concurrent_jobs: DEFAULT_MAX_CONCURRENT_JOBS,
+            batch: DEFAULT_BATCH,
+            idle_wake_ms: DEFAULT_IDLE_WAKE_MS,
+            submit_lease_ms: DEFAULT_SUBMIT_LEASE_MS,
+        }
+    }
+}
+
+/// What one [`Dispatcher::step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Jobs advanced.
+    pub advanced: usize,
+}
+
+/// The dispatcher. Cheap to share (`Arc`).
+pub struct Dispatcher {
+    store: Arc<dyn JobStore>,
+    client: UpstreamClient,
+    blobs: BlobStore,
+    catalog: Arc<ModelCatalog>,
+    config: DispatcherConfig,
+    in_flight: Mutex<HashSet<String>>,
+    slots: Arc<Semaphore>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a step of one job stopped early; the job stays due and is tried again.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Local(String),
+}
+
+impl Dispatcher {
+    /// Builds a dispatcher; nothing runs until [`Dispatcher::run`] or [`Dispatcher::step`].
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        client: UpstreamClient,
+        blobs: BlobStore,
+        catalog: Arc<ModelCatalog>,
+        config: DispatcherConfig,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1)));
+        Self {
+            store,
+            client,
+            blobs,
+            catalog,
+            config,
+            in_flight: Mutex::new(HashSet::new()),
+            slots,
+            wake: Notify::new(),
+        }
+    }
+
+    /// The upstream client (tests read its limiter).
+    pub fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    /// Tells the run loop there is new work (a job was accepted or cancelled).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Advances every job that is due now, once, and waits for all of them. Deterministic for
+    /// tests: no timers, no background work.
+    pub async fn step(self: &Arc<Self>) -> Result<StepReport, StoreError> {
+        let mut tasks = JoinSet::new();
+        let advanced = self.spawn_due(&mut tasks).await?;
+        while tasks.join_next().await.is_some() {}
+        Ok(StepReport { advanced })
+    }
+
+    /// Runs until `shutdown` is cancelled; in-flight steps finish first.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        loop {
+            let spawned = match self.spawn_due(&mut tasks).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatcher could not read due jobs; retrying");
+                    0
+                }
+            };
+            let now = now_ms();
+            let idle = Duration::from_millis(self.config.idle_wake_ms.max(1));
+            let sleep = match self.store.next_due_ms().await {
+                Ok(Some(due)) if due > now => idle.min(Duration::from_millis((due - now) as u64)),
+                // Something is due but every due job is already being worked on (or no slot
+                // is free): wait for a task to finish rather than spin.
+                Ok(Some(_)) if spawned == 0 => idle,
+                Ok(Some(_)) => Duration::ZERO,
+                Ok(None) | Err(_) => idle,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn spawn_due(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            return Ok(0);
+        }
+        let due = self.store.due(now_ms(), self.config.batch).await?;
+        let mut spawned = 0;
+        for job in due {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                if !in_flight.insert(job.id.clone()) {
+                    continue;
+                }
+            }
+            spawned += 1;
+            let this = Arc::clone(self);
+            tasks.spawn(async move {
+                let id = job.id.clone();
+                if let Err(e) = this.advance(job).await {
+                    tracing::warn!(job_id = %id, error = %e, "dispatcher step stopped; the job stays due");
+                }
+                this.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                drop(permit);
+            });
+        }
+        Ok(spawned)
+    }
+
+    async fn advance(&self, job: Job) -> Result<(), StepError> {
+        if job.deleted || job.status.is_terminal() || job.phase == Phase::Finished {
+            let mut job = job;
+            job.next_action_ms = None;
+            self.save(job, false).await?;
+            return Ok(());
+        }
+        let now = now_ms();
+        if self.config.max_age_ms > 0 && now - job.create_time_ms > self.config.max_age_ms as i64 {
+            let age_min = (now - job.create_time_ms) / 60_000;
+            let msg = format!(
+                "the job is {age_min} min old, past the configured maximum age ({} min); vidgate stopped following it{}",
+                self.config.max_age_ms / 60_000,
+                if job.upstream_id.is_some() {
+                    ". The upstream task may still finish and be billed"
+                } else {
+                    ""
+                }
+            );
+            self.fail(job, FailureReason::JobMaxAge, msg, true, None)
+                .await?;
+            return Ok(());
+        }
+        match job.phase {
+            Phase::Pending => self.submit(job).await,
+            Phase::Submitting => {
+                self.unknown_create(
+                    job,
+                    "vidgate stopped while the create request was in flight (crash or restart)"
+                        .into(),
+                    None,
+                )
+                .await
+            }
+            Phase::Polling => self.poll(job).await,
+            Phase::Downloading => self.download(job).await,
+            Phase::Finished => Ok(()),
+        }
+    }
+
+    async fn spec_of(&self, job: &Job) -> Result<Result<VideoSpec, String>, StepError> {
+        let submission = self
+            .store
+            .submission(&job.id)
+            .await?
+            .ok_or_else(|| StepError::Local(format!("job {} has no stored request", job.id)))?;
+        let request = pb::CreateVideoRequest::decode(submission.as_ref()).map_err(|e| {
+            StepError::Local(format!("stored request of {} is unreadable: {e}", job.id))
+        })?;
+        Ok(convert::to_domain(&request)
+            .and_then(|r| VideoSpec::parse(r, &self.catalog))
+            .map_err(|e| e.to_string()))
+    }
+
+    async fn submit(&self, job: Job) -> Result<(), StepError> {
+        let spec = match self.spec_of(&job).await? {
+            Ok(spec) => spec,
+            Err(why) => {
+                let msg = format!(
+                    "the stored request no longer passes validation with the current model catalog, so it was not sent: {why}"
+                );
+                self.fail(job, FailureReason::UpstreamRejected, msg, false, None)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let body = create_body(&spec);
+        // Durable before the request leaves: a crash from here on is an unknown outcome.
+        let mut submitting = job;
+        submitting.phase = Phase::Submitting;
+        submitting.next_action_ms = Some(now_ms() + self.config.submit_lease_ms as i64);
+        let submitting = self.save(submitting, false).await?;
+        let result = self.client.create(&body).await;
+        match result {
+            Ok(task) => {
+                let mut job = submitting;
+                job.upstream_id = Some(task.id.clone());
+                job.upstream_status = task.status.raw.clone();
+                job.status = match task.status.state {
+                    UpstreamState::Queued => JobStatus::Queued,
+                    _ => JobStatus::Processing,
+                };
+                job.phase = Phase::Polling;
+                job.attempts = 0;
+                job.next_action_ms = Some(now_ms() + self.first_poll_after(&job.model) as i64);
+                match self.save(job, true).await {
+                    Ok(_) => Ok(()),
+                    Err(StoreError::VersionConflict { id, .. }) => {
+                        // Cancelled while the create was in flight: keep the upstream id anyway,
+                        // it is what an operator needs to find the (possibly billed) task.
+                        if let Some(mut fresh) = self.store.get(&id).await? {
+                            fresh.upstream_id = Some(task.id);
+                            self.save(fresh, true).await?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => match e.create_failure() {
+                CreateFailure::NotTakenRetryable => {
+                    let mut job = submitting;
+                    job.phase = Phase::Pending;
+                    job.attempts += 1;
+                    job.next_action_ms = Some(now_ms() + self.retry_delay(job.attempts, &e) as i64);
+                    tracing::info!(job_id = %job.id, error = %e, "create not taken by upstream; will send it again");
+                    self.save(job, false).await?;
+                    Ok(())
+                }
+                CreateFailure::NotTakenPermanent => {
+                    let reason = if matches!(e, UpstreamError::Auth { .. }) {
+                        FailureReason::UpstreamAuth
+                    } else {
+                        FailureReason::UpstreamRejected
+                    };
+                    let msg = format!("upstream refused the request: {e}");
+                    self.fail(submitting, reason, msg, false, Some(&e)).await?;
+                    Ok(())
+                }
+                CreateFailure::OutcomeUnknown => {
+                    self.unknown_create(submitting, e.to_string(), Some(&e))
+                        .await
+                }
+            },
+        }
+    }
+
+    async fn unknown_create(
+        &self,
+        job: Job,
+        why: String,
+        err: Option<&UpstreamError>,
+    ) -> Result<(), StepError> {
+        match self.config.on_unknown_create {
+            UnknownCreatePolicy::Resubmit => {
+                let mut job = job;
+                job.phase = Phase::Pending;
+                job.attempts += 1;
+                job.next_action_ms = Some(now_ms() + self.backoff(job.attempts) as i64);
+                tracing::warn!(job_id = %job.id, why = %why, "create outcome unknown; resubmitting as configured (on_unknown_create = resubmit): upstream may generate and bill it twice");
+                self.save(job, false).await?;
+                Ok(())
+            }
+            UnknownCreatePolicy::Fail => {
+                let msg = format!(
+                    "the create request was sent but no usable answer came back ({why}); a generation may exist upstream and may be billed. vidgate did not send it again (dispatcher.on_unknown_create = \"resubmit\" would, at the risk of paying twice)"
+                );
+                self.fail(job, FailureReason::UpstreamOutcomeUnknown, msg, true, err)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn poll(&self, job: Job) -> Result<(), StepError> {
+        let Some(upstream_id) = job.upstream_id.clone() else {
+            return Err(StepError::Local(format!(
+                "job {} is polling without an upstream id",
+                job.id
+            )));
+        };
+        match self.client.get(&upstream_id).await {
+            Ok(v) => {
+                let mut job = job;
+                let before = (job.status, job.upstream_status.clone(), job.progress);
+                job.polls += 1;
+                job.attempts = 0;
+                job.upstream_status = v.status.raw.clone();
+                if v.progress.is_some() {
+                    job.progress = v.progress;
+                }
+                match v.status.state {
+                    UpstreamState::Queued | UpstreamState::Processing => {
+                        job.status = if v.status.state == UpstreamState::Queued {
+                            JobStatus::Queued
+                        } else {
+                            JobStatus::Processing
+                        };
+                        job.next_action_ms = Some(now_ms() + self.poll_interval() as i64);
+                        let changed =
+                            before != (job.status, job.upstream_status.clone(), job.progress);
+                        self.save(job, changed).await?;
+                        Ok(())
+                    }
+                    UpstreamState::Completed => {
+                        job.status = JobStatus::Processing;
+                        job.phase = Phase::Downloading;
+                        job.last_frame_url = v.last_frame_url.clone();
+                        job.next_action_ms = Some(now_ms());
+                        let changed =
+                            before != (job.status, job.upstream_status.clone(), job.progress);
+                        let job = self.save(job, changed).await?;
+                        self.download(job).await
+                    }
+                    UpstreamState::Failed | UpstreamState::Cancelled | UpstreamState::Expired => {
+                        let upstream_words = v
+                            .error
+                            .as_ref()
+                            .map(|e| match (&e.code, &e.message) {
+                                (Some(c), Some(m)) => format!("{c}: {m}"),
+                                (None, Some(m)) => m.clone(),
+                                (Some(c), None) => c.clone(),
+                                (None, None) => String::new(),
+                            })
+                            .unwrap_or_default();
+                        let msg = if upstream_words.is_empty() {
+                            format!(
+                                "upstream reports the task {upstream_id} as {} without saying why",
+                                v.status.raw
+                            )
+                        } else {
+                            format!(
+                                "upstream reports the task {upstream_id} as {}: {upstream_words}",
+                                v.status.raw
+                            )
+                        };
+                        let mut failed = job;
+                        failed.error = None;
+                        self.fail_with(
+                            failed,
+                            JobError {
+                                reason: FailureReason::UpstreamFailed,
+                                message: msg,
+                                retryable: true,
+                                upstream_message: upstream_words,
+                                upstream_http_status: None,
+                            },
+                        )
+                        .await?;
+                        Ok(())
+                    }
+                }
+            }
+            Err(UpstreamError::NotFound { message, .. }) => {
+                let msg = format!("upstream no longer knows the task {upstream_id} (HTTP 404)");
+                self.fail_with(
+                    job,
+                    JobError {
+                        reason: FailureReason::UpstreamFailed,
+                        message: msg,
+                        retryable: true,
+                        upstream_message: message,
+                        upstream_http_status: Some(404),
+                    },
+                )
+                .await?;
+                Ok(())
+            }
+            Err(e) => {
+                // 429, 5xx, timeouts, and also a refused key: the task may still finish upstream,
+                // so keep following it (until the maximum age) instead of failing it.
+                let mut job = job;
+                job.attempts += 1;
+                job.next_action_ms = Some(now_ms() + self.retry_delay(job.attempts, &e) as i64);
+                if matches!(e, UpstreamError::Auth { .. }) {
+                    tracing::error!(job_id = %job.id, error = %e, "status poll refused: check the upstream API key");
+                } else {
+                    tracing::info!(job_id = %job.id, error = %e, attempts = job.attempts, "status poll failed; backing off");
+                }
+                self.save(job, false).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn download(&self, job: Job) -> Result<(), StepError> {
+        let Some(upstream_id) = job.upstream_id.clone() else {
+            return Err(StepError::Local(format!(
+                "job {} is downloading without an upstream id",
+                job.id
+            )));
+        };
+        let name = format!("{}.mp4.part", job.id);
+        let path = self.blobs.partial_path(&name);
+        let (have, mut hasher) = resume_state(&path).await.map_err(|e| {
+            StepError::Local(format!("reading partial download {}: {e}", path.display()))
+        })?;
+        let stream = match self.client.content(&upstream_id, have).await {
+            Ok(s) => s,
+            Err(UpstreamError::NotFound { message, .. }) => {
+                let msg = format!(
+                    "upstream reported task {upstream_id} completed but has no content for it (HTTP 404): this is how a moderation refusal looks, and upstream may still bill it"
+                );
+                self.fail_with(
+                    job,
+                    JobError {
+                        reason: FailureReason::ContentMissing,
+                        message: msg,
+                        retryable: false,
+                        upstream_message: message,
+                        upstream_http_status: Some(404),
+                    },
+                )
+                .await?;
+                return Ok(());
+            }
+            Err(UpstreamError::RangeNotSatisfiable { .. }) => {
+                // Our partial file is longer than the content: start over.
+                let _ = tokio::fs::remove_file(&path).await;
+                return self
+                    .retry_download(
+                        job,
+                        "the partial download was longer than the content; restarting from zero"
+                            .into(),
+                        None,
+                    )
+                    .await;
+            }
+            Err(e) => return self.retry_download(job, e.to_string(), Some(&e)).await,
+        };
+        let mut file = match stream.start {
+            ContentStart::Resumed(_) => {
+                tokio::fs::OpenOptions::new().append(true).open(&path).await
+            }
+            ContentStart::Full => {
+                hasher = Sha256::new();
+                tokio::fs::File::create(&path).await
+            }
+        }
+        .map_err(|e| StepError::Local(format!("opening {}: {e}", path.display())))?;
+        let mut written = match stream.start {
+            ContentStart::Resumed(from) => from,
+            ContentStart::Full => 0,
+        };
+        let total = stream.total_len;
+        let mut body = stream.body;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    hasher.update(&bytes);
+                    file.write_all(&bytes).await.map_err(|e| {
+                        StepError::Local(format!("writing {}: {e}", path.display()))
+                    })?;
+                    written += bytes.len() as u64;
+                }
+                Err(e) => {
+                    let _ = file.flush().await;
+                    return self
+                        .retry_download(
+                            job,
+                            format!("download broke after {written} bytes: {e}"),
+                            Some(&e),
+                        )
+                        .await;
+                }
+            }
+        }
+        if let Some(total) = total
+            && written != total
+        {
+            let _ = file.flush().await;
+            return self
+                .retry_download(
+                    job,
+                    format!("download ended at {written} of {total} bytes"),
+                    None,
+                )
+                .await;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| StepError::Local(format!("syncing {}: {e}", path.display())))?;
+        drop(file);
+        if written == 0 {
+            let _ = tokio::fs::remove_file(&path).await;
+            let msg =
+                format!("upstream reported task {upstream_id} completed but its content is empty");
+            self.fail(job, FailureReason::ContentMissing, msg, false, None)
+                .await?;
+            return Ok(());
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        let probe_path = path.clone();
+        let facts = tokio::task::spawn_blocking(move || media::probe_mp4_file(&probe_path))
+            .await
+            .map_err(|e| StepError::Local(format!("probe task failed: {e}")))?;
+        let facts = match facts {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                let msg = format!(
+                    "upstream's content for task {upstream_id} ({written} bytes) is not a usable MP4: {e}"
+                );
+                self.fail(job, FailureReason::ContentInvalid, msg, true, None)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let spec = self.spec_of(&job).await?.ok();
+        let mismatch = spec
+            .as_ref()
+            .and_then(|s| {
+                s.expected_output()
+                    .compare(facts.width, facts.height, facts.duration_seconds)
+            })
+            .unwrap_or_default();
+        let (last_frame_key, last_frame_size) = match (
+            &job.last_frame_url,
+            spec.as_ref().map(|s| s.has_last_frame_requested()),
+        ) {
+            (Some(url), Some(true)) => match self.copy_last_frame(&job.id, url).await {
+                Ok((key, size)) => (Some(key), Some(size)),
+                Err(why) => {
+                    tracing::warn!(job_id = %job.id, why = %why, "last frame could not be copied; the video is kept without it");
+                    (None, None)
+                }
+            },
+            _ => (None, None),
+        };
+        let key = format!("videos/{}.mp4", job.id);
+        self.blobs
+            .commit_partial(&name, &key)
+            .await
+            .map_err(|e| StepError::Local(e.to_string()))?;
+        let mut done = job;
+        done.content = Some(ContentFacts {
+            size_bytes: written,
+            sha256,
+            mime_type: "video/mp4".into(),
+            duration_seconds: facts.duration_seconds,
+            width: facts.width,
+            height: facts.height,
+            has_audio: facts.has_audio,
+            has_last_frame: last_frame_key.is_some(),
+            matches_request: mismatch.is_empty(),
+            mismatch,
+            blob_key: key,
+            last_frame_key,
+            last_frame_size,
+        });
+        if !done.content.as_ref().is_some_and(|c| c.matches_request) {
+            tracing::warn!(job_id = %done.id, mismatch = %done.content.as_ref().map(|c| c.mismatch.as_str()).unwrap_or(""), "stored video differs from the request");
+        }
+        done.status = JobStatus::Completed;
+        done.phase = Phase::Finished;
+        done.progress = Some(100);
+        done.attempts = 0;
+        done.complete_time_ms = Some(now_ms());
+        done.next_action_ms = None;
+        self.save(done, true).await?;
+        Ok(())
+    }
+
+    async fn copy_last_frame(&self, job_id: &str, url: &str) -> Result<(String, u64), String> {
+        let stream = self
+            .client
+            .last_frame(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = format!("{job_id}.last_frame.part");
+        let path = self.blobs.partial_path(&name);
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut size = 0u64;
+        let mut body = stream.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            size += chunk.len() as u64;
+            if size > MAX_LAST_FRAME_BYTES {
+                return Err(format!(
+                    "last frame is larger than {MAX_LAST_FRAME_BYTES} bytes"
+                ));
+            }
+            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        file.sync_all().await.map_err(|e| e.to_string())?;
+        let key = format!("frames/{job_id}.png");
+        self.blobs
+            .commit_partial(&name, &key)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((key, size))
+    }
+
+    async fn retry_download(
+        &self,
+        job: Job,
+        why: String,
+        err: Option<&UpstreamError>,
+    ) -> Result<(), StepError> {
+        let mut job = job;
+        job.attempts += 1;
+        let delay = match err {
+            Some(e) => self.retry_delay(job.attempts, e),
+            None => self.backoff(job.attempts),
+        };
+        job.next_action_ms = Some(now_ms() + delay as i64);
+        tracing::info!(job_id = %job.id, why = %why, attempts = job.attempts, "download will be resumed");
+        self.save(job, false).await?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        job: Job,
+        reason: FailureReason,
+        message: String,
+        retryable: bool,
+        err: Option<&UpstreamError>,
+    ) -> Result<Job, StoreError> {
+        let error = JobError {
+            reason,
+            message,
+            retryable,
+            upstream_message: err
+                .and_then(|e| e.upstream_message())
+                .unwrap_or_default()
+                .to_owned(),
+            upstream_http_status: err.and_then(|e| e.http_status()),
+        };
+        self.fail_with(job, error).await
+    }
+
+    async fn fail_with(&self, job: Job, error: JobError) -> Result<Job, StoreError> {
+        let mut job = job;
+        tracing::info!(job_id = %job.id, reason = error.reason.as_str(), message = %error.message, "job failed");
+        job.status = JobStatus::Failed;
+        job.phase = Phase::Finished;
+        job.error = Some(error);
+        job.complete_time_ms = Some(now_ms());
+        job.next_action_ms = None;
+        self.save(job, true).await
+    }
+
+    async fn save(&self, mut job: Job, event: bool) -> Result<Job, StoreError> {
+        job.update_time_ms = now_ms();
+        self.store.update(job, event).await
+    }
+
+    fn first_poll_after(&self, model: &str) -> u64 {
+        self.config
+            .first_poll_after_ms_by_model
+            .get(model)
+            .copied()
+            .unwrap_or(self.config.first_poll_after_ms)
+    }
+
+    fn poll_interval(&self) -> u64 {
+        jitter(self.config.poll_interval_ms, self.config.poll_jitter)
+    }
+
+    /// Exponential backoff from `backoff_min_ms` to `backoff_max_ms`, with jitter in the upper
+    /// half so retries of many jobs spread out.
+    fn backoff(&self, attempts: u32) -> u64 {
+        backoff_ms(
+            attempts,
+            self.config.backoff_min_ms,
+            self.config.backoff_max_ms,
+        )
+    }
+
+    /// After a 429 the upstream limiter already pauses every caller; the job itself waits at
+    /// least the server's `Retry-After`.
+    fn retry_delay(&self, attempts: u32, e: &UpstreamError) -> u64 {
+        let backoff = self.backoff(attempts);
+        match e.retry_after() {
+            Some(after) => backoff.max(after.as_millis() as u64),
+            None => backoff,
+        }
+    }
+}
+
+/// `base` +- `fraction`.
+pub fn jitter(base: u64, fraction: f64) -> u64 {
+    let fraction = fraction.clamp(0.0, 1.0);
+    if fraction == 0.0 || base == 0 {
+        return base;
+    }
+    let factor = 1.0 + rand::random_range(-fraction..=fraction);
+    (base as f64 * factor).round() as u64
+}
+
+/// Exponential backoff: `min * 2^(attempts-1)` capped at `max`, then a random point in its
+/// upper half.
+pub fn backoff_ms(attempts: u32, min: u64, max: u64) -> u64 {
+    let exp = attempts.saturating_sub(1).min(32);
+    let ceiling = min.saturating_mul(1u64 << exp).min(max.max(min));
+    if ceiling == 0 {
+        return 0;
+    }
+    let half = ceiling / 2;
+    half + rand::random_range(0..=ceiling - half)
+}
+
+/// How much of a partial download exists, with the hash of those bytes, so a broken download
+/// resumes with `Range` instead of starting over (also after a restart).
+async fn resume_state(path: &std::path::Path) -> std::io::Result<(u64, Sha256)> {
+    let mut hasher = Sha256::new();
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, hasher)),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hasher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_bounds() {
+        for _ in 0..100 {
+            let first = backoff_ms(1, 2_000, 60_000);
+            assert!((1_000..=2_000).contains(&first), "{first}");
+            let fourth = backoff_ms(4, 2_000, 60_000);
+            assert!((8_000..=16_000).contains(&fourth), "{fourth}");
+            let capped = backoff_ms(30, 2_000, 60_000);
+            assert!((30_000..=60_000).contains(&capped), "{capped}");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_the_fraction() {
+        for _ in 0..1000 {
+            let v = jitter(20_000, 0.2);
+            assert!((16_000..=24_000).contains(&v), "{v}");
+        }
+        assert_eq!(jitter(20_000, 0.0), 20_000);
+    }
+}

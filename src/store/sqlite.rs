@@ -1,0 +1,1192 @@
+//! The embedded [`JobStore`]: one SQLite file in WAL mode, written by a single task with group
+//! commit, read through a small pool.
+//!
+//! # Writes: one writer, group commit
+//!
+//! `create`, `update` and pruning send a command over a bounded channel to the writer task,
+//! which owns the only writing connection. It takes the first command, drains whatever else is
+//! already queued (up to [`SqliteConfig::max_batch`]), applies them all in one `BEGIN IMMEDIATE`
+//! transaction, commits, and only then answers each caller and publishes the batch's events. A
+//! durable commit therefore costs one fsync per batch, not per request, and nothing waits for a
+//! batch to fill: an idle store commits a lone command at once.
+//!
+//! Each command runs inside its own savepoint, so one command's refusal (a reused request id, a
+//! stale version) or failure (a constraint) answers that caller alone; the others of the batch
+//! still commit. If the batch itself cannot commit, every caller of the batch gets
+//! [`StoreError::Unavailable`], no event is published, and the writer opens a fresh connection
+//! for the next batch so no half-finished transaction state can leak into it.
+//!
+//! # Sequences
+//!
+//! The writer assigns event sequences itself, inside the transaction that holds SQLite's write
+//! lock: at the start of a batch it reads the highest sequence ever handed out (`events` is
+//! `AUTOINCREMENT`, so `sqlite_sequence` remembers it even after pruning) and counts up from
+//! there. Knowing the sequence before writing lets a job row and its event carry the same
+//! snapshot (`last_sequence == sequence`) in one write each. A command rolled back to its
+//! savepoint gives its number back; since one writer assigns them in commit order, committed
+//! sequences are strictly increasing and gap-free.
+//!
+//! # Reads
+//!
+//! Reads use a separate pool of `query_only` connections. In WAL mode readers never block the
+//! writer and see every committed batch, so a caller that got its answer from `create` can read
+//! the job back at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{CreateOutcome, EventQuery, JobStore, ListQuery, StoreError, StoredEvent};
+use crate::job::{Job, NewJob};
+
+/// Most commands committed in one transaction by default. Large enough that a burst of
+/// concurrent creates shares one fsync; small enough that one transaction (and the callers
+/// waiting on it) stays in the low milliseconds even with labels and event rows per command.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+
+/// Events buffered for live subscribers by default. A subscriber further behind than this gets
+/// `Lagged` and resumes from the durable log, so this bounds memory, not correctness; 1024
+/// covers a few full batches of bursty traffic for a subscriber that is merely slow.
+pub const DEFAULT_EVENT_BUFFER: usize = 1024;
+
+/// Read connections by default. Reads are short indexed lookups and WAL readers run in
+/// parallel, so a handful is enough on the small machines vidgate targets; more mostly costs
+/// page-cache memory per connection.
+pub const DEFAULT_READ_CONNECTIONS: u32 = 4;
+
+/// `synchronous = FULL` by default: with WAL, each commit fsyncs the log, so a job that was
+/// answered "accepted" survives even a power cut. [`Synchronous::Normal`] skips that fsync: it
+/// survives a crash of the process but may lose the last commits on power loss or an OS crash.
+pub const DEFAULT_SYNCHRONOUS: Synchronous = Synchronous::Full;
+
+/// How long a statement waits for a lock held by someone else before failing. Inside vidgate
+/// only the writer writes, so this only matters when another process (a backup, the `sqlite3`
+/// shell) holds the lock; five seconds rides out such short holds without hanging callers.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many full batches may wait in the writer's queue. Two lets the next batch gather while
+/// one commits; beyond that callers wait at the channel (back-pressure) instead of the queue
+/// growing without bound.
+const QUEUE_BATCHES: usize = 2;
+
+/// Most event sequences one pruning step covers. Pruning runs as a series of these steps, each
+/// an ordinary writer command, so deleting a week of events never holds the write lock (and the
+/// creates queued behind it) for more than one small delete.
+pub const PRUNE_STEP: i64 = 10_000;
+
+/// The migrations of the SQLite schema, embedded at compile time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Every commit is on stable storage before it is answered (survives power loss).
+    #[default]
+    Full,
+    /// Commits survive a crash of the process, not of the machine.
+    Normal,
+}
+
+impl Synchronous {
+    /// The number `PRAGMA synchronous` reports for this setting.
+    pub fn pragma_level(self) -> i64 {
+        match self {
+            Self::Full => 2,
+            Self::Normal => 1,
+        }
+    }
+
+    fn to_sqlx(self) -> SqliteSynchronous {
+        match self {
+            Self::Full => SqliteSynchronous::Full,
+            Self::Normal => SqliteSynchronous::Normal,
+        }
+    }
+}
+
+/// Where and how the SQLite store keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// The database file, e.g. `./data/vidgate.db`; its directory is created if missing.
+    /// `:memory:` is refused: durability is the point of the store.
+    pub path: PathBuf,
+    /// Durability of each commit; see [`DEFAULT_SYNCHRONOUS`].
+    pub synchronous: Synchronous,
+    /// Most commands per transaction; see [`DEFAULT_MAX_BATCH`].
+    pub max_batch: usize,
+    /// Capacity of the live event channel; see [`DEFAULT_EVENT_BUFFER`].
+    pub event_buffer: usize,
+    /// Size of the read pool; see [`DEFAULT_READ_CONNECTIONS`].
+    pub read_connections: u32,
+}
+
+impl SqliteConfig {
+    /// The defaults, at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: DEFAULT_SYNCHRONOUS,
+            max_batch: DEFAULT_MAX_BATCH,
+            event_buffer: DEFAULT_EVENT_BUFFER,
+            read_connections: DEFAULT_READ_CONNECTIONS,
+        }
+    }
+
+    fn validate(&self) -> Result<(), StoreError> {
+        let path = self.path.to_string_lossy();
+        if path.is_empty() || path == ":memory:" || path.starts_with("file::memory:") {
+            return Err(invalid_config(
+                "path must name a file: an in-memory database would not be durable",
+            ));
+        }
+        if self.max_batch == 0 {
+            return Err(invalid_config("max_batch must be at least 1"));
+        }
+        // tokio's broadcast channel panics outside 1..=usize::MAX / 2.
+        if self.event_buffer == 0 || self.event_buffer > usize::MAX / 2 {
+            return Err(invalid_config("event_buffer must be at least 1"));
+        }
+        if self.read_connections == 0 {
+            return Err(invalid_config("read_connections must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid_config(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("invalid SQLite store configuration: {what}"))
+}
+
+/// The pragmas in force on the writing connection, as SQLite reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterSettings {
+    /// `PRAGMA journal_mode` (`wal`).
+    pub journal_mode: String,
+    /// `PRAGMA synchronous` (2 = FULL, 1 = NORMAL; see [`Synchronous::pragma_level`]).
+    pub synchronous: i64,
+    /// `PRAGMA foreign_keys`.
+    pub foreign_keys: bool,
+    /// `PRAGMA busy_timeout`, in milliseconds.
+    pub busy_timeout_ms: i64,
+}
+
+/// The SQLite [`JobStore`]. See the module documentation for the design.
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    reads: SqlitePool,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+    batches_committed: Arc<AtomicU64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `config.path`, brings its schema up to date
+    /// and starts the writer task. Must be called inside a tokio runtime.
+    pub async fn open(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        config.validate()?;
+        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "open: cannot create the directory {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+
+        let writer_options = writer_options(&config);
+        let mut conn = writer_options
+            .connect()
+            .await
+            .map_err(|e| open_error(&config.path, e))?;
+        MIGRATOR.run(&mut conn).await.map_err(|e| {
+            let message = format!("open: migrating {}: {e}", config.path.display());
+            match e {
+                // A database written by a newer (or modified) vidgate: not ours to touch.
+                sqlx::migrate::MigrateError::VersionMissing(_)
+                | sqlx::migrate::MigrateError::VersionMismatch(_) => StoreError::Corrupt(message),
+                _ => StoreError::Unavailable(message),
+            }
+        })?;
+        // WAL is what lets readers run beside the writer; some file systems (network shares)
+        // cannot do it, and SQLite then silently keeps the old mode. Refuse rather than run
+        // with readers and writer blocking each other.
+        let settings = read_settings(&mut conn)
+            .await
+            .map_err(|e| open_error(&config.path, e))?;
+        if !settings.journal_mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "open: {} could not be switched to WAL mode (it is in {:?} mode)",
+                config.path.display(),
+                settings.journal_mode
+            )));
+        }
+
+        let reads = SqlitePoolOptions::new()
+            .max_connections(config.read_connections)
+            .connect_with(reader_options(&config))
+            .await
+            .map_err(|e| open_error(&config.path, e))?;
+
+        let (events, _) = broadcast::channel(config.event_buffer);
+        let (commands, receiver) =
+            mpsc::channel(config.max_batch.saturating_mul(QUEUE_BATCHES).max(1));
+        let batches_committed = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            conn: Some(conn),
+            options: writer_options,
+            commands: receiver,
+            events: events.clone(),
+            batches_committed: batches_committed.clone(),
+            max_batch: config.max_batch,
+        };
+        tokio::spawn(writer.run());
+        tracing::info!(
+            path = %config.path.display(),
+            synchronous = ?config.synchronous,
+            max_batch = config.max_batch,
+            "sqlite store open"
+        );
+        Ok(SqliteStore {
+            commands,
+            reads,
+            events,
+            batches_committed,
+        })
+    }
+
+    /// Finishes the writes queued so far, then stops the writer and closes every connection.
+    /// Calls made afterwards fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Close(reply)).await.is_ok() {
+            // An error only means the writer already stopped: closed either way.
+            let _ = done.await;
+        }
+        self.reads.close().await;
+    }
+
+    /// How many write transactions have committed since open. Commands answered from one
+    /// commit share it, so under concurrency this grows slower than the number of writes.
+    pub fn batches_committed(&self) -> u64 {
+        self.batches_committed.load(Ordering::Relaxed)
+    }
+
+    /// The pragmas in force on the writing connection (the one whose durability matters).
+    pub async fn writer_settings(&self) -> Result<WriterSettings, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Settings(reply), "writer_settings")
+            .await?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(writer_gone("writer_settings")))
+    }
+
+    async fn send(&self, command: Command, op: &'static str) -> Result<(), StoreError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| writer_gone(op))
+    }
+
+    async fn write<T>(
+        &self,
+        op: &'static str,
+        make: impl FnOnce(Reply<T>) -> Write,
+    ) -> Result<T, StoreError> {
+        let (tx, answer) = oneshot::channel();
+        let reply = Reply { tx, result: None };
+        self.send(Command::Write(make(reply)), op).await?;
+        answer.await.unwrap_or_else(|_| Err(writer_gone(op)))
+    }
+}
+
+fn writer_gone(op: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{op}: the store is closed (its writer has stopped)"
+    ))
+}
+
+fn open_error(path: &Path, error: sqlx::Error) -> StoreError {
+    db_error(&format!("open {}", path.display()), error)
+}
+
+fn base_options(config: &SqliteConfig) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(&config.path)
+        .synchronous(config.synchronous.to_sqlx())
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+}
+
+fn writer_options(config: &SqliteConfig) -> SqliteConnectOptions {
+    // Only the writer sets WAL: switching modes needs an exclusive lock, and it is a property
+    // of the file that readers pick up by themselves.
+    base_options(config)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+}
+
+fn reader_options(config: &SqliteConfig) -> SqliteConnectOptions {
+    // `query_only` rather than a read-only open: a read-only connection cannot recreate the
+    // WAL index files, while this one simply refuses to write.
+    base_options(config).pragma("query_only", "ON")
+}
+
+async fn read_settings(conn: &mut SqliteConnection) -> Result<WriterSettings, sqlx::Error> {
+    let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await?;
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await?;
+    let busy_timeout_ms: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(WriterSettings {
+        journal_mode,
+        synchronous,
+        foreign_keys: foreign_keys != 0,
+        busy_timeout_ms,
+    })
+}
+
+/// A caller's answer slot: filled while the batch runs, sent once the batch is decided.
+struct Reply<T> {
+    tx: oneshot::Sender<Result<T, StoreError>>,
+    result: Option<Result<T, StoreError>>,
+}
+
+impl<T> Reply<T> {
+    /// Answers with what the command did (its batch committed); true if that was a success.
+    fn committed(self, op: &str) -> bool {
+        let result = self.result.unwrap_or_else(|| {
+            Err(StoreError::Unavailable(format!(
+                "{op}: the command was not applied"
+            )))
+        });
+        let succeeded = result.is_ok();
+        // A caller that stopped waiting still had its command committed; nothing to tell.
+        let _ = self.tx.send(result);
+        succeeded
+    }
+
+    /// Answers that nothing of the batch was written.
+    fn failed(self, op: &str, why: &str) {
+        let _ = self.tx.send(Err(StoreError::Unavailable(format!(
+            "{op}: the write was not committed: {why}"
+        ))));
+    }
+}
+
+/// A command that writes. Its result is filled in by [`apply_batch`].
+enum Write {
+    Create {
+        new: Box<NewJob>,
+        reply: Reply<CreateOutcome>,
+    },
+    Update {
+        job: Box<Job>,
+        event: bool,
+        reply: Reply<Job>,
+    },
+    /// One step of pruning: deletes events below `below`, at most [`PRUNE_STEP`] sequences.
+    PruneStep {
+        below: i64,
+        reply: Reply<PruneProgress>,
+    },
+}
+
+impl Write {
+    fn op(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "create",
+            Self::Update { .. } => "update",
+            Self::PruneStep { .. } => "prune_events",
+        }
+    }
+
+    /// Answers after a commit; true if the command's own outcome was a success.
+    fn committed(self) -> bool {
+        let op = self.op();
+        match self {
+            Self::Create { reply, .. } => reply.committed(op),
+            Self::Update { reply, .. } => reply.committed(op),
+            Self::PruneStep { reply, .. } => reply.committed(op),
+        }
+    }
+
+    fn failed(self, why: &str) {
+        let op = self.op();
+        match self {
+            Self::Create { reply, .. } => reply.failed(op, why),
+            Self::Update { reply, .. } => reply.failed(op, why),
+            Self::PruneStep { reply, .. } => reply.failed(op, why),
+        }
+    }
+}
+
+/// What one pruning step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PruneProgress {
+    deleted: u64,
+    /// No event below the bound is left.
+    done: bool,
+}
+
+enum Command {
+    Write(Write),
+    Settings(oneshot::Sender<Result<WriterSettings, StoreError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The task that owns the writing connection.
+struct Writer {
+    /// `None` after a failed batch: the next batch opens a fresh connection.
+    conn: Option<SqliteConnection>,
+    options: SqliteConnectOptions,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+    batches_committed: Arc<AtomicU64>,
+    max_batch: usize,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        while let Some(first) = self.commands.recv().await {
+            let mut writes = Vec::new();
+            let mut control = None;
+            match first {
+                Command::Write(write) => writes.push(write),
+                other => control = Some(other),
+            }
+            // Group commit: take what is already queued, never wait for more. A control
+            // command ends the batch so commands stay in the order they were sent.
+            while control.is_none() && !writes.is_empty() && writes.len() < self.max_batch {
+                match self.commands.try_recv() {
+                    Ok(Command::Write(write)) => writes.push(write),
+                    Ok(other) => control = Some(other),
+                    Err(_) => break,
+                }
+            }
+            if !writes.is_empty() {
+                self.commit(writes).await;
+            }
+            match control {
+                Some(Command::Settings(reply)) => {
+                    let settings = match self.connection().await {
+                        Ok(conn) => read_settings(conn)
+                            .await
+                            .map_err(|e| db_error("writer_settings", e)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(settings);
+                }
+                Some(Command::Close(reply)) => {
+                    self.shutdown().await;
+                    let _ = reply.send(());
+                    return;
+                }
+                Some(Command::Write(_)) | None => {}
+            }
+        }
+        // Every handle was dropped without `close`.
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        self.commands.close();
+        if let Some(conn) = self.conn.take()
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "closing the sqlite writer connection failed");
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
+        if self.conn.is_none() {
+            let conn = self
+                .options
+                .connect()
+                .await
+                .map_err(|e| db_error("reopen the writer connection", e))?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("the writer has no connection".into()))
+    }
+
+    async fn commit(&mut self, mut writes: Vec<Write>) {
+        let conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let why = e.to_string();
+                writes.into_iter().for_each(|w| w.failed(&why));
+                return;
+            }
+        };
+        match apply_batch(conn, &mut writes, now_ms()).await {
+            Ok(events) => {
+                self.batches_committed.fetch_add(1, Ordering::Relaxed);
+                let count = writes.len();
+                let refused = writes
+                    .into_iter()
+                    .map(Write::committed)
+                    .filter(|ok| !ok)
+                    .count();
+                tracing::debug!(
+                    commands = count,
+                    refused,
+                    events = events.len(),
+                    "batch committed"
+                );
+                for event in events {
+                    // An error only means nobody is listening right now.
+                    let _ = self.events.send(Arc::new(event));
+                }
+            }
+            Err(e) => {
+                let why = db_error("batch", e).to_string();
+                tracing::error!(commands = writes.len(), error = %why, "sqlite batch failed");
+                // The connection may be inside a transaction SQLite half-abandoned; a fresh
+                // one is the only state we can be sure of.
+                self.conn = None;
+                writes.into_iter().for_each(|w| w.failed(&why));
+            }
+        }
+    }
+}
+
+/// Applies `writes` in one transaction and commits it, filling each command's result. Returns
+/// the events written, in sequence order. An `Err` means nothing was committed.
+async fn apply_batch(
+    conn: &mut SqliteConnection,
+    writes: &mut [Write],
+    now_ms: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    // IMMEDIATE takes the write lock now, so the sequence read below cannot go stale.
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    match apply_in_transaction(conn, writes, now_ms).await {
+        Ok(events) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(events)
+        }
+        Err(e) => {
+            // Best effort: the caller drops this connection anyway.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+async fn apply_in_transaction(
+    conn: &mut SqliteConnection,
+    writes: &mut [Write],
+    now_ms: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let mut next_sequence = highest_sequence(conn).await? + 1;
+    let mut events = Vec::new();
+    for write in writes.iter_mut() {
+        sqlx::query("SAVEPOINT command").execute(&mut *conn).await?;
+        let outcome = match write {
+            Write::Create { new, .. } => apply_create(conn, new, next_sequence, now_ms)
+                .await
+                .map(|(outcome, event)| (Answer::Create(outcome), event)),
+            Write::Update { job, event, .. } => {
+                apply_update(conn, job, *event, next_sequence, now_ms)
+                    .await
+                    .map(|(job, event)| (Answer::Update(job), event))
+            }
+            Write::PruneStep { below, .. } => apply_prune_step(conn, *below)
+                .await
+                .map(|progress| (Answer::Prune(progress), None)),
+        };
+        match outcome {
+            Ok((answer, event)) => {
+                sqlx::query("RELEASE command").execute(&mut *conn).await?;
+                if let Some(event) = event {
+                    next_sequence = event.sequence + 1;
+                    events.push(event);
+                }
+                answer.fill(write);
+            }
+            Err(CommandError::Refused(e)) => {
+                // Refusals are decided before anything is written; the release is a no-op.
+                sqlx::query("RELEASE command").execute(&mut *conn).await?;
+                fill_error(write, e);
+            }
+            Err(CommandError::Db(op, e)) => {
+                // Undo this command alone. If SQLite already abandoned the whole transaction
+                // the savepoint is gone, this fails, and so does the batch.
+                sqlx::query("ROLLBACK TO command")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("RELEASE command").execute(&mut *conn).await?;
+                fill_error(write, db_error(op, e));
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// A successful command's answer, to put in its reply slot.
+enum Answer {
+    Create(CreateOutcome),
+    Update(Job),
+    Prune(PruneProgress),
+}
+
+impl Answer {
+    fn fill(self, write: &mut Write) {
+        match (self, write) {
+            (Self::Create(value), Write::Create { reply, .. }) => reply.result = Some(Ok(value)),
+            (Self::Update(value), Write::Update { reply, .. }) => reply.result = Some(Ok(value)),
+            (Self::Prune(value), Write::PruneStep { reply, .. }) => reply.result = Some(Ok(value)),
+            // Each arm of `apply_in_transaction` builds the answer of its own command, so a
+            // mismatch cannot happen; the slot stays empty and `Reply::committed` reports it.
+            (_, write) => tracing::error!(op = write.op(), "answer of another kind of command"),
+        }
+    }
+}
+
+fn fill_error(write: &mut Write, error: StoreError) {
+    match write {
+        Write::Create { reply, .. } => reply.result = Some(Err(error)),
+        Write::Update { reply, .. } => reply.result = Some(Err(error)),
+        Write::PruneStep { reply, .. } => reply.result = Some(Err(error)),
+    }
+}
+
+/// Why one command of a batch did not apply.
+enum CommandError {
+    /// The store's rules said no (reused key, stale version, unknown job); nothing was written.
+    Refused(StoreError),
+    /// A statement failed; the command's savepoint must be rolled back.
+    Db(&'static str, sqlx::Error),
+}
+
+/// The highest event sequence ever handed out: `sqlite_sequence` remembers it across pruning;
+/// the `MAX` covers a table whose counter row was never written.
+async fn highest_sequence(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                    COALESCE((SELECT MAX(sequence) FROM events), 0))",
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+async fn apply_create(
+    conn: &mut SqliteConnection,
+    new: &NewJob,
+    sequence: i64,
+    now_ms: i64,
+) -> Result<(CreateOutcome, Option<StoredEvent>), CommandError> {
+    const OP: &str = "create";
+    let db = |e| CommandError::Db(OP, e);
+    if let Some(request_id) = &new.job.request_id {
+        // Inside the batch's transaction, so a create earlier in the same batch is seen too.
+        let existing: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT id, fingerprint, job FROM jobs WHERE tenant = ? AND request_id = ?",
+        )
+        .bind(&new.job.tenant)
+        .bind(request_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+        if let Some((existing_id, fingerprint, json)) = existing {
+            if fingerprint == new.job.fingerprint {
+                let job = decode_job(OP, &existing_id, &json).map_err(CommandError::Refused)?;
+                return Ok((CreateOutcome::Existing(job), None));
+            }
+            return Err(CommandError::Refused(StoreError::RequestIdReused {
+                request_id: request_id.clone(),
+                existing_id,
+            }));
+        }
+    }
+
+    let mut job = new.job.clone();
+    job.version = 1;
+    job.last_sequence = sequence;
+    let json = encode_job(OP, &job).map_err(CommandError::Refused)?;
+    sqlx::query(
+        "INSERT INTO jobs (id, tenant, request_id, fingerprint, status, model, create_time_ms,
+                           next_action_ms, deleted, version, last_sequence, job)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&job.id)
+    .bind(&job.tenant)
+    .bind(&job.request_id)
+    .bind(&job.fingerprint)
+    .bind(job.status.as_str())
+    .bind(&job.model)
+    .bind(job.create_time_ms)
+    .bind(job.next_action_ms)
+    .bind(job.deleted)
+    .bind(job.version)
+    .bind(job.last_sequence)
+    .bind(&json)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query("INSERT INTO job_submissions (job_id, submission) VALUES (?, ?)")
+        .bind(&job.id)
+        .bind(&new.submission[..])
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    insert_labels(conn, &job.id, &job.labels)
+        .await
+        .map_err(db)?;
+    let event = insert_event(conn, &job, &json, now_ms).await.map_err(db)?;
+    Ok((CreateOutcome::Created(job), Some(event)))
+}
+
+async fn apply_update(
+    conn: &mut SqliteConnection,
+    job: &Job,
+    with_event: bool,
+    sequence: i64,
+    now_ms: i64,
+) -> Result<(Job, Option<StoredEvent>), CommandError> {
+    const OP: &str = "update";
+    let db = |e| CommandError::Db(OP, e);
+    let expected = job.version;
+    let mut job = job.clone();
+    job.version = expected.checked_add(1).ok_or_else(|| {
+        CommandError::Refused(StoreError::Corrupt(format!(
+            "{OP}: job {} has an exhausted version counter",
+            job.id
+        )))
+    })?;
+    // Without an event the job keeps its stored `last_sequence`, whatever the caller's copy
+    // says: the SQL patches it into the JSON from the row.
+    let new_sequence = with_event.then_some(sequence);
+    if let Some(sequence) = new_sequence {
+        job.last_sequence = sequence;
+    }
+    let json = encode_job(OP, &job).map_err(CommandError::Refused)?;
+    let stored: Option<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET tenant = ?1, request_id = ?2, fingerprint = ?3, status = ?4, model = ?5,
+                create_time_ms = ?6, next_action_ms = ?7, deleted = ?8, version = ?9,
+                last_sequence = COALESCE(?10, last_sequence),
+                job = CASE WHEN ?10 IS NULL THEN json_set(?11, '$.last_sequence', last_sequence)
+                           ELSE ?11 END
+         WHERE id = ?12 AND version = ?13
+         RETURNING last_sequence",
+    )
+    .bind(&job.tenant)
+    .bind(&job.request_id)
+    .bind(&job.fingerprint)
+    .bind(job.status.as_str())
+    .bind(&job.model)
+    .bind(job.create_time_ms)
+    .bind(job.next_action_ms)
+    .bind(job.deleted)
+    .bind(job.version)
+    .bind(new_sequence)
+    .bind(&json)
+    .bind(&job.id)
+    .bind(expected)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    let Some(last_sequence) = stored else {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?")
+            .bind(&job.id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+        return Err(CommandError::Refused(match exists {
+            Some(_) => StoreError::VersionConflict {
+                id: job.id,
+                expected,
+            },
+            None => StoreError::NotFound(job.id),
+        }));
+    };
+    job.last_sequence = last_sequence;
+
+    // Labels are set at create and not expected to change, but the filter table must never
+    // disagree with the job: rewrite it when they differ.
+    let stored_labels: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, value FROM job_labels WHERE job_id = ?")
+            .bind(&job.id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+    if stored_labels.into_iter().collect::<BTreeMap<_, _>>() != job.labels {
+        sqlx::query("DELETE FROM job_labels WHERE job_id = ?")
+            .bind(&job.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        insert_labels(conn, &job.id, &job.labels)
+            .await
+            .map_err(db)?;
+    }
+
+    let event = match new_sequence {
+        Some(_) => Some(insert_event(conn, &job, &json, now_ms).await.map_err(db)?),
+        None => None,
+    };
+    Ok((job, event))
+}
+
+async fn insert_labels(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), sqlx::Error> {
+    for (key, value) in labels {
+        sqlx::query("INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)")
+            .bind(job_id)
+            .bind(key)
+            .bind(value)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Appends the event of `job` under `job.last_sequence`, its `json` being that snapshot.
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    job: &Job,
+    json: &str,
+    now_ms: i64,
+) -> Result<StoredEvent, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (sequence, job_id, tenant, time_ms, job) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(job.last_sequence)
+    .bind(&job.id)
+    .bind(&job.tenant)
+    .bind(now_ms)
+    .bind(json)
+    .execute(&mut *conn)
+    .await?;
+    Ok(StoredEvent {
+        sequence: job.last_sequence,
+        job_id: job.id.clone(),
+        tenant: job.tenant.clone(),
+        time_ms: now_ms,
+        job: job.clone(),
+    })
+}
+
+async fn apply_prune_step(
+    conn: &mut SqliteConnection,
+    below: i64,
+) -> Result<PruneProgress, CommandError> {
+    let db = |e| CommandError::Db("prune_events", e);
+    let first: Option<i64> = sqlx::query_scalar("SELECT MIN(sequence) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    let Some(first) = first.filter(|first| *first < below) else {
+        return Ok(PruneProgress {
+            deleted: 0,
+            done: true,
+        });
+    };
+    let upper = below.min(first.saturating_add(PRUNE_STEP));
+    let pruned_through: i64 =
+        sqlx::query_scalar("SELECT MAX(sequence) FROM events WHERE sequence < ?")
+            .bind(upper)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+    let deleted = sqlx::query("DELETE FROM events WHERE sequence < ?")
+        .bind(upper)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?
+        .rows_affected();
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('pruned_through', ?)
+         ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+    )
+    .bind(pruned_through)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(PruneProgress {
+        deleted,
+        done: upper >= below,
+    })
+}
+
+fn encode_job(op: &str, job: &Job) -> Result<String, StoreError> {
+    serde_json::to_string(job).map_err(|e| {
+        StoreError::Unavailable(format!("{op}: job {} cannot be encoded: {e}", job.id))
+    })
+}
+
+/// Decodes a stored job. The error names where the JSON broke, never what it contained.
+fn decode_job(op: &str, id: &str, json: &str) -> Result<Job, StoreError> {
+    serde_json::from_str(json).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "{op}: job {id} is stored in a shape this vidgate cannot read \
+             ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Maps a database error to the store's: damaged files and undecodable rows are `Corrupt`,
+/// everything else (locks, I/O, closed pools) `Unavailable`. sqlx's messages carry SQLite's
+/// text and codes, never bound values.
+fn db_error(op: &str, error: sqlx::Error) -> StoreError {
+    /// SQLITE_CORRUPT and SQLITE_NOTADB, as primary result codes.
+    const CORRUPT_CODES: [i64; 2] = [11, 26];
+    let corrupt = match &error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(|code| CORRUPT_CODES.contains(&(code & 0xff))),
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => true,
+        _ => false,
+    };
+    let message = format!("{op}: {error}");
+    if corrupt {
+        StoreError::Corrupt(message)
+    } else {
+        StoreError::Unavailable(message)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Converts a caller's limit for SQLite, whose `LIMIT` takes a signed integer.
+fn limit(value: u32) -> i64 {
+    i64::from(value)
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn create(&self, new: NewJob) -> Result<CreateOutcome, StoreError> {
+        self.write("create", |reply| Write::Create {
+            new: Box::new(new),
+            reply,
+        })
+        .await
+    }
+
+    async fn update(&self, job: Job, event: bool) -> Result<Job, StoreError> {
+        self.write("update", |reply| Write::Update {
+            job: Box::new(job),
+            event,
+            reply,
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let json: Option<String> = sqlx::query_scalar("SELECT job FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(|e| db_error("get", e))?;
+        json.map(|json| decode_job("get", id, &json)).transpose()
+    }
+
+    async fn submission(&self, id: &str) -> Result<Option<Bytes>, StoreError> {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT submission FROM job_submissions WHERE job_id = ?")
+                .bind(id)
+                .fetch_optional(&self.reads)
+                .await
+                .map_err(|e| db_error("submission", e))?;
+        Ok(bytes.map(Bytes::from))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        // `deleted = 0` and the ORDER BY match the partial index `jobs_tenant_created`, so
+        // pages come straight off the index without a sort.
+        let mut sql =
+            QueryBuilder::<Sqlite>::new("SELECT id, job FROM jobs WHERE deleted = 0 AND tenant = ");
+        sql.push_bind(query.tenant.as_str());
+        if !query.statuses.is_empty() {
+            sql.push(" AND status IN (");
+            let mut statuses = sql.separated(", ");
+            for status in &query.statuses {
+                statuses.push_bind(status.as_str());
+            }
+            sql.push(")");
+        }
+        if let Some(model) = &query.model {
+            sql.push(" AND model = ").push_bind(model.as_str());
+        }
+        for (key, value) in &query.labels {
+            sql.push(
+                " AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id AND l.key = ",
+            )
+            .push_bind(key.as_str())
+            .push(" AND l.value = ")
+            .push_bind(value.as_str())
+            .push(")");
+        }
+        if let Some((create_time_ms, id)) = &query.after {
+            sql.push(" AND (create_time_ms, id) < (")
+                .push_bind(*create_time_ms)
+                .push(", ")
+                .push_bind(id.as_str())
+                .push(")");
+        }
+        sql.push(" ORDER BY create_time_ms DESC, id DESC LIMIT ")
+            .push_bind(limit(query.limit));
+        let rows: Vec<(String, String)> = sql
+            .build_query_as()
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| db_error("list", e))?;
+        rows.iter()
+            .map(|(id, json)| decode_job("list", id, json))
+            .collect()
+    }
+
+    async fn due(&self, now_ms: i64, limit_to: u32) -> Result<Vec<Job>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, job FROM jobs
+             WHERE next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= ?
+             ORDER BY next_action_ms, id LIMIT ?",
+        )
+        .bind(now_ms)
+        .bind(limit(limit_to))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(|e| db_error("due", e))?;
+        rows.iter()
+            .map(|(id, json)| decode_job("due", id, json))
+            .collect()
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT MIN(next_action_ms) FROM jobs WHERE next_action_ms IS NOT NULL AND deleted = 0",
+        )
+        .fetch_one(&self.reads)
+        .await
+        .map_err(|e| db_error("next_due_ms", e))
+    }
+
+    async fn events_after(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "SELECT sequence, job_id, tenant, time_ms, job FROM events WHERE sequence > ",
+        );
+        sql.push_bind(query.after_sequence);
+        if let Some(tenant) = &query.tenant {
+            sql.push(" AND tenant = ").push_bind(tenant.as_str());
+        }
+        if let Some(job_id) = &query.job_id {
+            sql.push(" AND job_id = ").push_bind(job_id.as_str());
+        }
+        sql.push(" ORDER BY sequence LIMIT ")
+            .push_bind(limit(query.limit));
+        let rows: Vec<(i64, String, String, i64, String)> = sql
+            .build_query_as()
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| db_error("events_after", e))?;
+        rows.into_iter()
+            .map(|(sequence, job_id, tenant, time_ms, json)| {
+                let job = decode_job("events_after", &job_id, &json)?;
+                Ok(StoredEvent {
+                    sequence,
+                    job_id,
+                    tenant,
+                    time_ms,
+                    job,
+                })
+            })
+            .collect()
+    }
+
+    async fn pruned_through(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "SELECT COALESCE((SELECT value FROM meta WHERE key = 'pruned_through'), 0)",
+        )
+        .fetch_one(&self.reads)
+        .await
+        .map_err(|e| db_error("pruned_through", e))
+    }
+
+    async fn latest_sequence(&self) -> Result<i64, StoreError> {
+        // `sqlite_sequence`, not MAX(sequence): pruning may have deleted the newest events.
+        sqlx::query_scalar(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                        COALESCE((SELECT MAX(sequence) FROM events), 0))",
+        )
+        .fetch_one(&self.reads)
+        .await
+        .map_err(|e| db_error("latest_sequence", e))
+    }
+
+    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        // Prune a prefix of the log: everything before the first event that is not old
+        // enough. The log then has no holes above `pruned_through`, which is what a resuming
+        // reader relies on; an older event behind a newer one (a clock step back) waits for
+        // the next pruning instead of punching a hole. One statement, one snapshot: events
+        // committed afterwards are above the bound.
+        let below: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(
+                 (SELECT sequence FROM events WHERE time_ms >= ? ORDER BY sequence LIMIT 1),
+                 (SELECT COALESCE(MAX(sequence), 0) FROM events) + 1)",
+        )
+        .bind(before_ms)
+        .fetch_one(&self.reads)
+        .await
+        .map_err(|e| db_error("prune_events", e))?;
+        let mut deleted = 0;
+        loop {
+            let step = self
+                .write("prune_events", |reply| Write::PruneStep { below, reply })
+                .await?;
+            deleted += step.deleted;
+            if step.done {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.events.subscribe()
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        if self.commands.is_closed() {
+            return Err(writer_gone("health"));
+        }
+        sqlx::query("SELECT 1")
+            .execute(&self.reads)
+            .await
+            .map(|_| ())
+            .map_err(|e| db_error("health", e))
+    }
+}
