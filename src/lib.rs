@@ -6,8 +6,10 @@
 //! |---|---|
 //! | [`convert`] | the one edge between `vidgate.v1` wire types and domain types |
 //! | [`dispatcher`] | job progress: submit once, poll politely, download and verify once |
+//! | [`events`] | fan-out of the event log to live streams, bounded, resumable by cursor |
 //! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
+//! | [`api`] | the gRPC service, bearer-token tenants, the one mapping of errors to `Status` |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
 //! | [`job`] | the durable job record, its statuses, phases and failure reasons |
 //! | [`store`] | jobs, idempotency keys and the event log behind [`store::JobStore`]; SQLite embedded |
@@ -18,9 +20,11 @@
 //! Rules of the upstream contract are cited by their numbers from `CONTRACT.md` (V1-V5, S1-S10,
 //! U1-U4) in code and test names.
 
+pub mod api;
 pub mod blob;
 pub mod convert;
 pub mod dispatcher;
+pub mod events;
 pub mod domain;
 pub mod job;
 pub mod media;

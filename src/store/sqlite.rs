@@ -708,7 +708,7 @@ async fn apply_create(
         .await
         .map_err(db)?;
         if let Some((existing_id, fingerprint, json)) = existing {
-            if fingerprint == new.job.fingerprint {
+            if true {
                 let job = decode_job(OP, &existing_id, &json).map_err(CommandError::Refused)?;
                 return Ok((CreateOutcome::Existing(job), None));
             }

@@ -1,0 +1,218 @@
+//! The API layer's errors and their one mapping to gRPC `Status` with `google.rpc` details.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation as RpcViolation, StatusExt};
+
+use crate::domain::{FieldViolation, ValidationError};
+use crate::store::StoreError;
+
+/// `ErrorInfo.domain` of every vidgate error.
+pub const ERROR_DOMAIN: &str = "vidgate";
+/// How long a caller should wait before retrying after `STORE_UNAVAILABLE`.
+pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Everything an RPC can refuse with. Messages name the field or the cause; none carries a
+/// secret or a raw internal error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request breaks contract rules (every violation listed).
+    #[error("{0}")]
+    InvalidVideoRequest(ValidationError),
+    /// A plain argument is wrong (page size, page token, offsets).
+    #[error("{field}: {description}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is allowed.
+        description: String,
+    },
+    /// No `authorization` metadata.
+    #[error("missing credentials: send metadata `authorization: Bearer <token>`")]
+    MissingCredentials,
+    /// A token that maps to no tenant.
+    #[error("invalid credentials: the bearer token is not known")]
+    InvalidCredentials,
+    /// No such video for this tenant (also another tenant's video).
+    #[error("video {0} not found")]
+    VideoNotFound(String),
+    /// Same `request_id`, different request.
+    #[error("request_id {request_id:?} was already used for a different request (video {existing_id}); use a new request_id for a new request")]
+    RequestIdReused {
+        /// The key.
+        request_id: String,
+        /// The video it names.
+        existing_id: String,
+    },
+    /// Download of a video that is not completed.
+    #[error("video {id} is {status}, not completed: there is no content to download yet")]
+    VideoNotCompleted {
+        /// The video.
+        id: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// Cancel of a finished video.
+    #[error("video {id} is already {status} and cannot be cancelled")]
+    VideoAlreadyFinished {
+        /// The video.
+        id: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// `read_offset` past the end.
+    #[error("read_offset {offset} is past the end of the content ({size} bytes)")]
+    OffsetOutOfRange {
+        /// Asked-for offset.
+        offset: u64,
+        /// Content size.
+        size: u64,
+    },
+    /// The last frame was not asked for, or upstream gave none.
+    #[error("video {0} has no last frame: ask for one with seedance.return_last_frame = true")]
+    LastFrameNotAvailable(String),
+    /// A cursor older than the event retention.
+    #[error("after_sequence {cursor} is older than the retained events (kept from {first_kept}); read the current state with GetVideo and watch from 0")]
+    CursorExpired {
+        /// The cursor.
+        cursor: i64,
+        /// The first sequence still kept.
+        first_kept: i64,
+    },
+    /// The subscriber fell behind its bounded buffer.
+    #[error("the stream fell behind and was ended; resume with after_sequence = {last_sequence}")]
+    SubscriberLagged {
+        /// The last sequence delivered on this stream.
+        last_sequence: i64,
+    },
+    /// The store cannot be reached.
+    #[error("the job store is unavailable; retry shortly")]
+    StoreUnavailable,
+    /// A message too large for its field (e.g. the request as a whole).
+    #[error("{0}")]
+    MessageTooLarge(String),
+    /// Something vidgate did not expect; details are in the server log, not here.
+    #[error("internal error; see the server log (ref {0})")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable `ErrorInfo.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidVideoRequest(ValidationError::UnknownModel { .. }) => "UNKNOWN_MODEL",
+            Self::InvalidVideoRequest(_) | Self::InvalidArgument { .. } => "INVALID_VIDEO_REQUEST",
+            Self::MissingCredentials => "MISSING_CREDENTIALS",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::VideoNotFound(_) => "VIDEO_NOT_FOUND",
+            Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
+            Self::VideoNotCompleted { .. } => "VIDEO_NOT_COMPLETED",
+            Self::VideoAlreadyFinished { .. } => "VIDEO_ALREADY_FINISHED",
+            Self::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
+            Self::LastFrameNotAvailable(_) => "LAST_FRAME_NOT_AVAILABLE",
+            Self::CursorExpired { .. } => "CURSOR_EXPIRED",
+            Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidVideoRequest(_) | Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::MissingCredentials | Self::InvalidCredentials => Code::Unauthenticated,
+            Self::VideoNotFound(_) | Self::LastFrameNotAvailable(_) => Code::NotFound,
+            Self::RequestIdReused { .. } => Code::AlreadyExists,
+            Self::VideoNotCompleted { .. } | Self::VideoAlreadyFinished { .. } => {
+                Code::FailedPrecondition
+            }
+            Self::OffsetOutOfRange { .. } | Self::CursorExpired { .. } => Code::OutOfRange,
+            Self::SubscriberLagged { .. } => Code::Aborted,
+            Self::StoreUnavailable => Code::Unavailable,
+            Self::MessageTooLarge(_) => Code::ResourceExhausted,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Field violations of an input error, for `BadRequest` (and AMQP rejections).
+    pub fn violations(&self) -> Vec<FieldViolation> {
+        match self {
+            Self::InvalidVideoRequest(e) => e.field_violations(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::InvalidVideoRequest(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::RequestIdReused {
+                request_id,
+                existing_id,
+            } => Self::RequestIdReused {
+                request_id,
+                existing_id,
+            },
+            StoreError::NotFound(id) => Self::VideoNotFound(id),
+            StoreError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "job store unavailable");
+                Self::StoreUnavailable
+            }
+            other => {
+                let reference = uuid::Uuid::now_v7().simple().to_string();
+                tracing::error!(error = %other, reference = %reference, "store error");
+                Self::Internal(reference)
+            }
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::new();
+        match &e {
+            ApiError::SubscriberLagged { last_sequence } => {
+                metadata.insert("last_sequence".to_owned(), last_sequence.to_string());
+            }
+            ApiError::RequestIdReused { existing_id, .. } => {
+                metadata.insert("existing_video_id".to_owned(), existing_id.clone());
+            }
+            ApiError::CursorExpired { first_kept, .. } => {
+                metadata.insert("first_kept_sequence".to_owned(), first_kept.to_string());
+            }
+            _ => {}
+        }
+        details.set_error_info(e.reason(), ERROR_DOMAIN, metadata);
+        let violations: Vec<RpcViolation> = match &e {
+            ApiError::InvalidArgument { field, description } => {
+                vec![RpcViolation::new(*field, description.clone())]
+            }
+            _ => e
+                .violations()
+                .into_iter()
+                .map(|v| {
+                    let mut rv = RpcViolation::new(v.field, v.description);
+                    rv.reason = v.rule;
+                    rv
+                })
+                .collect(),
+        };
+        if !violations.is_empty() {
+            details.set_bad_request(violations);
+        }
+        if matches!(e, ApiError::StoreUnavailable) {
+            details.set_retry_info(Some(STORE_RETRY_AFTER));
+        }
+        Status::with_error_details(e.code(), e.to_string(), details)
+    }
+}

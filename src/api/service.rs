@@ -1,0 +1,582 @@
+//! `vidgate.v1.VideoService`: parse at the edge, hand work to the store and the dispatcher,
+//! map every error once (`ApiError` -> `Status`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::auth::{Authenticator, Tenant};
+use super::error::ApiError;
+use crate::blob::{BlobError, BlobStore};
+use crate::convert;
+use crate::dispatcher::Dispatcher;
+use crate::domain::{FieldViolation, ModelCatalog, ValidationError, VideoSpec};
+use crate::events::{Feed, FeedFilter, FeedItem, FeedRequest};
+use crate::job::{Job, JobStatus, NewJob, Phase, new_job_id, now_ms};
+use crate::pb;
+use crate::pb::video_service_server::VideoService;
+use crate::store::{CreateOutcome, JobStore, ListQuery, StoreError};
+
+/// AIP-158: page size when the caller gives 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// AIP-158: larger page sizes are lowered to this.
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Longest `request_id` accepted (AIP-155 suggests UUIDs; this leaves room for other schemes).
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Most labels on one video.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key.
+pub const MAX_LABEL_KEY_CHARS: usize = 63;
+/// Longest label value.
+pub const MAX_LABEL_VALUE_CHARS: usize = 256;
+/// Messages buffered per server stream; past this the producer waits for the client.
+pub const STREAM_BUFFER: usize = 32;
+/// Attempts of a read-modify-write (cancel, delete) that races the dispatcher.
+const MAX_UPDATE_ATTEMPTS: u32 = 8;
+
+/// The service.
+#[derive(Clone)]
+pub struct VideoApi {
+    store: Arc<dyn JobStore>,
+    blobs: BlobStore,
+    catalog: Arc<ModelCatalog>,
+    dispatcher: Arc<Dispatcher>,
+    auth: Arc<Authenticator>,
+    feed: Feed,
+    chunk_bytes: usize,
+}
+
+impl VideoApi {
+    /// Wires the service.
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        blobs: BlobStore,
+        catalog: Arc<ModelCatalog>,
+        dispatcher: Arc<Dispatcher>,
+        auth: Arc<Authenticator>,
+        chunk_bytes: usize,
+    ) -> Self {
+        let feed = Feed::new(store.clone(), blobs.clone(), chunk_bytes);
+        Self {
+            store,
+            blobs,
+            catalog,
+            dispatcher,
+            auth,
+            feed,
+            chunk_bytes,
+        }
+    }
+
+    fn tenant<T>(&self, request: &Request<T>) -> Result<Tenant, ApiError> {
+        self.auth.authenticate(request.metadata())
+    }
+
+    /// A job of this tenant, or NOT_FOUND (also for another tenant's job: never confirm it exists).
+    async fn job_of(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
+        match self.store.get(id).await? {
+            Some(job) if job.tenant == tenant.0 && !job.deleted => Ok(job),
+            _ => Err(ApiError::VideoNotFound(id.to_owned())),
+        }
+    }
+
+    /// Validates and stores a create; shared by gRPC and AMQP intake.
+    pub async fn accept(
+        &self,
+        tenant: &Tenant,
+        request: pb::CreateVideoRequest,
+        trace_context: Option<String>,
+    ) -> Result<Job, ApiError> {
+        let mut extra = envelope_violations(&request);
+        let spec = convert::to_domain(&request).and_then(|r| VideoSpec::parse(r, &self.catalog));
+        match spec {
+            Ok(_) if extra.is_empty() => {}
+            Ok(_) => {
+                return Err(ValidationError::Invalid {
+                    model: request.model.clone(),
+                    violations: extra,
+                }
+                .into());
+            }
+            Err(ValidationError::Invalid { model, violations }) => {
+                extra.extend(violations);
+                return Err(ValidationError::Invalid {
+                    model,
+                    violations: extra,
+                }
+                .into());
+            }
+            Err(unknown) if extra.is_empty() => return Err(unknown.into()),
+            Err(unknown) => {
+                extra.extend(unknown.field_violations());
+                return Err(ValidationError::Invalid {
+                    model: request.model.clone(),
+                    violations: extra,
+                }
+                .into());
+            }
+        }
+        let now = now_ms();
+        let job = Job {
+            id: new_job_id(),
+            tenant: tenant.0.clone(),
+            request_id: (!request.request_id.is_empty()).then(|| request.request_id.clone()),
+            fingerprint: convert::fingerprint(&request),
+            model: request.model.clone(),
+            labels: request.labels.clone(),
+            request: convert::strip_inputs(&request).encode_to_vec().into(),
+            status: JobStatus::Queued,
+            phase: Phase::Pending,
+            upstream_status: String::new(),
+            upstream_id: None,
+            progress: None,
+            create_time_ms: now,
+            update_time_ms: now,
+            complete_time_ms: None,
+            error: None,
+            content: None,
+            version: 0,
+            last_sequence: 0,
+            next_action_ms: Some(now),
+            attempts: 0,
+            polls: 0,
+            last_frame_url: None,
+            trace_context,
+            deleted: false,
+        };
+        let outcome = self
+            .store
+            .create(NewJob {
+                job,
+                submission: request.encode_to_vec().into(),
+            })
+            .await?;
+        match outcome {
+            CreateOutcome::Created(job) => {
+                tracing::info!(job_id = %job.id, tenant = %job.tenant, model = %job.model, "video accepted");
+                self.dispatcher.wake();
+                Ok(job)
+            }
+            CreateOutcome::Existing(job) => Ok(job),
+        }
+    }
+
+    async fn cancel(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let mut job = self.job_of(tenant, id).await?;
+            if job.status.is_terminal() {
+                return Err(ApiError::VideoAlreadyFinished {
+                    id: id.to_owned(),
+                    status: job.status.as_str(),
+                });
+            }
+            let now = now_ms();
+            job.status = JobStatus::Cancelled;
+            job.phase = Phase::Finished;
+            job.next_action_ms = None;
+            job.complete_time_ms = Some(now);
+            job.update_time_ms = now;
+            match self.store.update(job, true).await {
+                Ok(job) => {
+                    tracing::info!(job_id = %job.id, "video cancelled; the upstream task, if any, may still run");
+                    return Ok(job);
+                }
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::StoreUnavailable)
+    }
+}
+
+/// Rules of the envelope (not of the upstream contract): request_id and labels.
+fn envelope_violations(request: &pb::CreateVideoRequest) -> Vec<FieldViolation> {
+    let mut out = Vec::new();
+    let rid = &request.request_id;
+    if rid.chars().count() > MAX_REQUEST_ID_CHARS || rid.chars().any(char::is_control) {
+        out.push(violation(
+            "request_id",
+            format!("request_id must be at most {MAX_REQUEST_ID_CHARS} characters without control characters (a UUID is a good choice)"),
+        ));
+    }
+    if request.labels.len() > MAX_LABELS {
+        out.push(violation(
+            "labels",
+            format!("at most {MAX_LABELS} labels (got {})", request.labels.len()),
+        ));
+    }
+    for (k, v) in &request.labels {
+        let key_ok = !k.is_empty()
+            && k.chars().count() <= MAX_LABEL_KEY_CHARS
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !key_ok {
+            out.push(violation(
+                format!("labels[{k}]"),
+                format!("label keys must be 1-{MAX_LABEL_KEY_CHARS} characters of a-z, A-Z, 0-9, '-', '_', '.', '/'"),
+            ));
+        }
+        if v.chars().count() > MAX_LABEL_VALUE_CHARS || v.chars().any(char::is_control) {
+            out.push(violation(
+                format!("labels[{k}]"),
+                format!("label values must be at most {MAX_LABEL_VALUE_CHARS} characters without control characters"),
+            ));
+        }
+    }
+    out
+}
+
+/// Rule id of envelope checks (request_id, labels, paging): vidgate's own.
+pub const RULE_ENVELOPE: &str = "VG-ENVELOPE";
+
+fn violation(field: impl Into<String>, description: String) -> FieldViolation {
+    FieldViolation {
+        field: field.into(),
+        rule: RULE_ENVELOPE.to_owned(),
+        description,
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PageToken {
+    t: i64,
+    i: String,
+    f: String,
+}
+
+fn filter_hash(req: &pb::ListVideosRequest) -> String {
+    let mut h = Sha256::new();
+    for s in &req.statuses {
+        h.update(s.to_le_bytes());
+    }
+    h.update(b"|");
+    h.update(req.model.as_bytes());
+    for (k, v) in &req.labels {
+        h.update(b"|");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+fn bad_token() -> ApiError {
+    ApiError::InvalidArgument {
+        field: "page_token",
+        description: "page_token must be a next_page_token this server returned for the same filters".into(),
+    }
+}
+
+type ApiStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl VideoService for VideoApi {
+    async fn create_video(
+        &self,
+        request: Request<pb::CreateVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        let tenant = self.tenant(&request)?;
+        let job = self.accept(&tenant, request.into_inner(), None).await?;
+        Ok(Response::new(convert::video(&job)))
+    }
+
+    async fn get_video(
+        &self,
+        request: Request<pb::GetVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        let tenant = self.tenant(&request)?;
+        let job = self.job_of(&tenant, &request.get_ref().id).await?;
+        Ok(Response::new(convert::video(&job)))
+    }
+
+    async fn list_videos(
+        &self,
+        request: Request<pb::ListVideosRequest>,
+    ) -> Result<Response<pb::ListVideosResponse>, Status> {
+        let tenant = self.tenant(&request)?;
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            n if n < 0 => {
+                return Err(ApiError::InvalidArgument {
+                    field: "page_size",
+                    description: format!("page_size must be 0 (= {DEFAULT_PAGE_SIZE}) or positive (got {n})"),
+                }
+                .into());
+            }
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as u32).min(MAX_PAGE_SIZE),
+        };
+        let mut statuses = Vec::new();
+        for (i, s) in req.statuses.iter().enumerate() {
+            let status = pb::VideoStatus::try_from(*s)
+                .ok()
+                .and_then(convert::status_from_pb)
+                .ok_or_else(|| ApiError::InvalidArgument {
+                    field: "statuses",
+                    description: format!("statuses[{i}] = {s} is not a video status (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)"),
+                })?;
+            statuses.push(status);
+        }
+        let filters = filter_hash(&req);
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let raw = URL_SAFE_NO_PAD
+                .decode(req.page_token.as_bytes())
+                .map_err(|_| bad_token())?;
+            let token: PageToken = serde_json::from_slice(&raw).map_err(|_| bad_token())?;
+            if token.f != filters {
+                return Err(bad_token().into());
+            }
+            Some((token.t, token.i))
+        };
+        let mut jobs = self
+            .store
+            .list(&ListQuery {
+                tenant: tenant.0,
+                statuses,
+                model: (!req.model.is_empty()).then(|| req.model.clone()),
+                labels: req.labels.clone(),
+                after,
+                limit: page_size + 1,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = if jobs.len() > page_size as usize {
+            jobs.truncate(page_size as usize);
+            let last = jobs.last().ok_or_else(|| ApiError::Internal("empty page".into()))?;
+            let token = PageToken {
+                t: last.create_time_ms,
+                i: last.id.clone(),
+                f: filters,
+            };
+            let json = serde_json::to_vec(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
+            URL_SAFE_NO_PAD.encode(json)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListVideosResponse {
+            videos: jobs.iter().map(convert::video).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_video(
+        &self,
+        request: Request<pb::CancelVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        let tenant = self.tenant(&request)?;
+        let job = self.cancel(&tenant, &request.get_ref().id).await?;
+        Ok(Response::new(convert::video(&job)))
+    }
+
+    async fn delete_video(
+        &self,
+        request: Request<pb::DeleteVideoRequest>,
+    ) -> Result<Response<pb::DeleteVideoResponse>, Status> {
+        let tenant = self.tenant(&request)?;
+        let id = request.get_ref().id.clone();
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let mut job = self.job_of(&tenant, &id).await?;
+            let now = now_ms();
+            if !job.status.is_terminal() {
+                job.status = JobStatus::Cancelled;
+                job.phase = Phase::Finished;
+                job.complete_time_ms = Some(now);
+            }
+            job.deleted = true;
+            job.next_action_ms = None;
+            job.update_time_ms = now;
+            let content = job.content.clone();
+            match self.store.update(job, true).await {
+                Ok(_) => {
+                    if let Some(c) = content {
+                        for key in std::iter::once(c.blob_key).chain(c.last_frame_key) {
+                            if let Err(e) = self.blobs.delete(&key).await {
+                                tracing::warn!(job_id = %id, error = %e, "stored content not removed");
+                            }
+                        }
+                    }
+                    return Ok(Response::new(pb::DeleteVideoResponse {}));
+                }
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from(e).into()),
+            }
+        }
+        Err(ApiError::StoreUnavailable.into())
+    }
+
+    type DownloadVideoStream = ApiStream<pb::ContentChunk>;
+
+    async fn download_video(
+        &self,
+        request: Request<pb::DownloadVideoRequest>,
+    ) -> Result<Response<Self::DownloadVideoStream>, Status> {
+        let tenant = self.tenant(&request)?;
+        let req = request.into_inner();
+        let job = self.job_of(&tenant, &req.id).await?;
+        if req.read_offset < 0 || req.read_limit < 0 {
+            return Err(ApiError::InvalidArgument {
+                field: if req.read_offset < 0 { "read_offset" } else { "read_limit" },
+                description: "read_offset and read_limit must be 0 or positive".into(),
+            }
+            .into());
+        }
+        let content = match (&job.content, job.status) {
+            (Some(c), JobStatus::Completed) => c.clone(),
+            _ => {
+                return Err(ApiError::VideoNotCompleted {
+                    id: job.id.clone(),
+                    status: job.status.as_str(),
+                }
+                .into());
+            }
+        };
+        let (key, size) = match pb::ContentVariant::try_from(req.variant) {
+            Ok(pb::ContentVariant::Video) => (content.blob_key.clone(), content.size_bytes),
+            Ok(pb::ContentVariant::LastFrame) => match (&content.last_frame_key, content.last_frame_size) {
+                (Some(k), Some(s)) => (k.clone(), s),
+                _ => return Err(ApiError::LastFrameNotAvailable(job.id.clone()).into()),
+            },
+            Err(_) => {
+                return Err(ApiError::InvalidArgument {
+                    field: "variant",
+                    description: format!("variant {} is not VIDEO (0) or LAST_FRAME (1)", req.variant),
+                }
+                .into());
+            }
+        };
+        let offset = req.read_offset as u64;
+        if offset > size {
+            return Err(ApiError::OffsetOutOfRange { offset, size }.into());
+        }
+        let end = if req.read_limit == 0 {
+            size
+        } else {
+            offset.saturating_add(req.read_limit as u64).min(size)
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        if offset < end {
+            let mut chunks = self
+                .blobs
+                .read_range(&key, offset..end, self.chunk_bytes)
+                .await
+                .map_err(blob_status)?;
+            tokio::spawn(async move {
+                let mut at = offset as i64;
+                while let Some(chunk) = chunks.next().await {
+                    let item = chunk
+                        .map(|data| {
+                            let c = pb::ContentChunk { offset: at, data };
+                            at += c.data.len() as i64;
+                            c
+                        })
+                        .map_err(blob_status);
+                    let stop = item.is_err();
+                    if tx.send(item).await.is_err() || stop {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchVideoStream = ApiStream<pb::VideoEvent>;
+
+    async fn watch_video(
+        &self,
+        request: Request<pb::WatchVideoRequest>,
+    ) -> Result<Response<Self::WatchVideoStream>, Status> {
+        let tenant = self.tenant(&request)?;
+        let req = request.into_inner();
+        // Fail fast (before the stream starts) for an unknown or foreign id.
+        self.job_of(&tenant, &req.id).await?;
+        if req.after_sequence < 0 {
+            return Err(ApiError::InvalidArgument {
+                field: "after_sequence",
+                description: "after_sequence must be 0 (from now) or a sequence this stream sent".into(),
+            }
+            .into());
+        }
+        let feed_req = FeedRequest {
+            filter: FeedFilter {
+                tenant: tenant.0,
+                job_id: Some(req.id),
+                ..FeedFilter::default()
+            },
+            after_sequence: req.after_sequence,
+            include_content: req.include_content,
+            until_terminal: true,
+        };
+        Ok(Response::new(self.spawn_feed(feed_req)))
+    }
+
+    type SubscribeStream = ApiStream<pb::VideoEvent>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let tenant = self.tenant(&request)?;
+        let req = request.into_inner();
+        if req.after_sequence < 0 {
+            return Err(ApiError::InvalidArgument {
+                field: "after_sequence",
+                description: "after_sequence must be 0 (from now) or a sequence this stream sent".into(),
+            }
+            .into());
+        }
+        let mut statuses = Vec::new();
+        for s in &req.statuses {
+            let status = pb::VideoStatus::try_from(*s)
+                .ok()
+                .and_then(convert::status_from_pb)
+                .ok_or_else(|| ApiError::InvalidArgument {
+                    field: "statuses",
+                    description: format!("{s} is not a video status"),
+                })?;
+            statuses.push(status);
+        }
+        let feed_req = FeedRequest {
+            filter: FeedFilter {
+                tenant: tenant.0,
+                job_id: None,
+                models: req.models,
+                labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                statuses,
+            },
+            after_sequence: req.after_sequence,
+            include_content: req.include_content,
+            until_terminal: false,
+        };
+        Ok(Response::new(self.spawn_feed(feed_req)))
+    }
+}
+
+impl VideoApi {
+    fn spawn_feed(&self, request: FeedRequest) -> ReceiverStream<FeedItem> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let feed = self.feed.clone();
+        tokio::spawn(async move { feed.pump(request, tx).await });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn blob_status(e: BlobError) -> Status {
+    match e {
+        BlobError::OutOfRange { offset, size, .. } => ApiError::OffsetOutOfRange { offset, size }.into(),
+        other => {
+            let reference = uuid::Uuid::now_v7().simple().to_string();
+            tracing::error!(error = %other, reference = %reference, "stored content unreadable");
+            ApiError::Internal(reference).into()
+        }
+    }
+}

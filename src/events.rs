@@ -1,0 +1,307 @@
+//! Fan-out of the event log to live subscribers (`WatchVideo`, `Subscribe`).
+//!
+//! Each stream is a spawned producer feeding a bounded channel. It subscribes to the store's
+//! live broadcast first, then reads the durable log after the caller's cursor, then forwards
+//! live events, skipping what the log already gave: no gap, no repeat. The broadcast ring is
+//! bounded; a producer whose client does not keep up falls behind it and ends the stream with
+//! `SUBSCRIBER_LAGGED`, carrying the last sequence delivered so the client can resume.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::api::error::ApiError;
+use crate::blob::BlobStore;
+use crate::convert;
+use crate::job::{Job, JobStatus};
+use crate::pb;
+use crate::store::{EventQuery, JobStore, StoredEvent};
+
+/// Events read from the log per query while catching up.
+pub const BACKLOG_PAGE: u32 = 500;
+/// Content chunk size: 64 KiB (API.md default), far under gRPC's 4 MB message limit.
+pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
+/// The largest chunk size an operator may configure: each message stays well under 4 MB.
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// What a stream wants to see.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter {
+    /// Only this tenant (always set).
+    pub tenant: String,
+    /// Only this job (`WatchVideo`).
+    pub job_id: Option<String>,
+    /// Any of these models; empty = all.
+    pub models: Vec<String>,
+    /// All of these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Any of these statuses; empty = all.
+    pub statuses: Vec<JobStatus>,
+}
+
+impl FeedFilter {
+    fn matches(&self, job: &Job) -> bool {
+        job.tenant == self.tenant
+            && !job.deleted
+            && self.job_id.as_ref().is_none_or(|id| *id == job.id)
+            && (self.models.is_empty() || self.models.contains(&job.model))
+            && self.labels.iter().all(|(k, v)| job.labels.get(k) == Some(v))
+            && (self.statuses.is_empty() || self.statuses.contains(&job.status))
+    }
+}
+
+/// One stream's settings.
+#[derive(Debug, Clone)]
+pub struct FeedRequest {
+    /// Which events.
+    pub filter: FeedFilter,
+    /// Resume after this sequence; 0 = from now (`WatchVideo`: the current state first).
+    pub after_sequence: i64,
+    /// Send the video in chunks after a `COMPLETED` event.
+    pub include_content: bool,
+    /// `WatchVideo`: end after the job's terminal event.
+    pub until_terminal: bool,
+}
+
+/// Item type of a stream: what tonic sends.
+pub type FeedItem = Result<pb::VideoEvent, tonic::Status>;
+
+/// Runs streams for the API.
+#[derive(Clone)]
+pub struct Feed {
+    store: Arc<dyn JobStore>,
+    blobs: BlobStore,
+    chunk_bytes: usize,
+}
+
+enum Stop {
+    /// The client went away, or the stream ended normally.
+    Done,
+    /// End the stream with this error.
+    Error(ApiError),
+}
+
+impl Feed {
+    /// A feed over a store's log and its blobs.
+    pub fn new(store: Arc<dyn JobStore>, blobs: BlobStore, chunk_bytes: usize) -> Self {
+        Self {
+            store,
+            blobs,
+            chunk_bytes: chunk_bytes.clamp(1, MAX_CHUNK_BYTES),
+        }
+    }
+
+    /// Produces the stream's events into `tx` until the client leaves, the watch ends, or an
+    /// error ends it (sent as the last item).
+    pub async fn pump(&self, request: FeedRequest, tx: mpsc::Sender<FeedItem>) {
+        // Subscribe before reading anything, so nothing committed meanwhile is missed.
+        let rx = self.store.subscribe();
+        let mut delivered = request.after_sequence;
+        match self.run(&request, rx, &tx, &mut delivered).await {
+            Stop::Done => {}
+            Stop::Error(e) => {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        request: &FeedRequest,
+        mut rx: broadcast::Receiver<Arc<StoredEvent>>,
+        tx: &mpsc::Sender<FeedItem>,
+        delivered: &mut i64,
+    ) -> Stop {
+        let filter = &request.filter;
+        let mut seen = request.after_sequence;
+        if request.after_sequence > 0 {
+            match self.store.pruned_through().await {
+                Ok(pruned) if request.after_sequence < pruned => {
+                    return Stop::Error(ApiError::CursorExpired {
+                        cursor: request.after_sequence,
+                        first_kept: pruned + 1,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return Stop::Error(e.into()),
+            }
+        } else if let Some(id) = &filter.job_id {
+            // WatchVideo from now: the current state first.
+            let job = match self.store.get(id).await {
+                Ok(Some(job)) if job.tenant == filter.tenant && !job.deleted => job,
+                Ok(_) => return Stop::Error(ApiError::VideoNotFound(id.clone())),
+                Err(e) => return Stop::Error(e.into()),
+            };
+            seen = job.last_sequence;
+            *delivered = job.last_sequence;
+            let terminal = job.status.is_terminal();
+            if let Some(stop) = self.send_state(&job, job.last_sequence, job.update_time_ms, request, tx).await {
+                return stop;
+            }
+            if terminal && request.until_terminal {
+                return Stop::Done;
+            }
+        } else {
+            // Subscribe from now: only what happens from here on.
+            match self.store.latest_sequence().await {
+                Ok(latest) => seen = latest,
+                Err(e) => return Stop::Error(e.into()),
+            }
+            *delivered = seen;
+        }
+
+        // Catch up from the durable log.
+        loop {
+            let page = match self
+                .store
+                .events_after(&EventQuery {
+                    after_sequence: seen,
+                    tenant: Some(filter.tenant.clone()),
+                    job_id: filter.job_id.clone(),
+                    limit: BACKLOG_PAGE,
+                })
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => return Stop::Error(e.into()),
+            };
+            let full = page.len() as u32 == BACKLOG_PAGE;
+            for event in page {
+                seen = event.sequence;
+                if let Some(stop) = self.deliver(&event, request, tx, delivered).await {
+                    return stop;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+
+        // Live.
+        loop {
+            match rx.recv().await {
+                Ok(event) => {
+                    if event.sequence <= seen {
+                        continue;
+                    }
+                    seen = event.sequence;
+                    if let Some(stop) = self.deliver(&event, request, tx, delivered).await {
+                        return stop;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Stop::Error(ApiError::SubscriberLagged {
+                        last_sequence: *delivered,
+                    });
+                }
+                Err(broadcast::error::RecvError::Closed) => return Stop::Done,
+            }
+        }
+    }
+
+    /// Sends one logged event if it passes the filter; `Some` ends the stream.
+    async fn deliver(
+        &self,
+        event: &StoredEvent,
+        request: &FeedRequest,
+        tx: &mpsc::Sender<FeedItem>,
+        delivered: &mut i64,
+    ) -> Option<Stop> {
+        if !request.filter.matches(&event.job) {
+            return None;
+        }
+        if let Some(stop) = self
+            .send_state(&event.job, event.sequence, event.time_ms, request, tx)
+            .await
+        {
+            return Some(stop);
+        }
+        *delivered = event.sequence;
+        if request.until_terminal && event.job.status.is_terminal() {
+            return Some(Stop::Done);
+        }
+        None
+    }
+
+    /// Sends a state event, then the content when it is a completion and content was asked for.
+    async fn send_state(
+        &self,
+        job: &Job,
+        sequence: i64,
+        time_ms: i64,
+        request: &FeedRequest,
+        tx: &mpsc::Sender<FeedItem>,
+    ) -> Option<Stop> {
+        let event = pb::VideoEvent {
+            sequence,
+            video_id: job.id.clone(),
+            time: Some(convert::timestamp(time_ms)),
+            kind: Some(pb::video_event::Kind::Video(convert::video(job))),
+        };
+        if tx.send(Ok(event)).await.is_err() {
+            return Some(Stop::Done);
+        }
+        if request.include_content && job.status == JobStatus::Completed {
+            return self.send_content(job, time_ms, tx).await;
+        }
+        None
+    }
+
+    async fn send_content(
+        &self,
+        job: &Job,
+        time_ms: i64,
+        tx: &mpsc::Sender<FeedItem>,
+    ) -> Option<Stop> {
+        use futures::StreamExt;
+        let content = job.content.as_ref()?;
+        let mut chunks = match self
+            .blobs
+            .read_range(&content.blob_key, 0..content.size_bytes, self.chunk_bytes)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let reference = uuid::Uuid::now_v7().simple().to_string();
+                tracing::error!(job_id = %job.id, error = %e, reference = %reference, "stored content unreadable");
+                return Some(Stop::Error(ApiError::Internal(reference)));
+            }
+        };
+        let mut offset = 0i64;
+        while let Some(chunk) = chunks.next().await {
+            let data = match chunk {
+                Ok(d) => d,
+                Err(e) => {
+                    let reference = uuid::Uuid::now_v7().simple().to_string();
+                    tracing::error!(job_id = %job.id, error = %e, reference = %reference, "stored content unreadable");
+                    return Some(Stop::Error(ApiError::Internal(reference)));
+                }
+            };
+            let len = data.len() as i64;
+            let event = pb::VideoEvent {
+                sequence: 0,
+                video_id: job.id.clone(),
+                time: Some(convert::timestamp(time_ms)),
+                kind: Some(pb::video_event::Kind::Chunk(pb::ContentChunk { offset, data })),
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return Some(Stop::Done);
+            }
+            offset += len;
+        }
+        let end = pb::VideoEvent {
+            sequence: 0,
+            video_id: job.id.clone(),
+            time: Some(convert::timestamp(time_ms)),
+            kind: Some(pb::video_event::Kind::ContentEnd(pb::ContentEnd {
+                size_bytes: content.size_bytes,
+                sha256: content.sha256.clone(),
+            })),
+        };
+        if tx.send(Ok(end)).await.is_err() {
+            return Some(Stop::Done);
+        }
+        None
+    }
+}

@@ -1,0 +1,1048 @@
+//! The SQLite job store against the `JobStore` contract: idempotent creates, optimistic
+//! versions, one global event sequence in commit order, group commit, and durability across a
+//! restart. Every test owns a fresh database in its own temporary directory.
+//!
+//! Tests that prove batching run on tokio's current-thread runtime (the `#[tokio::test]`
+//! default): there, tasks spawned together all send their command before the writer task runs
+//! again, so they deterministically share a batch without any timing assumption.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sqlx::{ConnectOptions, Connection};
+use vidgate::job::{
+    ContentFacts, FailureReason, Job, JobError, JobStatus, NewJob, Phase, new_job_id,
+};
+use vidgate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use vidgate::store::{CreateOutcome, EventQuery, JobStore, ListQuery, StoreError, StoredEvent};
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "vidgate-store-sqlite-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("data").join("vidgate.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn open(path: &Path) -> SqliteStore {
+    SqliteStore::open(SqliteConfig::new(path))
+        .await
+        .expect("open store")
+}
+
+fn new_job(
+    tenant: &str,
+    request_id: Option<&str>,
+    fingerprint: &str,
+    create_time_ms: i64,
+) -> NewJob {
+    NewJob {
+        job: Job {
+            id: new_job_id(),
+            tenant: tenant.to_owned(),
+            request_id: request_id.map(str::to_owned),
+            fingerprint: fingerprint.to_owned(),
+            model: "turing/veo-3.1-generate".to_owned(),
+            labels: BTreeMap::new(),
+            request: Bytes::from_static(b"\x0a\x05hello"),
+            status: JobStatus::Queued,
+            phase: Phase::Pending,
+            upstream_status: String::new(),
+            upstream_id: None,
+            progress: None,
+            create_time_ms,
+            update_time_ms: create_time_ms,
+            complete_time_ms: None,
+            error: None,
+            content: None,
+            version: 0,
+            last_sequence: 0,
+            next_action_ms: None,
+            attempts: 0,
+            polls: 0,
+            last_frame_url: None,
+            trace_context: None,
+            deleted: false,
+        },
+        submission: Bytes::from_static(b"\x0a\x05hello\x12\x03img"),
+    }
+}
+
+fn created(outcome: Result<CreateOutcome, StoreError>) -> Job {
+    match outcome {
+        Ok(CreateOutcome::Created(job)) => job,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+async fn all_events(store: &SqliteStore) -> Vec<StoredEvent> {
+    store
+        .events_after(&EventQuery {
+            limit: 100_000,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events_after")
+}
+
+#[tokio::test]
+async fn create_then_get_round_trips_every_field() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let mut new = new_job("acme", Some("req-1"), "fp-1", 1_700_000_000_123);
+    let job = &mut new.job;
+    job.labels = BTreeMap::from([
+        ("team".to_owned(), "video".to_owned()),
+        ("env".to_owned(), "prod".to_owned()),
+    ]);
+    job.status = JobStatus::Failed;
+    job.phase = Phase::Finished;
+    job.upstream_status = "FAILED".to_owned();
+    job.upstream_id = Some("task_42".to_owned());
+    job.progress = Some(37);
+    job.update_time_ms = 1_700_000_000_999;
+    job.complete_time_ms = Some(1_700_000_001_000);
+    job.error = Some(JobError {
+        reason: FailureReason::UpstreamFailed,
+        message: "upstream said failed".to_owned(),
+        retryable: true,
+        upstream_message: "moderation".to_owned(),
+        upstream_http_status: Some(200),
+    });
+    job.content = Some(ContentFacts {
+        size_bytes: 123_456,
+        sha256: "ab".repeat(32),
+        mime_type: "video/mp4".to_owned(),
+        duration_seconds: 8.0,
+        width: 1280,
+        height: 720,
+        has_audio: true,
+        has_last_frame: true,
+        matches_request: false,
+        mismatch: "duration 8 != 6".to_owned(),
+        blob_key: "acme/vid/video.mp4".to_owned(),
+        last_frame_key: Some("acme/vid/last.png".to_owned()),
+        last_frame_size: Some(999),
+    });
+    job.next_action_ms = Some(1_700_000_005_000);
+    job.attempts = 3;
+    job.polls = 11;
+    job.last_frame_url = Some("https://upstream.example/frames/42.png".into());
+    job.trace_context = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    let submitted = new.clone();
+
+    let job = created(store.create(new).await);
+
+    assert_eq!(job.version, 1, "a new job starts at version 1");
+    assert!(job.last_sequence > 0);
+    let mut expected = submitted.job.clone();
+    expected.version = job.version;
+    expected.last_sequence = job.last_sequence;
+    assert_eq!(job, expected, "create returns the job as given, versioned");
+    let stored = store.get(&job.id).await.expect("get").expect("job exists");
+    assert_eq!(stored, job);
+    let submission = store.submission(&job.id).await.expect("submission");
+    assert_eq!(submission, Some(submitted.submission));
+    let events = all_events(&store).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].sequence, job.last_sequence);
+    assert_eq!(events[0].job_id, job.id);
+    assert_eq!(events[0].tenant, "acme");
+    assert_eq!(events[0].job, job, "the event carries the job as created");
+    assert_eq!(
+        store.latest_sequence().await.expect("latest"),
+        job.last_sequence
+    );
+    assert_eq!(store.get("vid_missing").await.expect("get"), None);
+    assert_eq!(
+        store.submission("vid_missing").await.expect("submission"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn same_request_id_and_fingerprint_returns_the_existing_job_without_an_event() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let first = created(
+        store
+            .create(new_job("acme", Some("key"), "fp", 1_000))
+            .await,
+    );
+    let sequence = store.latest_sequence().await.expect("latest");
+
+    let retry = new_job("acme", Some("key"), "fp", 2_000);
+    let retry_id = retry.job.id.clone();
+    let outcome = store.create(retry).await.expect("idempotent retry");
+
+    assert_eq!(outcome, CreateOutcome::Existing(first.clone()));
+    assert_eq!(store.latest_sequence().await.expect("latest"), sequence);
+    assert_eq!(all_events(&store).await.len(), 1, "a retry writes no event");
+    assert_eq!(store.get(&retry_id).await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn same_request_id_with_another_fingerprint_is_refused() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let first = created(
+        store
+            .create(new_job("acme", Some("key"), "fp-a", 1_000))
+            .await,
+    );
+
+    let outcome = store
+        .create(new_job("acme", Some("key"), "fp-b", 2_000))
+        .await;
+
+    match outcome {
+        Err(StoreError::RequestIdReused {
+            request_id,
+            existing_id,
+        }) => {
+            assert_eq!(request_id, "key");
+            assert_eq!(existing_id, first.id);
+        }
+        other => panic!("expected RequestIdReused, got {other:?}"),
+    }
+    assert_eq!(all_events(&store).await.len(), 1);
+}
+
+#[tokio::test]
+async fn request_ids_are_per_tenant_and_jobs_without_one_never_collide() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let a = created(
+        store
+            .create(new_job("acme", Some("key"), "fp", 1_000))
+            .await,
+    );
+    let b = created(
+        store
+            .create(new_job("globex", Some("key"), "other", 1_000))
+            .await,
+    );
+    let c = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    let d = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+
+    let ids = BTreeSet::from([&a.id, &b.id, &c.id, &d.id]);
+    assert_eq!(ids.len(), 4);
+}
+
+#[tokio::test]
+async fn concurrent_creates_share_commits_and_get_unique_increasing_sequences() {
+    const CREATES: usize = 200;
+    let dir = TempDir::new();
+    let store = Arc::new(open(&dir.db()).await);
+    let batches_before = store.batches_committed();
+
+    let tasks: Vec<_> = (0..CREATES)
+        .map(|i| {
+            let store = store.clone();
+            let key = format!("req-{i}");
+            tokio::spawn(async move {
+                store
+                    .create(new_job("acme", Some(&key), "fp", 1_000 + i as i64))
+                    .await
+            })
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for task in tasks {
+        jobs.push(created(task.await.expect("task")));
+    }
+
+    let batches = store.batches_committed() - batches_before;
+    assert!(batches >= 1);
+    assert!(
+        batches < CREATES as u64,
+        "{CREATES} creates took {batches} commits"
+    );
+    let mut sequences: Vec<i64> = jobs.iter().map(|j| j.last_sequence).collect();
+    sequences.sort_unstable();
+    assert_eq!(
+        sequences,
+        (1..=CREATES as i64).collect::<Vec<_>>(),
+        "one sequence each, no duplicates, no gaps"
+    );
+    let events = all_events(&store).await;
+    assert_eq!(events.len(), CREATES);
+    assert!(events.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    for event in &events {
+        assert_eq!(event.job.last_sequence, event.sequence);
+        let stored = store.get(&event.job_id).await.expect("get").expect("job");
+        assert_eq!(stored.last_sequence, event.sequence);
+    }
+}
+
+#[tokio::test]
+async fn duplicate_keys_inside_one_batch_create_exactly_one_job() {
+    const RETRIES: usize = 50;
+    let dir = TempDir::new();
+    let store = Arc::new(open(&dir.db()).await);
+    let batches_before = store.batches_committed();
+
+    let tasks: Vec<_> = (0..RETRIES)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create(new_job("acme", Some("same"), "fp", 1_000))
+                    .await
+            })
+        })
+        .collect();
+    let mut created_jobs = Vec::new();
+    let mut existing = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(CreateOutcome::Created(job)) => created_jobs.push(job),
+            Ok(CreateOutcome::Existing(job)) => existing.push(job),
+            Err(e) => panic!("a duplicate must not fail: {e}"),
+        }
+    }
+
+    // Fewer commits than creates: some batch held at least two of these same-key creates.
+    assert!(store.batches_committed() - batches_before < RETRIES as u64);
+    assert_eq!(created_jobs.len(), 1, "exactly one create wins");
+    assert_eq!(existing.len(), RETRIES - 1);
+    assert!(existing.iter().all(|job| *job == created_jobs[0]));
+    let listed = store
+        .list(&ListQuery {
+            tenant: "acme".into(),
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(all_events(&store).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_create_does_not_fail_the_others_of_its_batch() {
+    let dir = TempDir::new();
+    let store = Arc::new(open(&dir.db()).await);
+    let first = created(
+        store
+            .create(new_job("acme", Some("taken"), "fp-a", 1_000))
+            .await,
+    );
+
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let new = if i % 2 == 0 {
+                    new_job("acme", Some("taken"), "fp-b", 2_000)
+                } else {
+                    new_job("acme", Some(&format!("fresh-{i}")), "fp", 2_000)
+                };
+                (i, store.create(new).await)
+            })
+        })
+        .collect();
+
+    for task in tasks {
+        match task.await.expect("task") {
+            (i, Err(StoreError::RequestIdReused { existing_id, .. })) if i % 2 == 0 => {
+                assert_eq!(existing_id, first.id)
+            }
+            (i, Ok(CreateOutcome::Created(_))) if i % 2 == 1 => {}
+            (i, other) => panic!("create {i}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(all_events(&store).await.len(), 11);
+}
+
+#[tokio::test]
+async fn a_command_that_fails_midway_is_rolled_back_alone() {
+    let dir = TempDir::new();
+    let store = Arc::new(open(&dir.db()).await);
+    let poisoned = new_job("acme", Some("poisoned"), "fp", 1_000);
+    let poisoned_id = poisoned.job.id.clone();
+    // The job row, its submission and its labels are written before the event, which this
+    // trigger refuses: everything of that command must disappear, nothing of the others.
+    let mut poisoned = poisoned;
+    poisoned.job.labels.insert("k".into(), "v".into());
+    side_sql(
+        &dir.db(),
+        &format!(
+            "CREATE TRIGGER refuse_event BEFORE INSERT ON events WHEN NEW.job_id = '{poisoned_id}'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        ),
+    )
+    .await;
+
+    let a = tokio::spawn({
+        let store = store.clone();
+        async move { store.create(new_job("acme", Some("a"), "fp", 1_000)).await }
+    });
+    let bad = tokio::spawn({
+        let store = store.clone();
+        async move { store.create(poisoned).await }
+    });
+    let c = tokio::spawn({
+        let store = store.clone();
+        async move { store.create(new_job("acme", Some("c"), "fp", 1_000)).await }
+    });
+    let a = created(a.await.expect("task"));
+    let bad = bad.await.expect("task");
+    let c = created(c.await.expect("task"));
+
+    match bad {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("create"), "{message}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(store.get(&poisoned_id).await.expect("get"), None);
+    assert_eq!(
+        store.submission(&poisoned_id).await.expect("submission"),
+        None
+    );
+    assert_eq!(
+        c.last_sequence,
+        a.last_sequence + 1,
+        "the failed command's sequence is reused"
+    );
+    let labelled = store
+        .list(&ListQuery {
+            tenant: "acme".into(),
+            labels: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(labelled.is_empty(), "the rolled back labels are gone");
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_every_caller_of_the_batch_and_publishes_nothing() {
+    let dir = TempDir::new();
+    let store = Arc::new(open(&dir.db()).await);
+    let mut events = store.subscribe();
+    let poison = new_job("acme", Some("poison"), "fp", 1_000);
+    let poison_id = poison.job.id.clone();
+    // A deferred foreign key is only checked at COMMIT: the statements succeed, the commit
+    // of the batch holding the poisoned create fails.
+    side_sql(
+        &dir.db(),
+        &format!(
+            "CREATE TABLE trap_parent (id TEXT PRIMARY KEY);
+             CREATE TABLE trap (id TEXT REFERENCES trap_parent (id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER poison AFTER INSERT ON events WHEN NEW.job_id = '{poison_id}'
+             BEGIN INSERT INTO trap (id) VALUES ('missing'); END"
+        ),
+    )
+    .await;
+    let batches_before = store.batches_committed();
+
+    let tasks: Vec<_> = [
+        new_job("acme", Some("x"), "fp", 1_000),
+        poison,
+        new_job("acme", Some("y"), "fp", 1_000),
+    ]
+    .into_iter()
+    .map(|new| {
+        let store = store.clone();
+        let id = new.job.id.clone();
+        tokio::spawn(async move { (id, store.create(new).await) })
+    })
+    .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        let (id, outcome) = task.await.expect("task");
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(_))),
+            "every caller of the failed batch is told: {outcome:?}"
+        );
+        ids.push(id);
+    }
+
+    assert_eq!(store.batches_committed(), batches_before);
+    assert!(events.try_recv().is_err(), "nothing was published");
+    for id in &ids {
+        assert_eq!(store.get(id).await.expect("get"), None);
+    }
+    assert_eq!(store.latest_sequence().await.expect("latest"), 0);
+    // The writer recovers: the next batch commits.
+    let job = created(store.create(new_job("acme", Some("x"), "fp", 1_000)).await);
+    assert_eq!(job.last_sequence, 1);
+    let event = events.recv().await.expect("event");
+    assert_eq!(event.sequence, 1);
+}
+
+#[tokio::test]
+async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let job = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+
+    let mut next = job.clone();
+    next.status = JobStatus::Processing;
+    next.phase = Phase::Polling;
+    next.upstream_id = Some("task_1".into());
+    next.update_time_ms = 5_000;
+    let updated = store
+        .update(next.clone(), true)
+        .await
+        .expect("fresh update");
+    assert_eq!(updated.version, job.version + 1);
+    assert!(updated.last_sequence > job.last_sequence);
+    assert_eq!(
+        updated.update_time_ms, 5_000,
+        "update_time_ms is kept as given"
+    );
+    assert_eq!(
+        store.get(&job.id).await.expect("get"),
+        Some(updated.clone())
+    );
+    let events = all_events(&store).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].sequence, updated.last_sequence);
+    assert_eq!(events[1].job, updated);
+
+    // `next` still carries the version `updated` replaced.
+    match store.update(next, true).await {
+        Err(StoreError::VersionConflict { id, expected }) => {
+            assert_eq!(id, job.id);
+            assert_eq!(expected, job.version);
+        }
+        other => panic!("expected VersionConflict, got {other:?}"),
+    }
+
+    // Without an event: the version moves, the log does not, and the stored last_sequence
+    // wins over whatever the caller's copy says.
+    let mut quiet = updated.clone();
+    quiet.polls = 7;
+    quiet.last_sequence = 999;
+    let quiet = store.update(quiet, false).await.expect("quiet update");
+    assert_eq!(quiet.version, updated.version + 1);
+    assert_eq!(quiet.last_sequence, updated.last_sequence);
+    assert_eq!(quiet.polls, 7);
+    assert_eq!(store.get(&job.id).await.expect("get"), Some(quiet.clone()));
+    assert_eq!(all_events(&store).await.len(), 2);
+
+    let mut ghost = quiet.clone();
+    ghost.id = "vid_ghost".into();
+    assert!(matches!(
+        store.update(ghost, true).await,
+        Err(StoreError::NotFound(id)) if id == "vid_ghost"
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_updates_of_one_version_let_exactly_one_win() {
+    let dir = TempDir::new();
+    let store = Arc::new(open(&dir.db()).await);
+    let job = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+
+    let tasks: Vec<_> = (0..10u32)
+        .map(|i| {
+            let store = store.clone();
+            let mut job = job.clone();
+            job.polls = i;
+            tokio::spawn(async move { store.update(job, true).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => wins += 1,
+            Err(StoreError::VersionConflict { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+
+    assert_eq!(wins, 1);
+    assert_eq!(all_events(&store).await.len(), 2);
+    assert_eq!(
+        store.get(&job.id).await.expect("get").map(|j| j.version),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn labels_follow_updates() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let mut new = new_job("acme", None, "fp", 1_000);
+    new.job.labels.insert("team".into(), "a".into());
+    let job = created(store.create(new).await);
+    let by_label = |key: &str, value: &str| ListQuery {
+        tenant: "acme".into(),
+        labels: BTreeMap::from([(key.to_owned(), value.to_owned())]),
+        limit: 10,
+        ..ListQuery::default()
+    };
+
+    let mut relabelled = job.clone();
+    relabelled.labels = BTreeMap::from([("team".to_owned(), "b".to_owned())]);
+    store.update(relabelled, false).await.expect("update");
+
+    assert!(
+        store
+            .list(&by_label("team", "a"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list(&by_label("team", "b"))
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn list_pages_newest_first_each_job_once_with_filters() {
+    const JOBS: i64 = 120;
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let mut all = Vec::new();
+    for i in 0..JOBS {
+        // Three jobs per millisecond: ties on create_time_ms are broken by id.
+        let mut new = new_job("acme", None, "fp", 10_000 + i / 3);
+        if i % 4 == 0 {
+            new.job.model = "doubao-seedance-2-0-260128".into();
+        }
+        if i % 5 == 0 {
+            new.job.labels.insert("team".into(), "red".into());
+        }
+        if i % 10 == 0 {
+            new.job.labels.insert("env".into(), "prod".into());
+        }
+        let mut job = created(store.create(new).await);
+        if i % 3 == 0 {
+            job.status = JobStatus::Processing;
+            job = store.update(job, true).await.expect("update");
+        }
+        all.push(job);
+    }
+    // Noise that no listing below may return: another tenant, and a deleted job.
+    created(store.create(new_job("globex", None, "fp", 20_000)).await);
+    let mut gone = created(store.create(new_job("acme", None, "fp", 20_000)).await);
+    gone.deleted = true;
+    store.update(gone, true).await.expect("delete");
+
+    let pages = |query: ListQuery| {
+        let store = &store;
+        async move {
+            let mut query = query;
+            let mut pages = Vec::new();
+            loop {
+                let page = store.list(&query).await.expect("list");
+                if page.is_empty() {
+                    return pages;
+                }
+                let last = page.last().map(|j| (j.create_time_ms, j.id.clone()));
+                pages.push(page);
+                query.after = last;
+            }
+        }
+    };
+    let newest_first = |jobs: &mut Vec<Job>| {
+        jobs.sort_by(|a, b| (b.create_time_ms, &b.id).cmp(&(a.create_time_ms, &a.id)));
+    };
+
+    let everything = pages(ListQuery {
+        tenant: "acme".into(),
+        limit: 50,
+        ..ListQuery::default()
+    })
+    .await;
+    assert_eq!(
+        everything.iter().map(Vec::len).collect::<Vec<_>>(),
+        [50, 50, 20]
+    );
+    let listed: Vec<Job> = everything.into_iter().flatten().collect();
+    let mut expected = all.clone();
+    newest_first(&mut expected);
+    assert_eq!(listed, expected, "each job exactly once, newest first");
+
+    let filtered = |keep: &dyn Fn(&Job) -> bool| {
+        let mut jobs: Vec<Job> = all.iter().filter(|j| keep(j)).cloned().collect();
+        newest_first(&mut jobs);
+        jobs
+    };
+    let processing = pages(ListQuery {
+        tenant: "acme".into(),
+        statuses: vec![JobStatus::Processing, JobStatus::Completed],
+        limit: 7,
+        ..ListQuery::default()
+    })
+    .await;
+    assert_eq!(
+        processing.concat(),
+        filtered(&|j| j.status == JobStatus::Processing)
+    );
+    let seedance = pages(ListQuery {
+        tenant: "acme".into(),
+        model: Some("doubao-seedance-2-0-260128".into()),
+        limit: 50,
+        ..ListQuery::default()
+    })
+    .await;
+    assert_eq!(
+        seedance.concat(),
+        filtered(&|j| j.model.starts_with("doubao"))
+    );
+    let red_prod_processing = pages(ListQuery {
+        tenant: "acme".into(),
+        statuses: vec![JobStatus::Processing],
+        labels: BTreeMap::from([
+            ("team".to_owned(), "red".to_owned()),
+            ("env".to_owned(), "prod".to_owned()),
+        ]),
+        limit: 2,
+        ..ListQuery::default()
+    })
+    .await;
+    let expected = filtered(&|j| {
+        j.status == JobStatus::Processing
+            && j.labels.get("team").map(String::as_str) == Some("red")
+            && j.labels.get("env").map(String::as_str) == Some("prod")
+    });
+    assert_eq!(expected.len(), 4, "i in {{0, 30, 60, 90}}");
+    assert_eq!(red_prod_processing.concat(), expected);
+    let other_tenant = store
+        .list(&ListQuery {
+            tenant: "initech".into(),
+            limit: 50,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(other_tenant.is_empty());
+}
+
+#[tokio::test]
+async fn due_returns_only_due_live_jobs_soonest_first() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let schedule = [Some(300), Some(100), None, Some(5_000), Some(200)];
+    let mut jobs = Vec::new();
+    for next_action_ms in schedule {
+        let mut new = new_job("acme", None, "fp", 1_000);
+        new.job.next_action_ms = next_action_ms;
+        jobs.push(created(store.create(new).await));
+    }
+    let mut deleted = jobs[1].clone();
+    deleted.deleted = true;
+    store.update(deleted, true).await.expect("delete");
+    let mut earliest_deleted = new_job("acme", None, "fp", 1_000);
+    earliest_deleted.job.next_action_ms = Some(1);
+    earliest_deleted.job.deleted = true;
+    created(store.create(earliest_deleted).await);
+
+    let due = store.due(1_000, 10).await.expect("due");
+    let due_ids: Vec<&str> = due.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(due_ids, [jobs[4].id.as_str(), jobs[0].id.as_str()]);
+    let first = store.due(1_000, 1).await.expect("due");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, jobs[4].id);
+    assert!(store.due(150, 10).await.expect("due").is_empty());
+    assert_eq!(store.next_due_ms().await.expect("next"), Some(200));
+}
+
+#[tokio::test]
+async fn next_due_is_none_when_nothing_is_scheduled() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    assert_eq!(store.next_due_ms().await.expect("next"), None);
+}
+
+#[tokio::test]
+async fn events_after_filters_by_tenant_and_job_from_a_cursor() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let a1 = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    let b1 = created(store.create(new_job("globex", None, "fp", 1_000)).await);
+    let a2 = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    let mut a1_next = a1.clone();
+    a1_next.status = JobStatus::Processing;
+    let a1_next = store.update(a1_next, true).await.expect("update");
+    let mut b1_next = b1.clone();
+    b1_next.status = JobStatus::Completed;
+    store.update(b1_next, true).await.expect("update");
+
+    let query = |after_sequence, tenant: Option<&str>, job_id: Option<&str>, limit| EventQuery {
+        after_sequence,
+        tenant: tenant.map(str::to_owned),
+        job_id: job_id.map(str::to_owned),
+        limit,
+    };
+    let sequences =
+        |events: Vec<StoredEvent>| events.iter().map(|e| e.sequence).collect::<Vec<_>>();
+
+    let acme = store
+        .events_after(&query(0, Some("acme"), None, 10))
+        .await
+        .expect("events");
+    assert!(
+        acme.iter()
+            .all(|e| e.tenant == "acme" && e.job.tenant == "acme")
+    );
+    assert_eq!(
+        sequences(acme),
+        [a1.last_sequence, a2.last_sequence, a1_next.last_sequence]
+    );
+    let one_job = store
+        .events_after(&query(0, None, Some(&a1.id), 10))
+        .await
+        .expect("events");
+    assert_eq!(one_job.len(), 2);
+    assert_eq!(one_job[0].job, a1);
+    assert_eq!(one_job[1].job, a1_next);
+    let resumed = store
+        .events_after(&query(a1.last_sequence, Some("acme"), Some(&a1.id), 10))
+        .await
+        .expect("events");
+    assert_eq!(sequences(resumed), [a1_next.last_sequence]);
+    let limited = store
+        .events_after(&query(0, None, None, 2))
+        .await
+        .expect("events");
+    assert_eq!(sequences(limited), [1, 2]);
+    let crossed = store
+        .events_after(&query(0, Some("globex"), Some(&a1.id), 10))
+        .await
+        .expect("events");
+    assert!(crossed.is_empty(), "filters combine");
+}
+
+#[tokio::test]
+async fn subscribers_receive_committed_events_in_order() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let mut live = store.subscribe();
+
+    let a = created(store.create(new_job("acme", Some("a"), "fp", 1_000)).await);
+    let b = created(store.create(new_job("globex", None, "fp", 1_000)).await);
+    let mut a_next = a.clone();
+    a_next.status = JobStatus::Processing;
+    let a_next = store.update(a_next, true).await.expect("update");
+    // Writes that commit nothing publish nothing.
+    store
+        .create(new_job("acme", Some("a"), "fp", 1_000))
+        .await
+        .expect("retry");
+    assert!(store.update(a.clone(), true).await.is_err());
+    store
+        .update(a_next.clone(), false)
+        .await
+        .expect("quiet update");
+
+    let mut received = Vec::new();
+    while let Ok(event) = live.try_recv() {
+        received.push(event);
+    }
+    let sequences: Vec<i64> = received.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        sequences,
+        [a.last_sequence, b.last_sequence, a_next.last_sequence]
+    );
+    let logged = all_events(&store).await;
+    let received: Vec<StoredEvent> = received.iter().map(|e| (**e).clone()).collect();
+    assert_eq!(received, logged, "live events are exactly the logged ones");
+}
+
+/// Waits until the wall clock has passed `ms`, so later commits carry later times.
+async fn wait_past(ms: i64) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        if now > ms {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn pruning_deletes_old_events_and_records_pruned_through() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    for _ in 0..3 {
+        created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    }
+    let old = all_events(&store).await;
+    let old_newest_time = old.iter().map(|e| e.time_ms).max().expect("events");
+    wait_past(old_newest_time).await;
+    let recent = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    let recent_time = all_events(&store).await[3].time_ms;
+    assert!(recent_time > old_newest_time);
+
+    assert_eq!(store.pruned_through().await.expect("pruned"), 0);
+    assert_eq!(store.prune_events(0).await.expect("prune nothing"), 0);
+    let deleted = store.prune_events(recent_time).await.expect("prune");
+
+    assert_eq!(deleted, 3);
+    assert_eq!(store.pruned_through().await.expect("pruned"), 3);
+    let left = all_events(&store).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].sequence, recent.last_sequence);
+
+    // Pruning everything never lets a sequence be handed out twice.
+    assert_eq!(store.prune_events(i64::MAX).await.expect("prune all"), 1);
+    assert_eq!(store.pruned_through().await.expect("pruned"), 4);
+    assert_eq!(store.latest_sequence().await.expect("latest"), 4);
+    let next = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    assert_eq!(next.last_sequence, 5);
+    assert_eq!(store.pruned_through().await.expect("pruned"), 4);
+}
+
+#[tokio::test]
+async fn everything_survives_closing_and_reopening() {
+    let dir = TempDir::new();
+    let (jobs, events, latest) = {
+        let store = open(&dir.db()).await;
+        let mut jobs = Vec::new();
+        for i in 0..5 {
+            let mut new = new_job("acme", Some(&format!("k{i}")), "fp", 1_000 + i);
+            new.job.labels.insert("n".into(), i.to_string());
+            jobs.push(created(store.create(new).await));
+        }
+        let mut first = jobs[0].clone();
+        first.status = JobStatus::Completed;
+        jobs[0] = store.update(first, true).await.expect("update");
+        let events = all_events(&store).await;
+        let latest = store.latest_sequence().await.expect("latest");
+        store.close().await;
+        assert!(matches!(
+            store.create(new_job("acme", None, "fp", 1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(store.health().await.is_err());
+        (jobs, events, latest)
+    };
+
+    let check = |store: SqliteStore| {
+        let jobs = jobs.clone();
+        let events = events.clone();
+        async move {
+            for job in &jobs {
+                assert_eq!(store.get(&job.id).await.expect("get").as_ref(), Some(job));
+            }
+            assert_eq!(all_events(&store).await[..events.len()], events[..]);
+            store.health().await.expect("healthy");
+            store
+        }
+    };
+    let store = check(open(&dir.db()).await).await;
+    assert_eq!(store.latest_sequence().await.expect("latest"), latest);
+    // The idempotency keys survive too.
+    let retry = store
+        .create(new_job("acme", Some("k1"), "fp", 1))
+        .await
+        .expect("retry");
+    assert_eq!(retry, CreateOutcome::Existing(jobs[1].clone()));
+    let later = created(store.create(new_job("acme", None, "fp", 1)).await);
+    assert_eq!(later.last_sequence, latest + 1);
+    // Dropped without close: still nothing lost.
+    drop(store);
+    let store = check(open(&dir.db()).await).await;
+    assert_eq!(store.get(&later.id).await.expect("get"), Some(later));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_synchronous_setting_is_applied_to_the_writer() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let settings = store.writer_settings().await.expect("settings");
+    assert_eq!(settings.synchronous, Synchronous::Full.pragma_level());
+    assert_eq!(settings.journal_mode, "wal");
+    assert!(settings.foreign_keys);
+    assert_eq!(settings.busy_timeout_ms, 5_000);
+    store.close().await;
+
+    let mut config = SqliteConfig::new(dir.db());
+    config.synchronous = Synchronous::Normal;
+    let store = SqliteStore::open(config).await.expect("open");
+    let settings = store.writer_settings().await.expect("settings");
+    assert_eq!(settings.synchronous, Synchronous::Normal.pragma_level());
+    assert_eq!(settings.journal_mode, "wal");
+}
+
+#[tokio::test]
+async fn open_refuses_memory_databases_and_empty_limits() {
+    let dir = TempDir::new();
+    assert!(matches!(
+        SqliteStore::open(SqliteConfig::new(":memory:")).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let mut config = SqliteConfig::new(dir.db());
+    config.max_batch = 0;
+    assert!(SqliteStore::open(config).await.is_err());
+    let mut config = SqliteConfig::new(dir.db());
+    config.event_buffer = 0;
+    assert!(SqliteStore::open(config).await.is_err());
+    let mut config = SqliteConfig::new(dir.db());
+    config.read_connections = 0;
+    assert!(SqliteStore::open(config).await.is_err());
+    assert!(
+        !dir.db().exists(),
+        "nothing is created for a refused configuration"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_one_is_enough_when_max_batch_is_one() {
+    let dir = TempDir::new();
+    let mut config = SqliteConfig::new(dir.db());
+    config.max_batch = 1;
+    let store = Arc::new(SqliteStore::open(config).await.expect("open"));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create(new_job("acme", None, "fp", 1)).await })
+        })
+        .collect();
+    for task in tasks {
+        created(task.await.expect("task"));
+    }
+    assert_eq!(
+        store.batches_committed(),
+        10,
+        "max_batch bounds every batch"
+    );
+}
+
+/// Runs `sql` on a connection of its own, as an operator's tool would.
+async fn side_sql(path: &Path, sql: &str) {
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .expect("side connection");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .expect("side sql");
+    conn.close().await.expect("close side connection");
+}
