@@ -10,6 +10,9 @@
 //! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
 //! | [`api`] | the gRPC service, bearer-token tenants, the one mapping of errors to `Status` |
+//! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything |
+//! | [`config`] | one typed configuration from a TOML file and a few environment variables |
+//! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, delete) over gRPC |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
 //! | [`job`] | the durable job record, its statuses, phases and failure reasons |
 //! | [`store`] | jobs, idempotency keys and the event log behind [`store::JobStore`]; SQLite embedded |
@@ -21,7 +24,10 @@
 //! U1-U4) in code and test names.
 
 pub mod api;
+pub mod app;
 pub mod blob;
+pub mod cli;
+pub mod config;
 pub mod convert;
 pub mod dispatcher;
 pub mod events;

@@ -14,6 +14,9 @@ const DEFAULT_SIM_LISTEN: &str = "127.0.0.1:8089";
 #[derive(Parser)]
 #[command(name = "vidgate", version, about = "A durable gateway for the Turing /videos API")]
 struct Cli {
+    /// Where client commands connect, with which token, in which output format.
+    #[command(flatten)]
+    client: vidgate::cli::ClientOpts,
     /// Log lines as JSON objects instead of text.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -29,6 +32,27 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway: gRPC API, durable jobs, the dispatcher. Without TURING_API_KEY the
+    /// built-in upstream simulator stands in for the real API.
+    Serve {
+        /// A TOML configuration file (see README); environment variables override it.
+        #[arg(long, env = "VIDGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Turn authentication off: every caller is one tenant. Local use and demos only.
+        #[arg(long)]
+        no_auth: bool,
+    },
+    /// Run everything on embedded defaults (SQLite in a temp dir, the built-in simulator, no
+    /// auth), make one text-to-video and one image-to-video job through the gRPC API, and leave
+    /// both playable MP4s in OUTPUT_DIR.
+    Demo {
+        /// Where the MP4s go.
+        #[arg(long, default_value = "demo-output")]
+        output_dir: PathBuf,
+    },
+    /// Client commands against a running `vidgate serve`.
+    #[command(flatten)]
+    Client(vidgate::cli::ClientCommand),
     /// Run the upstream simulator: the /videos API (rules V1-V5, S1-S10), playable MP4s, faults.
     Sim {
         /// Address to listen on.
@@ -49,6 +73,98 @@ enum Command {
     },
 }
 
+async fn serve(config: Option<PathBuf>, no_auth: bool) -> anyhow::Result<()> {
+    let mut config = vidgate::config::Config::load(config.as_deref())?;
+    if no_auth {
+        config.auth.mode = vidgate::api::auth::AuthMode::None;
+    }
+    let app = vidgate::app::Application::build(config).await?;
+    tracing::info!(grpc = %app.grpc_addr(), "ready; stop with Ctrl-C or SIGTERM");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight work");
+    app.shutdown().await;
+    Ok(())
+}
+
+/// The demo's simulator and dispatcher timings: seconds, so a person can watch it happen.
+const DEMO_QUEUED_MS: u64 = 1_000;
+const DEMO_PROCESSING_MS: u64 = 4_000;
+const DEMO_POLL_MS: u64 = 1_000;
+
+async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(format!("vidgate-demo-{}", std::process::id()));
+    let mut config = vidgate::config::Config::default();
+    config.server.grpc_listen = "127.0.0.1:0".parse()?;
+    config.storage.data_dir = data_dir.clone();
+    config.upstream.mode = vidgate::config::UpstreamMode::Simulator;
+    config.simulator.queued_ms = DEMO_QUEUED_MS;
+    config.simulator.processing_ms = DEMO_PROCESSING_MS;
+    config.auth.mode = vidgate::api::auth::AuthMode::None;
+    config.dispatcher.first_poll_after_ms = DEMO_POLL_MS;
+    config.dispatcher.poll_interval_ms = DEMO_POLL_MS;
+    let app = vidgate::app::Application::build(config).await?;
+    let addr = format!("http://{}", app.grpc_addr());
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("creating {}", output_dir.display()))?;
+    let image = output_dir.join("demo-input.png");
+    let png = vidgate::upstream::sim::mp4gen::last_frame_png(640, 360, 7)?;
+    std::fs::write(&image, &png).with_context(|| format!("writing {}", image.display()))?;
+    let text_out = output_dir.join("text-to-video.mp4");
+    let image_out = output_dir.join("image-to-video.mp4");
+    let jobs: [Vec<String>; 2] = [
+        vec![
+            "create".into(), "--model".into(), "turing/veo-3.1-generate".into(),
+            "--prompt".into(), "please generate a video of a cat playing piano".into(),
+            "--size".into(), "1280x720".into(), "--seconds".into(), "6".into(),
+            "--output".into(), text_out.display().to_string(),
+        ],
+        vec![
+            "create".into(), "--model".into(), "turing/veo-3.1-generate".into(),
+            "--prompt".into(), "the picture comes to life".into(),
+            "--size".into(), "720x1280".into(), "--seconds".into(), "4".into(),
+            "--image".into(), image.display().to_string(),
+            "--output".into(), image_out.display().to_string(),
+        ],
+    ];
+    let mut result = Ok(());
+    for args in jobs {
+        eprintln!("\n$ vidgate --addr {addr} {}", args.join(" "));
+        let parsed = DemoClient::try_parse_from(std::iter::once("vidgate".to_owned()).chain(args))?;
+        let opts = vidgate::cli::ClientOpts { addr: addr.clone(), token: None, json: false };
+        if let Err(e) = vidgate::cli::run(opts, parsed.command).await {
+            result = Err(e);
+            break;
+        }
+    }
+    app.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result?;
+    eprintln!("\nDone: {} and {} are playable MP4s.", text_out.display(), image_out.display());
+    Ok(())
+}
+
+/// Parses the demo's client command lines exactly as the CLI would.
+#[derive(Parser)]
+struct DemoClient {
+    #[command(subcommand)]
+    command: vidgate::cli::ClientCommand,
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -63,6 +179,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Serve { config, no_auth } => serve(config, no_auth).await?,
+        Command::Demo { output_dir } => demo(output_dir).await?,
+        Command::Client(cmd) => vidgate::cli::run(cli.client, cmd).await?,
         Command::Sim {
             listen,
             config,

@@ -16,6 +16,10 @@
 //! [`StoreError::Unavailable`], no event is published, and the writer opens a fresh connection
 //! for the next batch so no half-finished transaction state can leak into it.
 //!
+//! A caller that stops waiting does not withdraw its command: once sent, it is applied (and
+//! its event published) like any other. Events carry the time their batch began, a few
+//! milliseconds before its commit.
+//!
 //! # Sequences
 //!
 //! The writer assigns event sequences itself, inside the transaction that holds SQLite's write
@@ -305,7 +309,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (tx, answer) = oneshot::channel();
         let reply = Reply { tx, result: None };
-        self.send(Command::Write(make(reply)), op).await?;
+        self.send(Command::Write(Box::new(make(reply))), op).await?;
         answer.await.unwrap_or_else(|_| Err(writer_gone(op)))
     }
 }
@@ -394,11 +398,11 @@ impl<T> Reply<T> {
 /// A command that writes. Its result is filled in by [`apply_batch`].
 enum Write {
     Create {
-        new: Box<NewJob>,
+        new: NewJob,
         reply: Reply<CreateOutcome>,
     },
     Update {
-        job: Box<Job>,
+        job: Job,
         event: bool,
         reply: Reply<Job>,
     },
@@ -447,7 +451,8 @@ struct PruneProgress {
 }
 
 enum Command {
-    Write(Write),
+    /// Boxed: a write carries a whole job and its answer slot, the other commands a pointer.
+    Write(Box<Write>),
     Settings(oneshot::Sender<Result<WriterSettings, StoreError>>),
     Close(oneshot::Sender<()>),
 }
@@ -469,14 +474,14 @@ impl Writer {
             let mut writes = Vec::new();
             let mut control = None;
             match first {
-                Command::Write(write) => writes.push(write),
+                Command::Write(write) => writes.push(*write),
                 other => control = Some(other),
             }
             // Group commit: take what is already queued, never wait for more. A control
             // command ends the batch so commands stay in the order they were sent.
             while control.is_none() && !writes.is_empty() && writes.len() < self.max_batch {
                 match self.commands.try_recv() {
-                    Ok(Command::Write(write)) => writes.push(write),
+                    Ok(Command::Write(write)) => writes.push(*write),
                     Ok(other) => control = Some(other),
                     Err(_) => break,
                 }
@@ -487,11 +492,10 @@ impl Writer {
             match control {
                 Some(Command::Settings(reply)) => {
                     let settings = match self.connection().await {
-                        Ok(conn) => read_settings(conn)
-                            .await
-                            .map_err(|e| db_error("writer_settings", e)),
+                        Ok(conn) => read_settings(conn).await,
                         Err(e) => Err(e),
                     };
+                    let settings = settings.map_err(|e| db_error("writer_settings", e));
                     let _ = reply.send(settings);
                 }
                 Some(Command::Close(reply)) => {
@@ -515,25 +519,21 @@ impl Writer {
         }
     }
 
-    async fn connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
-        if self.conn.is_none() {
-            let conn = self
-                .options
-                .connect()
-                .await
-                .map_err(|e| db_error("reopen the writer connection", e))?;
-            self.conn = Some(conn);
-        }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| StoreError::Unavailable("the writer has no connection".into()))
+    /// The writing connection, reopened if a failed batch dropped it.
+    async fn connection(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.options.connect().await?,
+        };
+        Ok(self.conn.insert(conn))
     }
 
     async fn commit(&mut self, mut writes: Vec<Write>) {
         let conn = match self.connection().await {
             Ok(conn) => conn,
             Err(e) => {
-                let why = e.to_string();
+                let why = format!("reopening the writer connection: {e}");
+                tracing::error!(commands = writes.len(), error = %why, "sqlite batch failed");
                 writes.into_iter().for_each(|w| w.failed(&why));
                 return;
             }
@@ -559,7 +559,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let why = db_error("batch", e).to_string();
+                let why = e.to_string();
                 tracing::error!(commands = writes.len(), error = %why, "sqlite batch failed");
                 // The connection may be inside a transaction SQLite half-abandoned; a fresh
                 // one is the only state we can be sure of.
@@ -708,7 +708,7 @@ async fn apply_create(
         .await
         .map_err(db)?;
         if let Some((existing_id, fingerprint, json)) = existing {
-            if true {
+            if fingerprint == new.job.fingerprint {
                 let job = decode_job(OP, &existing_id, &json).map_err(CommandError::Refused)?;
                 return Ok((CreateOutcome::Existing(job), None));
             }
@@ -991,20 +991,13 @@ fn limit(value: u32) -> i64 {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn create(&self, new: NewJob) -> Result<CreateOutcome, StoreError> {
-        self.write("create", |reply| Write::Create {
-            new: Box::new(new),
-            reply,
-        })
-        .await
+        self.write("create", |reply| Write::Create { new, reply })
+            .await
     }
 
     async fn update(&self, job: Job, event: bool) -> Result<Job, StoreError> {
-        self.write("update", |reply| Write::Update {
-            job: Box::new(job),
-            event,
-            reply,
-        })
-        .await
+        self.write("update", |reply| Write::Update { job, event, reply })
+            .await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -1188,5 +1181,73 @@ impl JobStore for SqliteStore {
             .await
             .map(|_| ())
             .map_err(|e| db_error("health", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configurations_that_cannot_be_durable_or_bounded_are_refused() {
+        assert!(SqliteConfig::new("./data/vidgate.db").validate().is_ok());
+        for path in ["", ":memory:", "file::memory:?cache=shared"] {
+            assert!(SqliteConfig::new(path).validate().is_err(), "{path:?}");
+        }
+        let zero_batch = SqliteConfig {
+            max_batch: 0,
+            ..SqliteConfig::new("x.db")
+        };
+        assert!(zero_batch.validate().is_err());
+        let zero_buffer = SqliteConfig {
+            event_buffer: 0,
+            ..SqliteConfig::new("x.db")
+        };
+        assert!(zero_buffer.validate().is_err());
+        let huge_buffer = SqliteConfig {
+            event_buffer: usize::MAX,
+            ..SqliteConfig::new("x.db")
+        };
+        assert!(huge_buffer.validate().is_err());
+        let no_readers = SqliteConfig {
+            read_connections: 0,
+            ..SqliteConfig::new("x.db")
+        };
+        assert!(no_readers.validate().is_err());
+    }
+
+    #[test]
+    fn full_is_the_default_and_levels_match_sqlite() {
+        assert_eq!(SqliteConfig::new("x.db").synchronous, Synchronous::Full);
+        assert_eq!(Synchronous::Full.pragma_level(), 2);
+        assert_eq!(Synchronous::Normal.pragma_level(), 1);
+    }
+
+    #[test]
+    fn undecodable_jobs_are_corrupt_and_the_message_does_not_repeat_the_data() {
+        let error =
+            decode_job("get", "vid_1", r#"{"id": "secret-prompt-text"}"#).expect_err("not a job");
+        match error {
+            StoreError::Corrupt(message) => {
+                assert!(
+                    message.contains("get") && message.contains("vid_1"),
+                    "{message}"
+                );
+                assert!(!message.contains("secret-prompt-text"), "{message}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_failures_map_to_corrupt_and_the_rest_to_unavailable() {
+        assert!(matches!(
+            db_error("get", sqlx::Error::ColumnNotFound("job".into())),
+            StoreError::Corrupt(_)
+        ));
+        match db_error("health", sqlx::Error::PoolClosed) {
+            StoreError::Unavailable(message) => assert!(message.starts_with("health: ")),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
     }
 }

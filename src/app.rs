@@ -1,0 +1,285 @@
+//! One startup path: [`Application::build`] opens the store, starts the upstream (real or the
+//! in-process simulator), the dispatcher and the gRPC server, and returns a handle with the
+//! bound address. `main` and every test use it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::{AuthConfigError, AuthMode, Authenticator};
+use crate::api::service::VideoApi;
+use crate::blob::{BlobError, BlobStore};
+use crate::config::{Config, SyncMode};
+use crate::dispatcher::Dispatcher;
+use crate::domain::{CatalogError, ModelCatalog};
+use crate::job::now_ms;
+use crate::pb;
+use crate::pb::video_service_server::VideoServiceServer;
+use crate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use crate::store::{JobStore, StoreError};
+use crate::upstream::client::{ClientBuildError, UpstreamConfig};
+use crate::upstream::sim::{SimError, SimHandle, Simulator};
+use crate::upstream::{ApiKey, UpstreamClient};
+
+/// How often readiness (store reachable) is re-checked for the health service.
+pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often old events are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Why vidgate could not start. Each names the part and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// `[auth]` is unusable.
+    #[error("auth: {0}")]
+    Auth(#[from] AuthConfigError),
+    /// The model catalog file is unusable.
+    #[error("model catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    /// The store did not open.
+    #[error("job store: {0}")]
+    Store(#[from] StoreError),
+    /// The blob directory is unusable.
+    #[error("blob store: {0}")]
+    Blobs(#[from] BlobError),
+    /// The simulator did not start.
+    #[error("upstream simulator: {0}")]
+    Simulator(#[from] SimError),
+    /// The upstream client could not be built.
+    #[error("upstream client: {0}")]
+    Client(#[from] ClientBuildError),
+    /// The key is unusable.
+    #[error("{0}")]
+    ApiKey(String),
+    /// The gRPC port could not be bound.
+    #[error("could not listen on {addr} for gRPC: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Reflection descriptors could not be loaded (a build problem).
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running vidgate.
+pub struct Application {
+    grpc_addr: SocketAddr,
+    store: Arc<SqliteStore>,
+    dispatcher: Arc<Dispatcher>,
+    api: VideoApi,
+    simulator: Option<SimHandle>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Starts everything. The dispatcher runs only when `dispatcher.enabled`; otherwise tests
+    /// drive it with [`Dispatcher::step`].
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let auth = Arc::new(Authenticator::new(&config.auth)?);
+        if auth.mode() == AuthMode::None {
+            tracing::warn!(
+                tenant = %config.auth.no_auth_tenant,
+                "AUTHENTICATION IS OFF (auth.mode = \"none\"): every caller is one tenant. For local use and the demo only"
+            );
+        }
+        let catalog = Arc::new(match &config.catalog.file {
+            Some(path) => ModelCatalog::load(path)?,
+            None => ModelCatalog::default(),
+        });
+
+        let data_dir = &config.storage.data_dir;
+        let mut sqlite = SqliteConfig::new(data_dir.join("vidgate.db"));
+        sqlite.synchronous = match config.storage.synchronous {
+            SyncMode::Full => Synchronous::Full,
+            SyncMode::Normal => Synchronous::Normal,
+        };
+        sqlite.max_batch = config.storage.max_batch;
+        sqlite.event_buffer = config.storage.event_buffer;
+        let store = Arc::new(SqliteStore::open(sqlite).await?);
+        let blobs = BlobStore::local(data_dir.join("blobs"))?;
+
+        let (simulator, base_url, key) = if config.uses_simulator() {
+            let sim = Simulator::start(config.simulator.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            tracing::warn!(
+                base_url = %sim.base_url(),
+                "no TURING_API_KEY: the built-in upstream SIMULATOR stands in for the real API (no real videos are generated)"
+            );
+            let base = sim.base_url();
+            let key = sim.api_key().to_owned();
+            (Some(sim), base, key)
+        } else {
+            let key = config.api_key.clone().unwrap_or_default();
+            (None, config.upstream.base_url.clone(), key)
+        };
+        let base_url = url::Url::parse(&base_url).map_err(|e| StartupError::ApiKey(format!("upstream.base_url {base_url:?} is not a URL: {e}")))?;
+        let api_key = ApiKey::new(key).map_err(|e| StartupError::ApiKey(e.to_string()))?;
+        let client = UpstreamClient::new(UpstreamConfig {
+            connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
+            request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
+            read_idle_timeout: Duration::from_millis(config.upstream.read_idle_timeout_ms),
+            limits: config.upstream.limits.clone(),
+            ..UpstreamConfig::new(base_url, api_key)
+        })?;
+
+        let store_dyn: Arc<dyn JobStore> = store.clone();
+        let dispatcher = Arc::new(Dispatcher::new(
+            store_dyn.clone(),
+            client,
+            blobs.clone(),
+            catalog.clone(),
+            config.dispatcher.clone(),
+        ));
+        let api = VideoApi::new(
+            store_dyn.clone(),
+            blobs,
+            catalog,
+            dispatcher.clone(),
+            auth,
+            config.events.chunk_bytes,
+        );
+
+        let listener = tokio::net::TcpListener::bind(config.server.grpc_listen)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.server.grpc_listen,
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: config.server.grpc_listen,
+            source,
+        })?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+        let video_service = VideoServiceServer::new(api.clone())
+            .max_decoding_message_size(config.server.max_create_message_bytes);
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(config.server.keepalive_secs)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(video_service);
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+                .await
+            {
+                tracing::error!(error = %e, "gRPC server stopped with an error");
+            }
+        }));
+
+        if config.dispatcher.enabled {
+            let d = dispatcher.clone();
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move { d.run(stop).await }));
+        } else {
+            tracing::warn!("dispatcher disabled (dispatcher.enabled = false): jobs are accepted and wait");
+        }
+
+        // Readiness: serving while the store answers (and the dispatcher runs, when enabled).
+        let health_store = store_dyn.clone();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match health_store.health().await {
+                    Ok(()) => {
+                        health_reporter.set_serving::<VideoServiceServer<VideoApi>>().await;
+                        health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store unhealthy: reporting NOT_SERVING");
+                        health_reporter.set_not_serving::<VideoServiceServer<VideoApi>>().await;
+                        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+                }
+            }
+        }));
+
+        let retention_ms = config.storage.event_retention_hours.saturating_mul(3_600_000) as i64;
+        let prune_store = store_dyn;
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match prune_store.prune_events(now_ms() - retention_ms).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "old events pruned"),
+                    Err(e) => tracing::warn!(error = %e, "event pruning failed; will retry"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+                }
+            }
+        }));
+
+        tracing::info!(%grpc_addr, data_dir = %data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
+        Ok(Self {
+            grpc_addr,
+            store,
+            dispatcher,
+            api,
+            simulator,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The dispatcher (tests call [`Dispatcher::step`]).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// The store.
+    pub fn store(&self) -> Arc<dyn JobStore> {
+        self.store.clone()
+    }
+
+    /// The API (the AMQP intake shares its `accept`).
+    pub fn api(&self) -> &VideoApi {
+        &self.api
+    }
+
+    /// The in-process simulator, when it stands in for the upstream.
+    pub fn simulator(&self) -> Option<&SimHandle> {
+        self.simulator.as_ref()
+    }
+
+    /// Stops accepting, lets in-flight work finish, closes the store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.store.close().await;
+        if let Some(sim) = self.simulator {
+            sim.shutdown().await;
+        }
+    }
+}

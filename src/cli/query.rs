@@ -1,0 +1,173 @@
+//! `get`, `list`, `cancel` and `delete`: one call each (`list --all` one per page).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+
+use anyhow::bail;
+
+use super::render::{video_row, write_json, write_text, write_video};
+use super::rpc::{connect, rpc_err};
+use super::{ClientOpts, parse_key_value};
+use crate::pb::{
+    CancelVideoRequest, DeleteVideoRequest, DeleteVideoResponse, GetVideoRequest,
+    ListVideosRequest, ListVideosResponse, VideoStatus,
+};
+
+/// Pages `list --all` follows at most, so a server that keeps handing out tokens cannot keep
+/// the CLI busy forever (at the largest page size this is five million videos).
+pub const MAX_LIST_PAGES: usize = 10_000;
+
+/// Arguments of `get`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GetArgs {
+    /// Video id
+    pub id: String,
+}
+
+/// Arguments of `cancel` and `delete`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdArgs {
+    /// Video id
+    pub id: String,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Only jobs in this status (repeatable): queued, processing, completed, failed, cancelled
+    #[arg(long = "status", value_name = "STATUS", value_parser = parse_status)]
+    pub statuses: Vec<VideoStatus>,
+    /// Only jobs of this model
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Only jobs with this label (repeatable; all must match)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Videos per page (server default 50, at most 500)
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub page_size: Option<i32>,
+    /// Continue from a previous page's next_page_token
+    #[arg(long, conflicts_with = "all")]
+    pub page_token: Option<String>,
+    /// Follow next_page_token to the end
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Parses a status name in any case (`completed`, `COMPLETED`).
+pub fn parse_status(s: &str) -> Result<VideoStatus, String> {
+    match VideoStatus::from_str_name(&s.to_ascii_uppercase()) {
+        Some(status) if status != VideoStatus::Unspecified => Ok(status),
+        _ => Err(format!(
+            "unknown status {s:?}; expected queued, processing, completed, failed or cancelled"
+        )),
+    }
+}
+
+pub async fn get(
+    opts: &ClientOpts,
+    args: GetArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let mut client = connect(opts).await?;
+    let video = client
+        .get_video(GetVideoRequest { id: args.id })
+        .await
+        .map_err(rpc_err("GetVideo"))?
+        .into_inner();
+    write_video(out, opts.json, &video)
+}
+
+pub async fn cancel(
+    opts: &ClientOpts,
+    args: IdArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let mut client = connect(opts).await?;
+    let video = client
+        .cancel_video(CancelVideoRequest { id: args.id })
+        .await
+        .map_err(rpc_err("CancelVideo"))?
+        .into_inner();
+    write_video(out, opts.json, &video)
+}
+
+pub async fn delete(
+    opts: &ClientOpts,
+    args: IdArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let mut client = connect(opts).await?;
+    let response: DeleteVideoResponse = client
+        .delete_video(DeleteVideoRequest {
+            id: args.id.clone(),
+        })
+        .await
+        .map_err(rpc_err("DeleteVideo"))?
+        .into_inner();
+    if opts.json {
+        write_json(out, &response)
+    } else {
+        write_text(out, &format!("deleted {}", args.id))
+    }
+}
+
+pub async fn list(
+    opts: &ClientOpts,
+    args: ListArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let mut client = connect(opts).await?;
+    let mut request = ListVideosRequest {
+        page_size: args.page_size.unwrap_or(0),
+        page_token: args.page_token.unwrap_or_default(),
+        statuses: args.statuses.iter().map(|s| *s as i32).collect(),
+        model: args.model.unwrap_or_default(),
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+    };
+    // JSON with --all is one ListVideosResponse holding every page, so it stays one
+    // document; text streams row by row as pages arrive.
+    let mut all = ListVideosResponse::default();
+    let mut seen_tokens = HashSet::new();
+    for _ in 0..MAX_LIST_PAGES {
+        let page = client
+            .list_videos(request.clone())
+            .await
+            .map_err(rpc_err("ListVideos"))?
+            .into_inner();
+        if !opts.json {
+            for video in &page.videos {
+                write_text(out, &video_row(video))?;
+            }
+        }
+        if !args.all {
+            if opts.json {
+                return write_json(out, &page);
+            }
+            if !page.next_page_token.is_empty() {
+                eprintln!(
+                    "more videos: --page-token {} (or --all)",
+                    page.next_page_token
+                );
+            }
+            return Ok(());
+        }
+        if opts.json {
+            all.videos.extend(page.videos);
+        }
+        if page.next_page_token.is_empty() {
+            if opts.json {
+                write_json(out, &all)?;
+            }
+            return Ok(());
+        }
+        if !seen_tokens.insert(page.next_page_token.clone()) {
+            bail!(
+                "the server returned page token {:?} twice; stopping rather than looping",
+                page.next_page_token
+            );
+        }
+        request.page_token = page.next_page_token;
+    }
+    bail!("stopped after {MAX_LIST_PAGES} pages; narrow the list with --status, --model or --label")
+}

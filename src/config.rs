@@ -1,0 +1,352 @@
+//! One typed configuration: a TOML file (optional) plus a few environment variables, checked at
+//! start with errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::api::auth::AuthConfig;
+use crate::dispatcher::DispatcherConfig;
+use crate::events::DEFAULT_CHUNK_BYTES;
+use crate::upstream::LimitConfig;
+use crate::upstream::client::{
+    DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+};
+use crate::upstream::sim::SimConfig;
+
+/// Where `vidgate serve` listens for gRPC unless told otherwise.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
+/// API.md: CreateVideo messages up to 12 MiB, so a 10 MiB image gets a field error rather than
+/// a transport one.
+pub const DEFAULT_MAX_CREATE_MESSAGE_BYTES: usize = 12 * 1024 * 1024;
+/// HTTP/2 keepalive for long-lived watch streams, so dead clients are noticed.
+pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
+/// Where the embedded store and the videos live.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// ARCHITECTURE.md: events are kept 7 days.
+pub const DEFAULT_EVENT_RETENTION_HOURS: u64 = 7 * 24;
+/// The environment variable holding the upstream key (never read from the config file, so it
+/// cannot be committed by accident).
+pub const API_KEY_ENV: &str = "TURING_API_KEY";
+
+/// Section `[server]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC listen address (port 0 = any free port).
+    pub grpc_listen: SocketAddr,
+    /// See [`DEFAULT_MAX_CREATE_MESSAGE_BYTES`].
+    pub max_create_message_bytes: usize,
+    /// See [`DEFAULT_KEEPALIVE_SECS`].
+    pub keepalive_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: DEFAULT_GRPC_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            max_create_message_bytes: DEFAULT_MAX_CREATE_MESSAGE_BYTES,
+            keepalive_secs: DEFAULT_KEEPALIVE_SECS,
+        }
+    }
+}
+
+/// SQLite durability (`[storage] synchronous`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Survives power loss (the default).
+    #[default]
+    Full,
+    /// Survives a process crash, not a power cut; faster.
+    Normal,
+}
+
+/// Section `[storage]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Holds `vidgate.db` and `blobs/`.
+    pub data_dir: PathBuf,
+    /// See [`SyncMode`].
+    pub synchronous: SyncMode,
+    /// Most writes committed together (group commit).
+    pub max_batch: usize,
+    /// Live events buffered for subscribers; a subscriber further behind is told it lagged.
+    pub event_buffer: usize,
+    /// See [`DEFAULT_EVENT_RETENTION_HOURS`].
+    pub event_retention_hours: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let sqlite = crate::store::sqlite::SqliteConfig::new("unused");
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            synchronous: SyncMode::Full,
+            max_batch: sqlite.max_batch,
+            event_buffer: sqlite.event_buffer,
+            event_retention_hours: DEFAULT_EVENT_RETENTION_HOURS,
+        }
+    }
+}
+
+/// Which upstream to talk to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamMode {
+    /// The real API when `TURING_API_KEY` is set, else the built-in simulator (the default).
+    #[default]
+    Auto,
+    /// The real API; refuses to start without a key.
+    Real,
+    /// The built-in simulator, in-process.
+    Simulator,
+}
+
+/// Section `[upstream]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// See [`UpstreamMode`].
+    pub mode: UpstreamMode,
+    /// The API's base URL (also `TURING_BASE_URL`).
+    pub base_url: String,
+    /// Milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Milliseconds, for create and status calls.
+    pub request_timeout_ms: u64,
+    /// Milliseconds without a byte before a download is considered broken.
+    pub read_idle_timeout_ms: u64,
+    /// The shared rate limit.
+    pub limits: LimitConfig,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            mode: UpstreamMode::Auto,
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT.as_millis() as u64,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+            read_idle_timeout_ms: DEFAULT_READ_IDLE_TIMEOUT.as_millis() as u64,
+            limits: LimitConfig::default(),
+        }
+    }
+}
+
+/// Section `[events]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Content chunk size of `DownloadVideo` and watch streams.
+    pub chunk_bytes: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+        }
+    }
+}
+
+/// Section `[catalog]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogSection {
+    /// A TOML file merged over the built-in model catalog.
+    pub file: Option<PathBuf>,
+}
+
+/// The whole configuration.
+#[derive(Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[upstream]`.
+    pub upstream: UpstreamSection,
+    /// `[simulator]`: the in-process simulator, when the upstream is simulated.
+    pub simulator: SimConfig,
+    /// `[dispatcher]`.
+    pub dispatcher: DispatcherConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[events]`.
+    pub events: EventsConfig,
+    /// `[catalog]`.
+    pub catalog: CatalogSection,
+    /// From `TURING_API_KEY` only.
+    #[serde(skip)]
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("server", &self.server)
+            .field("storage", &self.storage)
+            .field("upstream", &self.upstream)
+            .field("dispatcher", &self.dispatcher)
+            .field("auth_mode", &self.auth.mode)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("could not read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the key and line).
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and key.
+        message: String,
+    },
+    /// A value that cannot work.
+    #[error("config value {key} is invalid: {message}")]
+    Invalid {
+        /// The key, e.g. `events.chunk_bytes`.
+        key: &'static str,
+        /// What is allowed.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `path` (if any) and the environment: `TURING_API_KEY`, `TURING_BASE_URL`,
+    /// `VIDGATE_GRPC_LISTEN`, `VIDGATE_DATA_DIR`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_toml(&std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?)
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?,
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML (no environment).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies environment overrides through `get` (a test passes a map).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(key) = get(API_KEY_ENV).filter(|k| !k.is_empty()) {
+            self.api_key = Some(key);
+        }
+        if let Some(url) = get("TURING_BASE_URL").filter(|u| !u.is_empty()) {
+            self.upstream.base_url = url;
+        }
+        if let Some(listen) = get("VIDGATE_GRPC_LISTEN").filter(|v| !v.is_empty()) {
+            self.server.grpc_listen = listen.parse().map_err(|e| ConfigError::Invalid {
+                key: "VIDGATE_GRPC_LISTEN",
+                message: format!("{listen:?} is not a socket address like 127.0.0.1:50051 ({e})"),
+            })?;
+        }
+        if let Some(dir) = get("VIDGATE_DATA_DIR").filter(|v| !v.is_empty()) {
+            self.storage.data_dir = PathBuf::from(dir);
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.events.chunk_bytes == 0 || self.events.chunk_bytes > crate::events::MAX_CHUNK_BYTES {
+            return invalid("events.chunk_bytes", format!("must be 1 to {} (got {})", crate::events::MAX_CHUNK_BYTES, self.events.chunk_bytes));
+        }
+        if self.server.max_create_message_bytes < 1024 * 1024 {
+            return invalid("server.max_create_message_bytes", "must be at least 1 MiB".into());
+        }
+        if self.storage.max_batch == 0 {
+            return invalid("storage.max_batch", "must be at least 1".into());
+        }
+        if self.storage.event_buffer == 0 {
+            return invalid("storage.event_buffer", "must be at least 1".into());
+        }
+        if self.dispatcher.max_concurrent_jobs == 0 {
+            return invalid("dispatcher.max_concurrent_jobs", "must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.dispatcher.poll_jitter) {
+            return invalid("dispatcher.poll_jitter", format!("must be between 0 and 1 (got {})", self.dispatcher.poll_jitter));
+        }
+        if self.dispatcher.backoff_min_ms > self.dispatcher.backoff_max_ms {
+            return invalid("dispatcher.backoff_min_ms", "must not exceed dispatcher.backoff_max_ms".into());
+        }
+        if self.upstream.mode == UpstreamMode::Real && self.api_key.is_none() {
+            return invalid("upstream.mode", format!("is \"real\" but {API_KEY_ENV} is not set"));
+        }
+        if url::Url::parse(&self.upstream.base_url).is_err() {
+            return invalid("upstream.base_url", format!("{:?} is not a URL", self.upstream.base_url));
+        }
+        Ok(())
+    }
+
+    /// Whether the in-process simulator stands in for the upstream.
+    pub fn uses_simulator(&self) -> bool {
+        match self.upstream.mode {
+            UpstreamMode::Simulator => true,
+            UpstreamMode::Real => false,
+            UpstreamMode::Auto => self.api_key.is_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_simulated_without_a_key() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.uses_simulator());
+        assert_eq!(c.server.max_create_message_bytes, 12 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::from_toml("[server]\ngrpc_lisen = \"x\"\n").err().unwrap();
+        assert!(e.contains("grpc_lisen"), "{e}");
+        let mut c = Config::from_toml("[events]\nchunk_bytes = 0\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("events.chunk_bytes"), "{e}");
+        c.events.chunk_bytes = 1024;
+        c.upstream.mode = UpstreamMode::Real;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("TURING_API_KEY"), "{e}");
+    }
+
+    #[test]
+    fn environment_sets_the_key_which_debug_never_shows() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == API_KEY_ENV).then(|| "sk-secret-1".to_owned())).unwrap();
+        assert!(!c.uses_simulator());
+        assert!(!format!("{c:?}").contains("sk-secret-1"));
+        let e = c.apply_env(|k| (k == "VIDGATE_GRPC_LISTEN").then(|| "nope".to_owned())).unwrap_err();
+        assert!(e.to_string().contains("VIDGATE_GRPC_LISTEN"));
+    }
+}
