@@ -106,7 +106,11 @@ impl Application {
         let blobs = BlobStore::local(data_dir.join("blobs"))?;
 
         let (simulator, base_url, key) = if config.uses_simulator() {
-            let sim = Simulator::start(config.simulator.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let sim = Simulator::start(
+                config.simulator.clone(),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            )
+            .await?;
             tracing::warn!(
                 base_url = %sim.base_url(),
                 "no TURING_API_KEY: the built-in upstream SIMULATOR stands in for the real API (no real videos are generated)"
@@ -118,7 +122,9 @@ impl Application {
             let key = config.api_key.clone().unwrap_or_default();
             (None, config.upstream.base_url.clone(), key)
         };
-        let base_url = url::Url::parse(&base_url).map_err(|e| StartupError::ApiKey(format!("upstream.base_url {base_url:?} is not a URL: {e}")))?;
+        let base_url = url::Url::parse(&base_url).map_err(|e| {
+            StartupError::ApiKey(format!("upstream.base_url {base_url:?} is not a URL: {e}"))
+        })?;
         let api_key = ApiKey::new(key).map_err(|e| StartupError::ApiKey(e.to_string()))?;
         let client = UpstreamClient::new(UpstreamConfig {
             connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
@@ -191,7 +197,9 @@ impl Application {
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move { d.run(stop).await }));
         } else {
-            tracing::warn!("dispatcher disabled (dispatcher.enabled = false): jobs are accepted and wait");
+            tracing::warn!(
+                "dispatcher disabled (dispatcher.enabled = false): jobs are accepted and wait"
+            );
         }
 
         // Readiness: serving while the store answers (and the dispatcher runs, when enabled).
@@ -201,13 +209,21 @@ impl Application {
             loop {
                 match health_store.health().await {
                     Ok(()) => {
-                        health_reporter.set_serving::<VideoServiceServer<VideoApi>>().await;
-                        health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                        health_reporter
+                            .set_serving::<VideoServiceServer<VideoApi>>()
+                            .await;
+                        health_reporter
+                            .set_service_status("", tonic_health::ServingStatus::Serving)
+                            .await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "store unhealthy: reporting NOT_SERVING");
-                        health_reporter.set_not_serving::<VideoServiceServer<VideoApi>>().await;
-                        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                        health_reporter
+                            .set_not_serving::<VideoServiceServer<VideoApi>>()
+                            .await;
+                        health_reporter
+                            .set_service_status("", tonic_health::ServingStatus::NotServing)
+                            .await;
                     }
                 }
                 tokio::select! {
@@ -217,7 +233,10 @@ impl Application {
             }
         }));
 
-        let retention_ms = config.storage.event_retention_hours.saturating_mul(3_600_000) as i64;
+        let retention_ms = config
+            .storage
+            .event_retention_hours
+            .saturating_mul(3_600_000) as i64;
         let prune_store = store_dyn;
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {

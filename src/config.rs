@@ -45,7 +45,9 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            grpc_listen: DEFAULT_GRPC_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            grpc_listen: DEFAULT_GRPC_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_create_message_bytes: DEFAULT_MAX_CREATE_MESSAGE_BYTES,
             keepalive_secs: DEFAULT_KEEPALIVE_SECS,
         }
@@ -232,9 +234,11 @@ impl Config {
     /// `VIDGATE_GRPC_LISTEN`, `VIDGATE_DATA_DIR`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match path {
-            Some(path) => Self::from_toml(&std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
+            Some(path) => Self::from_toml(&std::fs::read_to_string(path).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
             })?)
             .map_err(|message| ConfigError::Parse {
                 path: path.to_owned(),
@@ -275,11 +279,22 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
-        if self.events.chunk_bytes == 0 || self.events.chunk_bytes > crate::events::MAX_CHUNK_BYTES {
-            return invalid("events.chunk_bytes", format!("must be 1 to {} (got {})", crate::events::MAX_CHUNK_BYTES, self.events.chunk_bytes));
+        if self.events.chunk_bytes == 0 || self.events.chunk_bytes > crate::events::MAX_CHUNK_BYTES
+        {
+            return invalid(
+                "events.chunk_bytes",
+                format!(
+                    "must be 1 to {} (got {})",
+                    crate::events::MAX_CHUNK_BYTES,
+                    self.events.chunk_bytes
+                ),
+            );
         }
         if self.server.max_create_message_bytes < 1024 * 1024 {
-            return invalid("server.max_create_message_bytes", "must be at least 1 MiB".into());
+            return invalid(
+                "server.max_create_message_bytes",
+                "must be at least 1 MiB".into(),
+            );
         }
         if self.storage.max_batch == 0 {
             return invalid("storage.max_batch", "must be at least 1".into());
@@ -288,19 +303,37 @@ impl Config {
             return invalid("storage.event_buffer", "must be at least 1".into());
         }
         if self.dispatcher.max_concurrent_jobs == 0 {
-            return invalid("dispatcher.max_concurrent_jobs", "must be at least 1".into());
+            return invalid(
+                "dispatcher.max_concurrent_jobs",
+                "must be at least 1".into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.dispatcher.poll_jitter) {
-            return invalid("dispatcher.poll_jitter", format!("must be between 0 and 1 (got {})", self.dispatcher.poll_jitter));
+            return invalid(
+                "dispatcher.poll_jitter",
+                format!(
+                    "must be between 0 and 1 (got {})",
+                    self.dispatcher.poll_jitter
+                ),
+            );
         }
         if self.dispatcher.backoff_min_ms > self.dispatcher.backoff_max_ms {
-            return invalid("dispatcher.backoff_min_ms", "must not exceed dispatcher.backoff_max_ms".into());
+            return invalid(
+                "dispatcher.backoff_min_ms",
+                "must not exceed dispatcher.backoff_max_ms".into(),
+            );
         }
         if self.upstream.mode == UpstreamMode::Real && self.api_key.is_none() {
-            return invalid("upstream.mode", format!("is \"real\" but {API_KEY_ENV} is not set"));
+            return invalid(
+                "upstream.mode",
+                format!("is \"real\" but {API_KEY_ENV} is not set"),
+            );
         }
         if url::Url::parse(&self.upstream.base_url).is_err() {
-            return invalid("upstream.base_url", format!("{:?} is not a URL", self.upstream.base_url));
+            return invalid(
+                "upstream.base_url",
+                format!("{:?} is not a URL", self.upstream.base_url),
+            );
         }
         Ok(())
     }
@@ -329,7 +362,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let e = Config::from_toml("[server]\ngrpc_lisen = \"x\"\n").err().unwrap();
+        let e = Config::from_toml("[server]\ngrpc_lisen = \"x\"\n")
+            .err()
+            .unwrap();
         assert!(e.contains("grpc_lisen"), "{e}");
         let mut c = Config::from_toml("[events]\nchunk_bytes = 0\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
@@ -343,10 +378,13 @@ mod tests {
     #[test]
     fn environment_sets_the_key_which_debug_never_shows() {
         let mut c = Config::default();
-        c.apply_env(|k| (k == API_KEY_ENV).then(|| "sk-secret-1".to_owned())).unwrap();
+        c.apply_env(|k| (k == API_KEY_ENV).then(|| "sk-secret-1".to_owned()))
+            .unwrap();
         assert!(!c.uses_simulator());
         assert!(!format!("{c:?}").contains("sk-secret-1"));
-        let e = c.apply_env(|k| (k == "VIDGATE_GRPC_LISTEN").then(|| "nope".to_owned())).unwrap_err();
+        let e = c
+            .apply_env(|k| (k == "VIDGATE_GRPC_LISTEN").then(|| "nope".to_owned()))
+            .unwrap_err();
         assert!(e.to_string().contains("VIDGATE_GRPC_LISTEN"));
     }
 }

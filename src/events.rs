@@ -46,7 +46,10 @@ impl FeedFilter {
             && !job.deleted
             && self.job_id.as_ref().is_none_or(|id| *id == job.id)
             && (self.models.is_empty() || self.models.contains(&job.model))
-            && self.labels.iter().all(|(k, v)| job.labels.get(k) == Some(v))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| job.labels.get(k) == Some(v))
             && (self.statuses.is_empty() || self.statuses.contains(&job.status))
     }
 }
@@ -136,7 +139,10 @@ impl Feed {
             seen = job.last_sequence;
             *delivered = job.last_sequence;
             let terminal = job.status.is_terminal();
-            if let Some(stop) = self.send_state(&job, job.last_sequence, job.update_time_ms, request, tx).await {
+            if let Some(stop) = self
+                .send_state(&job, job.last_sequence, job.update_time_ms, request, tx)
+                .await
+            {
                 return stop;
             }
             if terminal && request.until_terminal {
@@ -283,7 +289,10 @@ impl Feed {
                 sequence: 0,
                 video_id: job.id.clone(),
                 time: Some(convert::timestamp(time_ms)),
-                kind: Some(pb::video_event::Kind::Chunk(pb::ContentChunk { offset, data })),
+                kind: Some(pb::video_event::Kind::Chunk(pb::ContentChunk {
+                    offset,
+                    data,
+                })),
             };
             if tx.send(Ok(event)).await.is_err() {
                 return Some(Stop::Done);

@@ -12,7 +12,11 @@ use vidgate::upstream::sim::{SimConfig, Simulator};
 const DEFAULT_SIM_LISTEN: &str = "127.0.0.1:8089";
 
 #[derive(Parser)]
-#[command(name = "vidgate", version, about = "A durable gateway for the Turing /videos API")]
+#[command(
+    name = "vidgate",
+    version,
+    about = "A durable gateway for the Turing /videos API"
+)]
 struct Cli {
     /// Where client commands connect, with which token, in which output format.
     #[command(flatten)]
@@ -31,6 +35,10 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only make matching clumsier"
+)]
 enum Command {
     /// Run the gateway: gRPC API, durable jobs, the dispatcher. Without TURING_API_KEY the
     /// built-in upstream simulator stands in for the real API.
@@ -113,24 +121,43 @@ async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
     let image_out = output_dir.join("image-to-video.mp4");
     let jobs: [Vec<String>; 2] = [
         vec![
-            "create".into(), "--model".into(), "turing/veo-3.1-generate".into(),
-            "--prompt".into(), "please generate a video of a cat playing piano".into(),
-            "--size".into(), "1280x720".into(), "--seconds".into(), "6".into(),
-            "--output".into(), text_out.display().to_string(),
+            "create".into(),
+            "--model".into(),
+            "turing/veo-3.1-generate".into(),
+            "--prompt".into(),
+            "please generate a video of a cat playing piano".into(),
+            "--size".into(),
+            "1280x720".into(),
+            "--seconds".into(),
+            "6".into(),
+            "--output".into(),
+            text_out.display().to_string(),
         ],
         vec![
-            "create".into(), "--model".into(), "turing/veo-3.1-generate".into(),
-            "--prompt".into(), "the picture comes to life".into(),
-            "--size".into(), "720x1280".into(), "--seconds".into(), "4".into(),
-            "--image".into(), image.display().to_string(),
-            "--output".into(), image_out.display().to_string(),
+            "create".into(),
+            "--model".into(),
+            "turing/veo-3.1-generate".into(),
+            "--prompt".into(),
+            "the picture comes to life".into(),
+            "--size".into(),
+            "720x1280".into(),
+            "--seconds".into(),
+            "4".into(),
+            "--image".into(),
+            image.display().to_string(),
+            "--output".into(),
+            image_out.display().to_string(),
         ],
     ];
     let mut result = Ok(());
     for args in jobs {
         eprintln!("\n$ vidgate --addr {addr} {}", args.join(" "));
         let parsed = DemoClient::try_parse_from(std::iter::once("vidgate".to_owned()).chain(args))?;
-        let opts = vidgate::cli::ClientOpts { addr: addr.clone(), token: None, json: false };
+        let opts = vidgate::cli::ClientOpts {
+            addr: addr.clone(),
+            token: None,
+            json: false,
+        };
         if let Err(e) = vidgate::cli::run(opts, parsed.command).await {
             result = Err(e);
             break;
@@ -139,7 +166,11 @@ async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
     app.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
     result?;
-    eprintln!("\nDone: {} and {} are playable MP4s.", text_out.display(), image_out.display());
+    eprintln!(
+        "\nDone: {} and {} are playable MP4s.",
+        text_out.display(),
+        image_out.display()
+    );
     Ok(())
 }
 

@@ -14,13 +14,24 @@ use vidgate::pb;
 use vidgate::upstream::sim::{Fault, FaultEndpoint, FaultRule};
 
 async fn create(t: &mut TestApp, token: &str, r: pb::CreateVideoRequest) -> pb::Video {
-    t.client.create_video(req(token, r)).await.expect("create").into_inner()
+    t.client
+        .create_video(req(token, r))
+        .await
+        .expect("create")
+        .into_inner()
 }
 
 async fn download_all(t: &mut TestApp, token: &str, id: &str, offset: i64) -> Vec<u8> {
     let mut s = t
         .client
-        .download_video(req(token, pb::DownloadVideoRequest { id: id.into(), read_offset: offset, ..Default::default() }))
+        .download_video(req(
+            token,
+            pb::DownloadVideoRequest {
+                id: id.into(),
+                read_offset: offset,
+                ..Default::default()
+            },
+        ))
         .await
         .expect("download")
         .into_inner();
@@ -46,7 +57,14 @@ async fn create_watch_complete_then_chunks_match_download_and_sha256() {
 
     let mut watch = t
         .client
-        .watch_video(req(ACME, pb::WatchVideoRequest { id: v.id.clone(), after_sequence: 0, include_content: true }))
+        .watch_video(req(
+            ACME,
+            pb::WatchVideoRequest {
+                id: v.id.clone(),
+                after_sequence: 0,
+                include_content: true,
+            },
+        ))
         .await
         .expect("watch")
         .into_inner();
@@ -65,7 +83,10 @@ async fn create_watch_complete_then_chunks_match_download_and_sha256() {
         let ev = ev.expect("event");
         match ev.kind.expect("kind") {
             pb::video_event::Kind::Video(video) => {
-                assert!(ev.sequence > last_seq || (last_seq == 0 && ev.sequence >= 0), "sequences increase");
+                assert!(
+                    ev.sequence > last_seq || (last_seq == 0 && ev.sequence >= 0),
+                    "sequences increase"
+                );
                 last_seq = ev.sequence;
                 statuses.push(video.status());
             }
@@ -77,14 +98,21 @@ async fn create_watch_complete_then_chunks_match_download_and_sha256() {
             pb::video_event::Kind::Rejection(_) => panic!("no rejections over gRPC"),
         }
     }
-    assert_eq!(statuses.first(), Some(&pb::VideoStatus::Queued), "current state first: {statuses:?}");
+    assert_eq!(
+        statuses.first(),
+        Some(&pb::VideoStatus::Queued),
+        "current state first: {statuses:?}"
+    );
     assert_eq!(statuses.last(), Some(&pb::VideoStatus::Completed));
     let end = end.expect("content_end");
     assert_eq!(end.size_bytes as usize, bytes.len());
     assert_eq!(end.sha256, hex::encode(Sha256::digest(&bytes)));
     assert_eq!(end.sha256, content.sha256);
     let downloaded = download_all(&mut t, ACME, &v.id, 0).await;
-    assert!(downloaded == bytes, "DownloadVideo and WatchVideo give the same bytes");
+    assert!(
+        downloaded == bytes,
+        "DownloadVideo and WatchVideo give the same bytes"
+    );
     assert_eq!(t.sim.stats().creates_by_prompt.get(&prompt), Some(&1));
 }
 
@@ -119,7 +147,11 @@ async fn every_invalid_request_is_invalid_argument_with_field_violations_and_no_
     let mut t = spawn_app().await;
     let with_veo = |seconds: u32, size: &str| {
         let mut r = veo(&unique("bad"));
-        r.params = Some(pb::create_video_request::Params::Veo(pb::VeoParams { seconds, size: size.into(), ..Default::default() }));
+        r.params = Some(pb::create_video_request::Params::Veo(pb::VeoParams {
+            seconds,
+            size: size.into(),
+            ..Default::default()
+        }));
         r
     };
     let with_seedance = |f: &dyn Fn(&mut pb::SeedanceParams)| {
@@ -129,9 +161,17 @@ async fn every_invalid_request_is_invalid_argument_with_field_violations_and_no_
         }
         r
     };
-    let big_image = pb::InputImage { data: vec![0xFF; 10 * 1024 * 1024 + 1].into(), filename: "a.jpg".into(), mime_type: "image/jpeg".into(), ..Default::default() };
+    let big_image = pb::InputImage {
+        data: vec![0xFF; 10 * 1024 * 1024 + 1].into(),
+        filename: "a.jpg".into(),
+        mime_type: "image/jpeg".into(),
+        ..Default::default()
+    };
     let mut too_big = veo(&unique("big"));
-    too_big.params = Some(pb::create_video_request::Params::Veo(pb::VeoParams { input_reference: Some(big_image), ..Default::default() }));
+    too_big.params = Some(pb::create_video_request::Params::Veo(pb::VeoParams {
+        input_reference: Some(big_image),
+        ..Default::default()
+    }));
     let mut no_prompt = veo("");
     no_prompt.prompt.clear();
     let mut unknown_model = veo(&unique("m"));
@@ -142,9 +182,24 @@ async fn every_invalid_request_is_invalid_argument_with_field_violations_and_no_
         ("V1", with_veo(5, "1280x720"), "veo.seconds", "V1"),
         ("V2", with_veo(4, "1920x1080"), "veo.size", "V2"),
         ("V3", too_big, "veo.input_reference", "V3"),
-        ("S4", with_seedance(&|s| s.resolution = "360p".into()), "seedance.resolution", "S4"),
-        ("S5", with_seedance(&|s| s.ratio = "2:1".into()), "seedance.ratio", "S5"),
-        ("S6", with_seedance(&|s| s.duration = Some(7)), "seedance.duration", "S6"),
+        (
+            "S4",
+            with_seedance(&|s| s.resolution = "360p".into()),
+            "seedance.resolution",
+            "S4",
+        ),
+        (
+            "S5",
+            with_seedance(&|s| s.ratio = "2:1".into()),
+            "seedance.ratio",
+            "S5",
+        ),
+        (
+            "S6",
+            with_seedance(&|s| s.duration = Some(7)),
+            "seedance.duration",
+            "S6",
+        ),
         ("prompt", no_prompt, "prompt", ""),
         ("model", unknown_model, "model", "VG-MODEL"),
         ("labels", bad_label, "labels[bad key!]", "VG-ENVELOPE"),
@@ -153,16 +208,28 @@ async fn every_invalid_request_is_invalid_argument_with_field_violations_and_no_
         let err = t.client.create_video(req(ACME, request)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
         let details = err.get_error_details();
-        let violations = details.bad_request().expect("BadRequest").field_violations.clone();
+        let violations = details
+            .bad_request()
+            .expect("BadRequest")
+            .field_violations
+            .clone();
         assert!(
-            violations.iter().any(|v| v.field.starts_with(field) && (rule.is_empty() || v.reason == rule)),
+            violations
+                .iter()
+                .any(|v| v.field.starts_with(field) && (rule.is_empty() || v.reason == rule)),
             "{name}: want {field} ({rule}), got {violations:?}"
         );
         assert!(!err.message().is_empty());
-        assert_eq!(details.error_info().map(|i| i.domain.as_str()), Some("vidgate"));
+        assert_eq!(
+            details.error_info().map(|i| i.domain.as_str()),
+            Some("vidgate")
+        );
     }
     let stats = t.sim.stats();
-    assert_eq!(stats.requests.create, 0, "no invalid request reached the upstream");
+    assert_eq!(
+        stats.requests.create, 0,
+        "no invalid request reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -175,20 +242,78 @@ async fn tenants_are_walls_on_every_rpc() {
         let e = r.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
     };
-    not_found(t.client.get_video(req(GLOBEX, pb::GetVideoRequest { id: id.clone() })).await.map(|_| ()));
-    not_found(t.client.cancel_video(req(GLOBEX, pb::CancelVideoRequest { id: id.clone() })).await.map(|_| ()));
-    not_found(t.client.delete_video(req(GLOBEX, pb::DeleteVideoRequest { id: id.clone() })).await.map(|_| ()));
-    not_found(t.client.download_video(req(GLOBEX, pb::DownloadVideoRequest { id: id.clone(), ..Default::default() })).await.map(|_| ()));
-    not_found(t.client.watch_video(req(GLOBEX, pb::WatchVideoRequest { id: id.clone(), ..Default::default() })).await.map(|_| ()));
-    let list = t.client.list_videos(req(GLOBEX, pb::ListVideosRequest::default())).await.unwrap().into_inner();
+    not_found(
+        t.client
+            .get_video(req(GLOBEX, pb::GetVideoRequest { id: id.clone() }))
+            .await
+            .map(|_| ()),
+    );
+    not_found(
+        t.client
+            .cancel_video(req(GLOBEX, pb::CancelVideoRequest { id: id.clone() }))
+            .await
+            .map(|_| ()),
+    );
+    not_found(
+        t.client
+            .delete_video(req(GLOBEX, pb::DeleteVideoRequest { id: id.clone() }))
+            .await
+            .map(|_| ()),
+    );
+    not_found(
+        t.client
+            .download_video(req(
+                GLOBEX,
+                pb::DownloadVideoRequest {
+                    id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ()),
+    );
+    not_found(
+        t.client
+            .watch_video(req(
+                GLOBEX,
+                pb::WatchVideoRequest {
+                    id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ()),
+    );
+    let list = t
+        .client
+        .list_videos(req(GLOBEX, pb::ListVideosRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.videos.iter().all(|v| v.id != id));
     // Still there for its owner.
-    assert_eq!(t.client.get_video(req(ACME, pb::GetVideoRequest { id: id.clone() })).await.unwrap().into_inner().id, id);
+    assert_eq!(
+        t.client
+            .get_video(req(ACME, pb::GetVideoRequest { id: id.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .id,
+        id
+    );
 
-    let e = t.client.get_video(tonic::Request::new(pb::GetVideoRequest { id: id.clone() })).await.unwrap_err();
+    let e = t
+        .client
+        .get_video(tonic::Request::new(pb::GetVideoRequest { id: id.clone() }))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert_eq!(error_reason(&e), "MISSING_CREDENTIALS");
-    let e = t.client.get_video(req("wrong-token", pb::GetVideoRequest { id })).await.unwrap_err();
+    let e = t
+        .client
+        .get_video(req("wrong-token", pb::GetVideoRequest { id }))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert_eq!(error_reason(&e), "INVALID_CREDENTIALS");
 }
@@ -211,7 +336,11 @@ async fn restart_mid_flight_finishes_every_job_without_a_second_upstream_create(
     }
     let stats = t.sim.stats();
     for i in 0..5 {
-        assert_eq!(stats.creates_by_prompt.get(&format!("{prompt} {i}")), Some(&1), "job {i} created once");
+        assert_eq!(
+            stats.creates_by_prompt.get(&format!("{prompt} {i}")),
+            Some(&1),
+            "job {i} created once"
+        );
     }
 }
 
@@ -231,8 +360,16 @@ async fn a_job_found_submitting_after_a_crash_fails_as_outcome_unknown_and_is_ne
     assert_eq!(done.status(), pb::VideoStatus::Failed);
     let err = done.error.unwrap();
     assert_eq!(err.reason, "UPSTREAM_OUTCOME_UNKNOWN");
-    assert!(err.message.contains("may exist upstream"), "{}", err.message);
-    assert_eq!(t.sim.stats().creates_by_prompt.get(&prompt), None, "never sent");
+    assert!(
+        err.message.contains("may exist upstream"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        t.sim.stats().creates_by_prompt.get(&prompt),
+        None,
+        "never sent"
+    );
 }
 
 #[tokio::test]
@@ -240,16 +377,39 @@ async fn cancel_marks_cancelled_stops_polling_and_refuses_a_second_cancel() {
     let mut t = spawn_app().await;
     let prompt = unique("cancel me");
     let v = create(&mut t, ACME, veo(&prompt)).await;
-    let c = t.client.cancel_video(req(ACME, pb::CancelVideoRequest { id: v.id.clone() })).await.unwrap().into_inner();
+    let c = t
+        .client
+        .cancel_video(req(ACME, pb::CancelVideoRequest { id: v.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(c.status(), pb::VideoStatus::Cancelled);
     for _ in 0..3 {
         t.app().dispatcher().step().await.unwrap();
     }
-    assert_eq!(t.sim.stats().creates_by_prompt.get(&prompt), None, "a cancelled job is not submitted");
-    let e = t.client.cancel_video(req(ACME, pb::CancelVideoRequest { id: v.id.clone() })).await.unwrap_err();
+    assert_eq!(
+        t.sim.stats().creates_by_prompt.get(&prompt),
+        None,
+        "a cancelled job is not submitted"
+    );
+    let e = t
+        .client
+        .cancel_video(req(ACME, pb::CancelVideoRequest { id: v.id.clone() }))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert_eq!(error_reason(&e), "VIDEO_ALREADY_FINISHED");
-    let e = t.client.download_video(req(ACME, pb::DownloadVideoRequest { id: v.id.clone(), ..Default::default() })).await.unwrap_err();
+    let e = t
+        .client
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: v.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert_eq!(error_reason(&e), "VIDEO_NOT_COMPLETED");
 }
@@ -260,13 +420,28 @@ async fn list_pages_newest_first_with_filters_and_rejects_bad_page_args() {
     let mut ids = Vec::new();
     for i in 0..7 {
         let mut r = veo(&unique("page"));
-        r.labels.insert("batch".into(), if i % 2 == 0 { "even" } else { "odd" }.into());
+        r.labels.insert(
+            "batch".into(),
+            if i % 2 == 0 { "even" } else { "odd" }.into(),
+        );
         ids.push(create(&mut t, ACME, r).await.id);
     }
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let page = t.client.list_videos(req(ACME, pb::ListVideosRequest { page_size: 3, page_token: token.clone(), ..Default::default() })).await.unwrap().into_inner();
+        let page = t
+            .client
+            .list_videos(req(
+                ACME,
+                pb::ListVideosRequest {
+                    page_size: 3,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(page.videos.len() <= 3);
         seen.extend(page.videos.into_iter().map(|v| v.id));
         if page.next_page_token.is_empty() {
@@ -278,14 +453,56 @@ async fn list_pages_newest_first_with_filters_and_rejects_bad_page_args() {
     newest_first.reverse();
     assert_eq!(seen, newest_first);
 
-    let even = t.client.list_videos(req(ACME, pb::ListVideosRequest { labels: BTreeMap::from([("batch".to_owned(), "even".to_owned())]), ..Default::default() })).await.unwrap().into_inner();
+    let even = t
+        .client
+        .list_videos(req(
+            ACME,
+            pb::ListVideosRequest {
+                labels: BTreeMap::from([("batch".to_owned(), "even".to_owned())]),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(even.videos.len(), 4);
-    let queued = t.client.list_videos(req(ACME, pb::ListVideosRequest { statuses: vec![pb::VideoStatus::Completed as i32], ..Default::default() })).await.unwrap().into_inner();
+    let queued = t
+        .client
+        .list_videos(req(
+            ACME,
+            pb::ListVideosRequest {
+                statuses: vec![pb::VideoStatus::Completed as i32],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(queued.videos.is_empty());
 
-    let e = t.client.list_videos(req(ACME, pb::ListVideosRequest { page_size: -1, ..Default::default() })).await.unwrap_err();
+    let e = t
+        .client
+        .list_videos(req(
+            ACME,
+            pb::ListVideosRequest {
+                page_size: -1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = t.client.list_videos(req(ACME, pb::ListVideosRequest { page_token: "garbage".into(), ..Default::default() })).await.unwrap_err();
+    let e = t
+        .client
+        .list_videos(req(
+            ACME,
+            pb::ListVideosRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 
@@ -300,7 +517,14 @@ async fn download_resumes_from_an_offset_and_refuses_offsets_past_the_end() {
     assert!(tail == all[1000..]);
     let e = t
         .client
-        .download_video(req(ACME, pb::DownloadVideoRequest { id: v.id.clone(), read_offset: all.len() as i64 + 1, ..Default::default() }))
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: v.id.clone(),
+                read_offset: all.len() as i64 + 1,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange);
@@ -308,7 +532,14 @@ async fn download_resumes_from_an_offset_and_refuses_offsets_past_the_end() {
     assert!(done.content.as_ref().unwrap().has_last_frame);
     let mut s = t
         .client
-        .download_video(req(ACME, pb::DownloadVideoRequest { id: v.id.clone(), variant: pb::ContentVariant::LastFrame as i32, ..Default::default() }))
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: v.id.clone(),
+                variant: pb::ContentVariant::LastFrame as i32,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -331,7 +562,9 @@ async fn a_subscriber_that_stops_reading_is_ended_as_lagging_with_its_cursor() {
         .into_inner();
     // Not reading: create far more event bytes (~16 KiB of labels each) than every buffer on
     // the way (channel, HTTP/2 windows, socket buffers) can hold.
-    let labels: BTreeMap<String, String> = (0..60).map(|i| (format!("k{i}"), "v".repeat(250))).collect();
+    let labels: BTreeMap<String, String> = (0..60)
+        .map(|i| (format!("k{i}"), "v".repeat(250)))
+        .collect();
     const FLOOD: usize = 400;
     for _ in 0..FLOOD {
         let mut r = veo(&unique("flood"));
@@ -344,7 +577,10 @@ async fn a_subscriber_that_stops_reading_is_ended_as_lagging_with_its_cursor() {
             match sub.next().await {
                 Some(Ok(ev)) => delivered.push(ev.sequence),
                 Some(Err(status)) => break status,
-                None => panic!("stream ended without an error after {} events", delivered.len()),
+                None => panic!(
+                    "stream ended without an error after {} events",
+                    delivered.len()
+                ),
             }
         }
     };
@@ -354,15 +590,30 @@ async fn a_subscriber_that_stops_reading_is_ended_as_lagging_with_its_cursor() {
         .expect("the lagging subscriber was never ended");
     assert_eq!(status.code(), Code::Aborted);
     assert_eq!(error_reason(&status), "SUBSCRIBER_LAGGED");
-    let cursor: i64 = status.get_details_error_info().unwrap().metadata["last_sequence"].parse().unwrap();
-    assert_eq!(Some(&cursor), delivered.last(), "the cursor is the last event delivered");
-    assert!(delivered.len() < FLOOD, "the server did not buffer everything: {}", delivered.len());
+    let cursor: i64 = status.get_details_error_info().unwrap().metadata["last_sequence"]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        Some(&cursor),
+        delivered.last(),
+        "the cursor is the last event delivered"
+    );
+    assert!(
+        delivered.len() < FLOOD,
+        "the server did not buffer everything: {}",
+        delivered.len()
+    );
 }
 
 #[tokio::test]
 async fn resuming_by_cursor_after_a_disconnect_misses_nothing_and_repeats_nothing() {
     let mut t = spawn_app().await;
-    let mut first = t.client.subscribe(req(ACME, pb::SubscribeRequest::default())).await.unwrap().into_inner();
+    let mut first = t
+        .client
+        .subscribe(req(ACME, pb::SubscribeRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(create(&mut t, ACME, veo(&unique("cursor"))).await.id);
@@ -378,14 +629,30 @@ async fn resuming_by_cursor_after_a_disconnect_misses_nothing_and_repeats_nothin
     let expected: Vec<i64> = t
         .app()
         .store()
-        .events_after(&vidgate::store::EventQuery { after_sequence: cursor, tenant: Some("acme".into()), job_id: None, limit: 10_000 })
+        .events_after(&vidgate::store::EventQuery {
+            after_sequence: cursor,
+            tenant: Some("acme".into()),
+            job_id: None,
+            limit: 10_000,
+        })
         .await
         .unwrap()
         .into_iter()
         .map(|e| e.sequence)
         .collect();
     assert!(!expected.is_empty());
-    let mut resumed = t.client.subscribe(req(ACME, pb::SubscribeRequest { after_sequence: cursor, ..Default::default() })).await.unwrap().into_inner();
+    let mut resumed = t
+        .client
+        .subscribe(req(
+            ACME,
+            pb::SubscribeRequest {
+                after_sequence: cursor,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = Vec::new();
     while got.len() < expected.len() {
         got.push(resumed.next().await.unwrap().unwrap().sequence);
@@ -397,24 +664,74 @@ async fn resuming_by_cursor_after_a_disconnect_misses_nothing_and_repeats_nothin
 async fn upstream_faults_end_in_correct_results() {
     let mut t = spawn_app().await;
     let rules = [
-        FaultRule::new(FaultEndpoint::Create, Fault::Http { status: 429, retry_after_s: None }).prompt_contains("f429").times(2),
-        FaultRule::new(FaultEndpoint::Get, Fault::Http { status: 503, retry_after_s: None }).prompt_contains("f503").times(2),
-        FaultRule::new(FaultEndpoint::Content, Fault::TruncateContent { after_bytes: 500 }).prompt_contains("ftrunc").times(1),
-        FaultRule::new(FaultEndpoint::Create, Fault::StatusSpelling { processing: "rendering".into(), completed: "succeeded".into() }).prompt_contains("fspell"),
-        FaultRule::new(FaultEndpoint::Create, Fault::CompletedWithoutContent).prompt_contains("fnocontent"),
-        FaultRule::new(FaultEndpoint::Create, Fault::FailTask { code: "content_policy_violation".into(), message: "refused by policy".into() }).prompt_contains("ffail"),
+        FaultRule::new(
+            FaultEndpoint::Create,
+            Fault::Http {
+                status: 429,
+                retry_after_s: None,
+            },
+        )
+        .prompt_contains("f429")
+        .times(2),
+        FaultRule::new(
+            FaultEndpoint::Get,
+            Fault::Http {
+                status: 503,
+                retry_after_s: None,
+            },
+        )
+        .prompt_contains("f503")
+        .times(2),
+        FaultRule::new(
+            FaultEndpoint::Content,
+            Fault::TruncateContent { after_bytes: 500 },
+        )
+        .prompt_contains("ftrunc")
+        .times(1),
+        FaultRule::new(
+            FaultEndpoint::Create,
+            Fault::StatusSpelling {
+                processing: "rendering".into(),
+                completed: "succeeded".into(),
+            },
+        )
+        .prompt_contains("fspell"),
+        FaultRule::new(FaultEndpoint::Create, Fault::CompletedWithoutContent)
+            .prompt_contains("fnocontent"),
+        FaultRule::new(
+            FaultEndpoint::Create,
+            Fault::FailTask {
+                code: "content_policy_violation".into(),
+                message: "refused by policy".into(),
+            },
+        )
+        .prompt_contains("ffail"),
         FaultRule::new(FaultEndpoint::Create, Fault::Reset).prompt_contains("freset"),
     ];
     t.sim.set_faults(rules.to_vec());
     let mut cases = Vec::new();
-    for tag in ["f429", "f503", "ftrunc", "fspell", "fnocontent", "ffail", "freset"] {
+    for tag in [
+        "f429",
+        "f503",
+        "ftrunc",
+        "fspell",
+        "fnocontent",
+        "ffail",
+        "freset",
+    ] {
         let prompt = unique(tag);
         let v = create(&mut t, ACME, veo(&prompt)).await;
         cases.push((tag, prompt, v.id));
     }
     for (tag, prompt, id) in cases {
         let v = t.drive(ACME, &id).await;
-        let creates = t.sim.stats().creates_by_prompt.get(&prompt).copied().unwrap_or(0);
+        let creates = t
+            .sim
+            .stats()
+            .creates_by_prompt
+            .get(&prompt)
+            .copied()
+            .unwrap_or(0);
         match tag {
             "f429" | "f503" | "ftrunc" | "fspell" => {
                 assert_eq!(v.status(), pb::VideoStatus::Completed, "{tag}: {v:?}");
@@ -435,7 +752,10 @@ async fn upstream_faults_end_in_correct_results() {
             "freset" => {
                 assert_eq!(v.status(), pb::VideoStatus::Failed);
                 assert_eq!(v.error.unwrap().reason, "UPSTREAM_OUTCOME_UNKNOWN");
-                assert_eq!(creates, 1, "the reset create was taken upstream and never sent again");
+                assert_eq!(
+                    creates, 1,
+                    "the reset create was taken upstream and never sent again"
+                );
             }
             _ => unreachable!(),
         }

@@ -58,13 +58,17 @@ impl Default for AuthConfig {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthConfigError {
     /// Not 64 hex digits.
-    #[error("auth.tokens[{index}].sha256 must be 64 hex digits (the SHA-256 of the token), not the token itself")]
+    #[error(
+        "auth.tokens[{index}].sha256 must be 64 hex digits (the SHA-256 of the token), not the token itself"
+    )]
     BadHash {
         /// Position in the list.
         index: usize,
     },
     /// A tenant name that cannot be an AMQP routing-key word.
-    #[error("auth.tokens[{index}].tenant {tenant:?} must be 1-64 characters of a-z, A-Z, 0-9, '-' or '_'")]
+    #[error(
+        "auth.tokens[{index}].tenant {tenant:?} must be 1-64 characters of a-z, A-Z, 0-9, '-' or '_'"
+    )]
     BadTenant {
         /// Position in the list.
         index: usize,
@@ -78,7 +82,9 @@ pub enum AuthConfigError {
         index: usize,
     },
     /// Tokens mode with no tokens would refuse everyone.
-    #[error("auth.mode = \"tokens\" but auth.tokens is empty: add a token, or set auth.mode = \"none\" for local use")]
+    #[error(
+        "auth.mode = \"tokens\" but auth.tokens is empty: add a token, or set auth.mode = \"none\" for local use"
+    )]
     NoTokens,
 }
 
@@ -108,8 +114,11 @@ impl Authenticator {
     pub fn new(config: &AuthConfig) -> Result<Self, AuthConfigError> {
         let mut by_hash = HashMap::new();
         for (index, entry) in config.tokens.iter().enumerate() {
-            let bytes = hex::decode(entry.sha256.trim()).map_err(|_| AuthConfigError::BadHash { index })?;
-            let hash: [u8; 32] = bytes.try_into().map_err(|_| AuthConfigError::BadHash { index })?;
+            let bytes =
+                hex::decode(entry.sha256.trim()).map_err(|_| AuthConfigError::BadHash { index })?;
+            let hash: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| AuthConfigError::BadHash { index })?;
             if !valid_tenant(&entry.tenant) {
                 return Err(AuthConfigError::BadTenant {
                     index,
@@ -196,25 +205,68 @@ mod tests {
     #[test]
     fn known_token_maps_to_its_tenant_and_others_are_refused() {
         let a = auth();
-        assert_eq!(a.authenticate(&md("Bearer tok-acme")).unwrap(), Tenant("acme".into()));
-        assert!(matches!(a.authenticate(&md("Bearer nope")), Err(ApiError::InvalidCredentials)));
-        assert!(matches!(a.authenticate(&md("Basic abc")), Err(ApiError::MissingCredentials)));
-        assert!(matches!(a.authenticate(&MetadataMap::new()), Err(ApiError::MissingCredentials)));
+        assert_eq!(
+            a.authenticate(&md("Bearer tok-acme")).unwrap(),
+            Tenant("acme".into())
+        );
+        assert!(matches!(
+            a.authenticate(&md("Bearer nope")),
+            Err(ApiError::InvalidCredentials)
+        ));
+        assert!(matches!(
+            a.authenticate(&md("Basic abc")),
+            Err(ApiError::MissingCredentials)
+        ));
+        assert!(matches!(
+            a.authenticate(&MetadataMap::new()),
+            Err(ApiError::MissingCredentials)
+        ));
     }
 
     #[test]
     fn config_refuses_plain_tokens_bad_tenants_duplicates_and_empty_lists() {
-        let bad = |tokens: Vec<TokenEntry>| Authenticator::new(&AuthConfig { tokens, ..AuthConfig::default() }).unwrap_err();
-        assert_eq!(bad(vec![TokenEntry { tenant: "a".into(), sha256: "tok-acme".into() }]), AuthConfigError::BadHash { index: 0 });
-        assert!(matches!(bad(vec![TokenEntry { tenant: "a.b".into(), sha256: token_hash("x") }]), AuthConfigError::BadTenant { .. }));
-        let e = TokenEntry { tenant: "a".into(), sha256: token_hash("x") };
-        assert_eq!(bad(vec![e.clone(), e]), AuthConfigError::Duplicate { index: 1 });
+        let bad = |tokens: Vec<TokenEntry>| {
+            Authenticator::new(&AuthConfig {
+                tokens,
+                ..AuthConfig::default()
+            })
+            .unwrap_err()
+        };
+        assert_eq!(
+            bad(vec![TokenEntry {
+                tenant: "a".into(),
+                sha256: "tok-acme".into()
+            }]),
+            AuthConfigError::BadHash { index: 0 }
+        );
+        assert!(matches!(
+            bad(vec![TokenEntry {
+                tenant: "a.b".into(),
+                sha256: token_hash("x")
+            }]),
+            AuthConfigError::BadTenant { .. }
+        ));
+        let e = TokenEntry {
+            tenant: "a".into(),
+            sha256: token_hash("x"),
+        };
+        assert_eq!(
+            bad(vec![e.clone(), e]),
+            AuthConfigError::Duplicate { index: 1 }
+        );
         assert_eq!(bad(vec![]), AuthConfigError::NoTokens);
     }
 
     #[test]
     fn none_mode_gives_everyone_the_local_tenant() {
-        let a = Authenticator::new(&AuthConfig { mode: AuthMode::None, ..AuthConfig::default() }).unwrap();
-        assert_eq!(a.authenticate(&MetadataMap::new()).unwrap(), Tenant("local".into()));
+        let a = Authenticator::new(&AuthConfig {
+            mode: AuthMode::None,
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            a.authenticate(&MetadataMap::new()).unwrap(),
+            Tenant("local".into())
+        );
     }
 }

@@ -39,7 +39,9 @@ pub enum ApiError {
     #[error("video {0} not found")]
     VideoNotFound(String),
     /// Same `request_id`, different request.
-    #[error("request_id {request_id:?} was already used for a different request (video {existing_id}); use a new request_id for a new request")]
+    #[error(
+        "request_id {request_id:?} was already used for a different request (video {existing_id}); use a new request_id for a new request"
+    )]
     RequestIdReused {
         /// The key.
         request_id: String,
@@ -74,7 +76,9 @@ pub enum ApiError {
     #[error("video {0} has no last frame: ask for one with seedance.return_last_frame = true")]
     LastFrameNotAvailable(String),
     /// A cursor older than the event retention.
-    #[error("after_sequence {cursor} is older than the retained events (kept from {first_kept}); read the current state with GetVideo and watch from 0")]
+    #[error(
+        "after_sequence {cursor} is older than the retained events (kept from {first_kept}); read the current state with GetVideo and watch from 0"
+    )]
     CursorExpired {
         /// The cursor.
         cursor: i64,

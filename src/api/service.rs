@@ -216,7 +216,8 @@ fn envelope_violations(request: &pb::CreateVideoRequest) -> Vec<FieldViolation> 
     for (k, v) in &request.labels {
         let key_ok = !k.is_empty()
             && k.chars().count() <= MAX_LABEL_KEY_CHARS
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
         if !key_ok {
             out.push(violation(
                 format!("labels[{k}]"),
@@ -270,7 +271,8 @@ fn filter_hash(req: &pb::ListVideosRequest) -> String {
 fn bad_token() -> ApiError {
     ApiError::InvalidArgument {
         field: "page_token",
-        description: "page_token must be a next_page_token this server returned for the same filters".into(),
+        description:
+            "page_token must be a next_page_token this server returned for the same filters".into(),
     }
 }
 
@@ -306,7 +308,9 @@ impl VideoService for VideoApi {
             n if n < 0 => {
                 return Err(ApiError::InvalidArgument {
                     field: "page_size",
-                    description: format!("page_size must be 0 (= {DEFAULT_PAGE_SIZE}) or positive (got {n})"),
+                    description: format!(
+                        "page_size must be 0 (= {DEFAULT_PAGE_SIZE}) or positive (got {n})"
+                    ),
                 }
                 .into());
             }
@@ -351,7 +355,9 @@ impl VideoService for VideoApi {
             .map_err(ApiError::from)?;
         let next_page_token = if jobs.len() > page_size as usize {
             jobs.truncate(page_size as usize);
-            let last = jobs.last().ok_or_else(|| ApiError::Internal("empty page".into()))?;
+            let last = jobs
+                .last()
+                .ok_or_else(|| ApiError::Internal("empty page".into()))?;
             let token = PageToken {
                 t: last.create_time_ms,
                 i: last.id.clone(),
@@ -424,7 +430,11 @@ impl VideoService for VideoApi {
         let job = self.job_of(&tenant, &req.id).await?;
         if req.read_offset < 0 || req.read_limit < 0 {
             return Err(ApiError::InvalidArgument {
-                field: if req.read_offset < 0 { "read_offset" } else { "read_limit" },
+                field: if req.read_offset < 0 {
+                    "read_offset"
+                } else {
+                    "read_limit"
+                },
                 description: "read_offset and read_limit must be 0 or positive".into(),
             }
             .into());
@@ -441,14 +451,19 @@ impl VideoService for VideoApi {
         };
         let (key, size) = match pb::ContentVariant::try_from(req.variant) {
             Ok(pb::ContentVariant::Video) => (content.blob_key.clone(), content.size_bytes),
-            Ok(pb::ContentVariant::LastFrame) => match (&content.last_frame_key, content.last_frame_size) {
-                (Some(k), Some(s)) => (k.clone(), s),
-                _ => return Err(ApiError::LastFrameNotAvailable(job.id.clone()).into()),
-            },
+            Ok(pb::ContentVariant::LastFrame) => {
+                match (&content.last_frame_key, content.last_frame_size) {
+                    (Some(k), Some(s)) => (k.clone(), s),
+                    _ => return Err(ApiError::LastFrameNotAvailable(job.id.clone()).into()),
+                }
+            }
             Err(_) => {
                 return Err(ApiError::InvalidArgument {
                     field: "variant",
-                    description: format!("variant {} is not VIDEO (0) or LAST_FRAME (1)", req.variant),
+                    description: format!(
+                        "variant {} is not VIDEO (0) or LAST_FRAME (1)",
+                        req.variant
+                    ),
                 }
                 .into());
             }
@@ -502,7 +517,8 @@ impl VideoService for VideoApi {
         if req.after_sequence < 0 {
             return Err(ApiError::InvalidArgument {
                 field: "after_sequence",
-                description: "after_sequence must be 0 (from now) or a sequence this stream sent".into(),
+                description: "after_sequence must be 0 (from now) or a sequence this stream sent"
+                    .into(),
             }
             .into());
         }
@@ -530,7 +546,8 @@ impl VideoService for VideoApi {
         if req.after_sequence < 0 {
             return Err(ApiError::InvalidArgument {
                 field: "after_sequence",
-                description: "after_sequence must be 0 (from now) or a sequence this stream sent".into(),
+                description: "after_sequence must be 0 (from now) or a sequence this stream sent"
+                    .into(),
             }
             .into());
         }
@@ -572,7 +589,9 @@ impl VideoApi {
 
 fn blob_status(e: BlobError) -> Status {
     match e {
-        BlobError::OutOfRange { offset, size, .. } => ApiError::OffsetOutOfRange { offset, size }.into(),
+        BlobError::OutOfRange { offset, size, .. } => {
+            ApiError::OffsetOutOfRange { offset, size }.into()
+        }
         other => {
             let reference = uuid::Uuid::now_v7().simple().to_string();
             tracing::error!(error = %other, reference = %reference, "stored content unreadable");

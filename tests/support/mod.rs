@@ -31,7 +31,10 @@ pub struct TestApp {
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("vidgate-test-{name}-{}", uuid::Uuid::now_v7().simple()))
+    std::env::temp_dir().join(format!(
+        "vidgate-test-{name}-{}",
+        uuid::Uuid::now_v7().simple()
+    ))
 }
 
 pub fn sim_config() -> SimConfig {
@@ -58,8 +61,14 @@ pub fn test_config(data_dir: &std::path::Path, sim: &SimHandle) -> Config {
     c.auth = AuthConfig {
         mode: AuthMode::Tokens,
         tokens: vec![
-            TokenEntry { tenant: "acme".into(), sha256: token_hash(ACME) },
-            TokenEntry { tenant: "globex".into(), sha256: token_hash(GLOBEX) },
+            TokenEntry {
+                tenant: "acme".into(),
+                sha256: token_hash(ACME),
+            },
+            TokenEntry {
+                tenant: "globex".into(),
+                sha256: token_hash(GLOBEX),
+            },
         ],
         no_auth_tenant: "local".into(),
     };
@@ -93,7 +102,12 @@ pub async fn start(config: Config, data_dir: PathBuf, sim: SimHandle) -> TestApp
         .expect("client connects")
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
-    TestApp { app: Some(app), client, data_dir, sim }
+    TestApp {
+        app: Some(app),
+        client,
+        data_dir,
+        sim,
+    }
 }
 
 impl TestApp {
@@ -116,11 +130,22 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + DRIVE_DEADLINE;
         loop {
             self.app().dispatcher().step().await.expect("step");
-            let v = self.client.get_video(req(token, pb::GetVideoRequest { id: id.into() })).await.expect("get").into_inner();
-            if matches!(v.status(), pb::VideoStatus::Completed | pb::VideoStatus::Failed | pb::VideoStatus::Cancelled) {
+            let v = self
+                .client
+                .get_video(req(token, pb::GetVideoRequest { id: id.into() }))
+                .await
+                .expect("get")
+                .into_inner();
+            if matches!(
+                v.status(),
+                pb::VideoStatus::Completed | pb::VideoStatus::Failed | pb::VideoStatus::Cancelled
+            ) {
                 return v;
             }
-            assert!(tokio::time::Instant::now() < deadline, "video {id} did not finish: {v:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "video {id} did not finish: {v:?}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -137,7 +162,8 @@ impl TestApp {
 
 pub fn req<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
@@ -158,13 +184,15 @@ pub fn seedance(prompt: &str) -> pb::CreateVideoRequest {
     pb::CreateVideoRequest {
         model: SEEDANCE.into(),
         prompt: prompt.into(),
-        params: Some(pb::create_video_request::Params::Seedance(pb::SeedanceParams {
-            resolution: "480p".into(),
-            ratio: "16:9".into(),
-            duration: Some(4),
-            return_last_frame: Some(true),
-            ..Default::default()
-        })),
+        params: Some(pb::create_video_request::Params::Seedance(
+            pb::SeedanceParams {
+                resolution: "480p".into(),
+                ratio: "16:9".into(),
+                duration: Some(4),
+                return_last_frame: Some(true),
+                ..Default::default()
+            },
+        )),
         ..Default::default()
     }
 }
@@ -176,5 +204,8 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn error_reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
 }
