@@ -398,6 +398,8 @@ impl VideoService for VideoApi {
                 job.complete_time_ms = Some(now);
             }
             job.deleted = true;
+            // API.md: keys live as long as their job; a deleted job frees its request_id.
+            job.request_id = None;
             job.next_action_ms = None;
             job.update_time_ms = now;
             let content = job.content.clone();
