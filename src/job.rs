@@ -204,6 +204,12 @@ pub struct Job {
     /// Where upstream said the last frame image is (S10), kept for the download step.
     #[serde(default)]
     pub last_frame_url: Option<String>,
+    /// AMQP `reply_to` of the message that created the job: its events go there too.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// AMQP `correlation_id` to put on those replies.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
     /// W3C trace context of the request that created it, so later steps link to its trace.
     pub trace_context: Option<String>,
     /// Deleted by the caller: hidden from every read, kept only until pruned.

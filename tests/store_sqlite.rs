@@ -79,6 +79,8 @@ fn new_job(
             attempts: 0,
             polls: 0,
             last_frame_url: None,
+            reply_to: None,
+            correlation_id: None,
             trace_context: None,
             deleted: false,
         },

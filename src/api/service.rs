@@ -88,13 +88,14 @@ impl VideoApi {
         }
     }
 
-    /// Validates and stores a create; shared by gRPC and AMQP intake.
+    /// Validates and stores a create; shared by gRPC and AMQP intake. Returns the job and
+    /// whether it is new (false: an idempotent repeat of an existing job).
     pub async fn accept(
         &self,
         tenant: &Tenant,
         request: pb::CreateVideoRequest,
-        trace_context: Option<String>,
-    ) -> Result<Job, ApiError> {
+        origin: IntakeOrigin,
+    ) -> Result<(Job, bool), ApiError> {
         let mut extra = envelope_violations(&request);
         let spec = convert::to_domain(&request).and_then(|r| VideoSpec::parse(r, &self.catalog));
         match spec {
@@ -149,7 +150,9 @@ impl VideoApi {
             attempts: 0,
             polls: 0,
             last_frame_url: None,
-            trace_context,
+            reply_to: origin.reply_to,
+            correlation_id: origin.correlation_id,
+            trace_context: origin.trace_context,
             deleted: false,
         };
         let outcome = self
@@ -163,9 +166,9 @@ impl VideoApi {
             CreateOutcome::Created(job) => {
                 tracing::info!(job_id = %job.id, tenant = %job.tenant, model = %job.model, "video accepted");
                 self.dispatcher.wake();
-                Ok(job)
+                Ok((job, true))
             }
-            CreateOutcome::Existing(job) => Ok(job),
+            CreateOutcome::Existing(job) => Ok((job, false)),
         }
     }
 
@@ -195,6 +198,17 @@ impl VideoApi {
         }
         Err(ApiError::StoreUnavailable)
     }
+}
+
+/// Where a create came from, kept on the job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntakeOrigin {
+    /// W3C trace context of the request.
+    pub trace_context: Option<String>,
+    /// AMQP `reply_to`: the job's events are also published there.
+    pub reply_to: Option<String>,
+    /// AMQP `correlation_id` for those replies.
+    pub correlation_id: Option<String>,
 }
 
 /// Rules of the envelope (not of the upstream contract): request_id and labels.
@@ -285,7 +299,9 @@ impl VideoService for VideoApi {
         request: Request<pb::CreateVideoRequest>,
     ) -> Result<Response<pb::Video>, Status> {
         let tenant = self.tenant(&request)?;
-        let job = self.accept(&tenant, request.into_inner(), None).await?;
+        let (job, _) = self
+            .accept(&tenant, request.into_inner(), IntakeOrigin::default())
+            .await?;
         Ok(Response::new(convert::video(&job)))
     }
 
