@@ -333,17 +333,8 @@ impl VideoService for VideoApi {
             0 => DEFAULT_PAGE_SIZE,
             n => (n as u32).min(MAX_PAGE_SIZE),
         };
-        let mut statuses = Vec::new();
-        for (i, s) in req.statuses.iter().enumerate() {
-            let status = pb::VideoStatus::try_from(*s)
-                .ok()
-                .and_then(convert::status_from_pb)
-                .ok_or_else(|| ApiError::InvalidArgument {
-                    field: "statuses",
-                    description: format!("statuses[{i}] = {s} is not a video status (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)"),
-                })?;
-            statuses.push(status);
-        }
+        let statuses = parse_statuses(&req.statuses)?;
+
         let filters = filter_hash(&req);
         let after = if req.page_token.is_empty() {
             None
@@ -569,17 +560,8 @@ impl VideoService for VideoApi {
             }
             .into());
         }
-        let mut statuses = Vec::new();
-        for s in &req.statuses {
-            let status = pb::VideoStatus::try_from(*s)
-                .ok()
-                .and_then(convert::status_from_pb)
-                .ok_or_else(|| ApiError::InvalidArgument {
-                    field: "statuses",
-                    description: format!("{s} is not a video status"),
-                })?;
-            statuses.push(status);
-        }
+        let statuses = parse_statuses(&req.statuses)?;
+
         let feed_req = FeedRequest {
             filter: FeedFilter {
                 tenant: tenant.0,
@@ -603,6 +585,25 @@ impl VideoApi {
         tokio::spawn(async move { feed.pump(request, tx).await });
         ReceiverStream::new(rx)
     }
+}
+
+/// Wire statuses to job statuses; UNSPECIFIED or unknown numbers are refused by position.
+fn parse_statuses(statuses: &[i32]) -> Result<Vec<JobStatus>, ApiError> {
+    statuses
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            pb::VideoStatus::try_from(*s)
+                .ok()
+                .and_then(convert::status_from_pb)
+                .ok_or_else(|| ApiError::InvalidArgument {
+                    field: "statuses",
+                    description: format!(
+                        "statuses[{i}] = {s} is not a video status (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)"
+                    ),
+                })
+        })
+        .collect()
 }
 
 fn blob_status(e: BlobError) -> Status {
