@@ -16,6 +16,7 @@ use crate::blob::{BlobError, BlobStore};
 use crate::config::{Config, SyncMode};
 use crate::dispatcher::Dispatcher;
 use crate::domain::{CatalogError, ModelCatalog};
+use crate::intake::amqp::{self, AmqpHandle};
 use crate::job::now_ms;
 use crate::pb;
 use crate::pb::video_service_server::VideoServiceServer;
@@ -74,6 +75,7 @@ pub struct Application {
     dispatcher: Arc<Dispatcher>,
     api: VideoApi,
     simulator: Option<SimHandle>,
+    amqp: Option<AmqpHandle>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -164,6 +166,22 @@ impl Application {
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+
+        // AMQP (only with `[amqp] url`): intake and outbox relay. Started before anything is
+        // served, so the relay's first cursor is set before the first job can be accepted.
+        let amqp = if config.amqp.enabled() {
+            let (handle, amqp_tasks) = amqp::start(
+                config.amqp.clone(),
+                api.clone(),
+                store_dyn.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            tasks.extend(amqp_tasks);
+            Some(handle)
+        } else {
+            None
+        };
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -260,6 +278,7 @@ impl Application {
             dispatcher,
             api,
             simulator,
+            amqp,
             shutdown,
             tasks,
         })
@@ -283,6 +302,11 @@ impl Application {
     /// The API (the AMQP intake shares its `accept`).
     pub fn api(&self) -> &VideoApi {
         &self.api
+    }
+
+    /// The AMQP side, when `[amqp]` is configured.
+    pub fn amqp(&self) -> Option<&AmqpHandle> {
+        self.amqp.as_ref()
     }
 
     /// The in-process simulator, when it stands in for the upstream.

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use crate::api::auth::AuthConfig;
 use crate::dispatcher::DispatcherConfig;
 use crate::events::DEFAULT_CHUNK_BYTES;
+use crate::intake::amqp::AmqpConfig;
+use crate::intake::amqp::config::URL_ENV as AMQP_URL_ENV;
 use crate::upstream::LimitConfig;
 use crate::upstream::client::{
     DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
@@ -182,6 +184,9 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[catalog]`.
     pub catalog: CatalogSection,
+    /// `[amqp]`: RabbitMQ intake and event relay; off unless `amqp.url` (or
+    /// `VIDGATE_AMQP_URL`) is set.
+    pub amqp: AmqpConfig,
     /// From `TURING_API_KEY` only.
     #[serde(skip)]
     pub api_key: Option<String>,
@@ -195,6 +200,7 @@ impl std::fmt::Debug for Config {
             .field("upstream", &self.upstream)
             .field("dispatcher", &self.dispatcher)
             .field("auth_mode", &self.auth.mode)
+            .field("amqp", &self.amqp)
             .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
             .finish_non_exhaustive()
     }
@@ -231,7 +237,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads `path` (if any) and the environment: `TURING_API_KEY`, `TURING_BASE_URL`,
-    /// `VIDGATE_GRPC_LISTEN`, `VIDGATE_DATA_DIR`.
+    /// `VIDGATE_GRPC_LISTEN`, `VIDGATE_DATA_DIR`, `VIDGATE_AMQP_URL`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match path {
             Some(path) => Self::from_toml(&std::fs::read_to_string(path).map_err(|source| {
@@ -272,6 +278,9 @@ impl Config {
         }
         if let Some(dir) = get("VIDGATE_DATA_DIR").filter(|v| !v.is_empty()) {
             self.storage.data_dir = PathBuf::from(dir);
+        }
+        if let Some(url) = get(AMQP_URL_ENV).filter(|v| !v.is_empty()) {
+            self.amqp.url = Some(url);
         }
         Ok(())
     }
@@ -335,6 +344,9 @@ impl Config {
                 format!("{:?} is not a URL", self.upstream.base_url),
             );
         }
+        if let Err(e) = self.amqp.validate() {
+            return invalid(e.key, e.message);
+        }
         Ok(())
     }
 
@@ -373,6 +385,24 @@ mod tests {
         c.upstream.mode = UpstreamMode::Real;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("TURING_API_KEY"), "{e}");
+    }
+
+    #[test]
+    fn amqp_is_off_by_default_and_the_environment_turns_it_on() {
+        let mut c = Config::default();
+        assert!(!c.amqp.enabled());
+        c.apply_env(|k| {
+            (k == "VIDGATE_AMQP_URL").then(|| "amqp://u:pw-secret@127.0.0.1:5672/%2f".to_owned())
+        })
+        .unwrap();
+        assert!(c.amqp.enabled());
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("pw-secret"));
+        let mut c = Config::from_toml("[amqp]\nurl = \"amqp://h\"\nprefetch = 0\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("amqp.prefetch"), "{e}");
+        c.amqp.prefetch = 10;
+        c.validate().unwrap();
     }
 
     #[test]

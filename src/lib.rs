@@ -10,6 +10,7 @@
 //! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
 //! | [`api`] | the gRPC service, bearer-token tenants, the one mapping of errors to `Status` |
+//! | [`intake`] | RabbitMQ: job messages into durable jobs (ack after commit, dead letters with reasons), and the outbox relay publishing events |
 //! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything |
 //! | [`config`] | one typed configuration from a TOML file and a few environment variables |
 //! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, delete) over gRPC |
@@ -32,6 +33,7 @@ pub mod convert;
 pub mod dispatcher;
 pub mod domain;
 pub mod events;
+pub mod intake;
 pub mod job;
 pub mod media;
 pub mod pb;

@@ -153,4 +153,12 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Whether the store answers.
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// A named reader position in the event log (e.g. the AMQP relay's highest sequence below
+    /// which every event is confirmed), or `None` if it was never saved.
+    async fn load_cursor(&self, name: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Durably records a named reader position (replacing the previous one). Returns after the
+    /// commit, like every write.
+    async fn save_cursor(&self, name: &str, sequence: i64) -> Result<(), StoreError>;
 }

@@ -3,7 +3,7 @@
 //!
 //! # Writes: one writer, group commit
 //!
-//! `create`, `update` and pruning send a command over a bounded channel to the writer task,
+//! `create`, `update`, pruning and `save_cursor` send a command over a bounded channel to the writer task,
 //! which owns the only writing connection. It takes the first command, drains whatever else is
 //! already queued (up to [`SqliteConfig::max_batch`]), applies them all in one `BEGIN IMMEDIATE`
 //! transaction, commits, and only then answers each caller and publishes the batch's events. A
@@ -411,6 +411,12 @@ enum Write {
         below: i64,
         reply: Reply<PruneProgress>,
     },
+    /// Records a named reader position in the event log.
+    SaveCursor {
+        name: String,
+        sequence: i64,
+        reply: Reply<()>,
+    },
 }
 
 impl Write {
@@ -419,6 +425,7 @@ impl Write {
             Self::Create { .. } => "create",
             Self::Update { .. } => "update",
             Self::PruneStep { .. } => "prune_events",
+            Self::SaveCursor { .. } => "save_cursor",
         }
     }
 
@@ -429,6 +436,7 @@ impl Write {
             Self::Create { reply, .. } => reply.committed(op),
             Self::Update { reply, .. } => reply.committed(op),
             Self::PruneStep { reply, .. } => reply.committed(op),
+            Self::SaveCursor { reply, .. } => reply.committed(op),
         }
     }
 
@@ -438,6 +446,7 @@ impl Write {
             Self::Create { reply, .. } => reply.failed(op, why),
             Self::Update { reply, .. } => reply.failed(op, why),
             Self::PruneStep { reply, .. } => reply.failed(op, why),
+            Self::SaveCursor { reply, .. } => reply.failed(op, why),
         }
     }
 }
@@ -613,6 +622,9 @@ async fn apply_in_transaction(
             Write::PruneStep { below, .. } => apply_prune_step(conn, *below)
                 .await
                 .map(|progress| (Answer::Prune(progress), None)),
+            Write::SaveCursor { name, sequence, .. } => apply_save_cursor(conn, name, *sequence)
+                .await
+                .map(|()| (Answer::Cursor, None)),
         };
         match outcome {
             Ok((answer, event)) => {
@@ -647,6 +659,7 @@ enum Answer {
     Create(CreateOutcome),
     Update(Job),
     Prune(PruneProgress),
+    Cursor,
 }
 
 impl Answer {
@@ -655,6 +668,7 @@ impl Answer {
             (Self::Create(value), Write::Create { reply, .. }) => reply.result = Some(Ok(value)),
             (Self::Update(value), Write::Update { reply, .. }) => reply.result = Some(Ok(value)),
             (Self::Prune(value), Write::PruneStep { reply, .. }) => reply.result = Some(Ok(value)),
+            (Self::Cursor, Write::SaveCursor { reply, .. }) => reply.result = Some(Ok(())),
             // Each arm of `apply_in_transaction` builds the answer of its own command, so a
             // mismatch cannot happen; the slot stays empty and `Reply::committed` reports it.
             (_, write) => tracing::error!(op = write.op(), "answer of another kind of command"),
@@ -667,6 +681,7 @@ fn fill_error(write: &mut Write, error: StoreError) {
         Write::Create { reply, .. } => reply.result = Some(Err(error)),
         Write::Update { reply, .. } => reply.result = Some(Err(error)),
         Write::PruneStep { reply, .. } => reply.result = Some(Err(error)),
+        Write::SaveCursor { reply, .. } => reply.result = Some(Err(error)),
     }
 }
 
@@ -931,6 +946,28 @@ async fn apply_prune_step(
     })
 }
 
+async fn apply_save_cursor(
+    conn: &mut SqliteConnection,
+    name: &str,
+    sequence: i64,
+) -> Result<(), CommandError> {
+    if sequence < 0 {
+        return Err(CommandError::Refused(StoreError::Unavailable(format!(
+            "save_cursor: cursor {name:?} cannot be negative (got {sequence})"
+        ))));
+    }
+    sqlx::query(
+        "INSERT INTO cursors (name, sequence) VALUES (?, ?)
+         ON CONFLICT (name) DO UPDATE SET sequence = excluded.sequence",
+    )
+    .bind(name)
+    .bind(sequence)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| CommandError::Db("save_cursor", e))?;
+    Ok(())
+}
+
 fn encode_job(op: &str, job: &Job) -> Result<String, StoreError> {
     serde_json::to_string(job).map_err(|e| {
         StoreError::Unavailable(format!("{op}: job {} cannot be encoded: {e}", job.id))
@@ -1172,6 +1209,24 @@ impl JobStore for SqliteStore {
         self.events.subscribe()
     }
 
+    async fn load_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT sequence FROM cursors WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(|e| db_error("load_cursor", e))
+    }
+
+    async fn save_cursor(&self, name: &str, sequence: i64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write("save_cursor", |reply| Write::SaveCursor {
+            name,
+            sequence,
+            reply,
+        })
+        .await
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         if self.commands.is_closed() {
             return Err(writer_gone("health"));
@@ -1214,6 +1269,28 @@ mod tests {
             ..SqliteConfig::new("x.db")
         };
         assert!(no_readers.validate().is_err());
+    }
+
+    #[tokio::test]
+    async fn cursors_are_saved_replaced_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cursors.db");
+        let store = SqliteStore::open(SqliteConfig::new(&path))
+            .await
+            .expect("open");
+        assert_eq!(store.load_cursor("relay").await.expect("load"), None);
+        store.save_cursor("relay", 7).await.expect("save");
+        store.save_cursor("other", 3).await.expect("save");
+        store.save_cursor("relay", 42).await.expect("save again");
+        assert!(store.save_cursor("relay", -1).await.is_err());
+        store.close().await;
+
+        let store = SqliteStore::open(SqliteConfig::new(&path))
+            .await
+            .expect("reopen");
+        assert_eq!(store.load_cursor("relay").await.expect("load"), Some(42));
+        assert_eq!(store.load_cursor("other").await.expect("load"), Some(3));
+        store.close().await;
     }
 
     #[test]

@@ -1,0 +1,697 @@
+//! vidgate's benchmark harness: `cargo bench --bench harness [-- create|download]`.
+//!
+//! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
+//! the in-process upstream simulator) and, in the same process and runtime, a bare tonic server
+//! of the same `VideoService` that does no work. Both are called through the same client setup
+//! (one `VideoServiceClient` over one `Channel`, the same token), in interleaved rounds so that
+//! machine noise hits both sides; the table shows the median round of each side. Nothing here
+//! passes or fails on a figure: the table only says whether a target is met.
+//!
+//! Every loop is bounded by a request count, and every server listens on 127.0.0.1.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use vidgate::api::auth::{AuthConfig, AuthMode, TokenEntry, token_hash};
+use vidgate::app::Application;
+use vidgate::config::{Config, SyncMode, UpstreamMode};
+use vidgate::pb;
+use vidgate::pb::video_service_client::VideoServiceClient;
+use vidgate::pb::video_service_server::{VideoService, VideoServiceServer};
+use vidgate::upstream::sim::SimConfig;
+
+/// Interleaved rounds per side; the median is reported, so one noisy round does not decide.
+const ROUNDS: usize = 5;
+/// Concurrent `CreateVideo` callers (the brief's figure).
+const CALLERS: usize = 64;
+/// Measured calls per caller and round: 12 800 calls a round, enough for a stable p99.
+const CALLS_PER_CALLER: usize = 200;
+/// Unmeasured calls per caller before the first round: connections open, SQLite's cache and the
+/// allocator warm.
+const WARMUP_CALLS_PER_CALLER: usize = 5;
+/// Size of the stored video downloaded in the download scenario.
+const VIDEO_BYTES: u64 = 100_000_000;
+/// Whole-video downloads per round (one after another).
+const DOWNLOADS_PER_ROUND: usize = 10;
+/// vidgate's chunk size (`events.chunk_bytes` default); the baseline sends the same.
+const CHUNK_BYTES: usize = vidgate::events::DEFAULT_CHUNK_BYTES;
+/// Target: durable creates at >= 20 % of a no-op RPC's rate.
+const CREATE_TARGET: f64 = 0.20;
+/// Target: downloads at >= 65 % of a bare server stream's throughput.
+const DOWNLOAD_TARGET: f64 = 0.65;
+/// The one tenant's token (auth mode "tokens", so the token check is part of the measurement).
+const TOKEN: &str = "tok-bench-0123456789";
+/// How long the 100 MB job may take to complete before the scenario gives up.
+const JOB_DEADLINE: Duration = Duration::from_secs(300);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; flags are ignored, words pick scenarios.
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let known = ["create", "download"];
+    if let Some(bad) = picked.iter().find(|p| !known.contains(&p.as_str())) {
+        eprintln!("unknown scenario {bad:?}; known: create, download (none = all)");
+        std::process::exit(2);
+    }
+    let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if wants("create") {
+        let peak_reset = reset_peak_rss();
+        rows.extend(create_scenario().await?);
+        notes.push(rss_note("create", peak_reset));
+    }
+    if wants("download") {
+        let peak_reset = reset_peak_rss();
+        rows.extend(download_scenario().await?);
+        notes.push(rss_note("download", peak_reset));
+    }
+
+    println!();
+    println!(
+        "vidgate benchmark harness: {} CPUs, {ROUNDS} interleaved rounds per side, medians",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    print_table(&rows);
+    println!();
+    for note in notes {
+        println!("{note}");
+    }
+    Ok(())
+}
+
+async fn create_scenario() -> anyhow::Result<Vec<Row>> {
+    println!(
+        "create: {CALLERS} callers x {CALLS_PER_CALLER} calls per round, SQLite synchronous = full, dispatcher paused"
+    );
+    let data = tempfile::Builder::new()
+        .prefix("vidgate-bench-")
+        .tempdir()?;
+    let mut config = bench_config(data.path());
+    config.dispatcher.enabled = false;
+    let app = Application::build(config).await?;
+    let vidgate = connect(app.grpc_addr()).await?;
+    let noop = NoopServer::start(Bytes::new()).await?;
+    let baseline = connect(noop.addr).await?;
+
+    let create = |client: VideoServiceClient<Channel>, tag: String| {
+        move |caller: usize, i: usize| {
+            let mut client = client.clone();
+            let request_id = format!("{tag}-{caller}-{i}");
+            async move {
+                client
+                    .create_video(authed(create_request(request_id)))
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let get = |client: VideoServiceClient<Channel>| {
+        move |_caller: usize, _i: usize| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_video(authed(pb::GetVideoRequest { id: "noop".into() }))
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+
+    unary_round(
+        WARMUP_CALLS_PER_CALLER,
+        create(vidgate.clone(), "warmup".into()),
+    )
+    .await?;
+    unary_round(WARMUP_CALLS_PER_CALLER, get(baseline.clone())).await?;
+
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..ROUNDS {
+        // Alternate who goes first, so neither side always runs on a warmer (or hotter) machine.
+        let tag = format!("r{round}-{}", uuid::Uuid::now_v7().simple());
+        let (v, b) = if round % 2 == 0 {
+            let v = unary_round(CALLS_PER_CALLER, create(vidgate.clone(), tag)).await?;
+            let b = unary_round(CALLS_PER_CALLER, get(baseline.clone())).await?;
+            (v, b)
+        } else {
+            let b = unary_round(CALLS_PER_CALLER, get(baseline.clone())).await?;
+            let v = unary_round(CALLS_PER_CALLER, create(vidgate.clone(), tag)).await?;
+            (v, b)
+        };
+        println!(
+            "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms)",
+            round + 1,
+            v.rate,
+            v.p50_ms,
+            v.p99_ms,
+            b.rate,
+            b.p50_ms,
+            b.p99_ms
+        );
+        ours.push(v);
+        theirs.push(b);
+    }
+
+    noop.stop().await;
+    app.shutdown().await;
+    let rate = (
+        median(ours.iter().map(|r| r.rate)),
+        median(theirs.iter().map(|r| r.rate)),
+    );
+    let p50 = (
+        median(ours.iter().map(|r| r.p50_ms)),
+        median(theirs.iter().map(|r| r.p50_ms)),
+    );
+    let p99 = (
+        median(ours.iter().map(|r| r.p99_ms)),
+        median(theirs.iter().map(|r| r.p99_ms)),
+    );
+    Ok(vec![
+        Row::rate(
+            "CreateVideo durable, 64 callers: creates/s (vs no-op GetVideo)",
+            rate,
+            "/s",
+            CREATE_TARGET,
+        ),
+        Row::latency("CreateVideo p50 latency", p50),
+        Row::latency("CreateVideo p99 latency", p99),
+        Row::unavailable(
+            "SQLite commits (group commit)",
+            "n/a: not reachable through Application",
+        ),
+    ])
+}
+
+fn create_request(request_id: String) -> pb::CreateVideoRequest {
+    pb::CreateVideoRequest {
+        request_id,
+        model: "turing/veo-3.1-generate".into(),
+        prompt: "a cat playing the piano in a sunlit room, benchmark".into(),
+        params: Some(pb::create_video_request::Params::Veo(pb::VeoParams {
+            seconds: 4,
+            size: "1280x720".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// One round's figures.
+struct UnaryRound {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `CALLERS` tasks each make `per_caller` calls one after another; every call must succeed.
+async fn unary_round<F, Fut>(per_caller: usize, call: F) -> anyhow::Result<UnaryRound>
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send,
+{
+    let started = Instant::now();
+    let mut callers = JoinSet::new();
+    for caller in 0..CALLERS {
+        let call = call.clone();
+        callers.spawn(async move {
+            let mut latencies = Vec::with_capacity(per_caller);
+            for i in 0..per_caller {
+                let t = Instant::now();
+                call(caller, i).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, Status>(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(CALLERS * per_caller);
+    while let Some(done) = callers.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(UnaryRound {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    })
+}
+
+async fn download_scenario() -> anyhow::Result<Vec<Row>> {
+    println!(
+        "download: {} MB video, {DOWNLOADS_PER_ROUND} whole downloads per round, {} KiB chunks",
+        VIDEO_BYTES / 1_000_000,
+        CHUNK_BYTES / 1024
+    );
+    let data = tempfile::Builder::new()
+        .prefix("vidgate-bench-")
+        .tempdir()?;
+    let mut config = bench_config(data.path());
+    config.simulator.content_min_size = VIDEO_BYTES;
+    // Stepped by hand, like the tests: the job runs exactly once and nothing else competes.
+    config.dispatcher.enabled = false;
+    let app = Application::build(config).await?;
+    let mut vidgate = connect(app.grpc_addr()).await?;
+
+    let prepared = Instant::now();
+    let video = vidgate
+        .create_video(authed(create_request("download-100mb".into())))
+        .await?
+        .into_inner();
+    let video = complete(&app, &mut vidgate, &video.id).await?;
+    let size = video.content.as_ref().map_or(0, |c| c.size_bytes);
+    anyhow::ensure!(
+        size >= VIDEO_BYTES,
+        "the stored video has {size} bytes, expected at least {VIDEO_BYTES}"
+    );
+    println!(
+        "  stored {} ({size} bytes) through the simulator in {:.1} s",
+        video.id,
+        prepared.elapsed().as_secs_f64()
+    );
+
+    let chunk = Bytes::from(vec![0x5a_u8; CHUNK_BYTES]);
+    let bare = NoopServer::start(chunk).await?;
+    let baseline = connect(bare.addr).await?;
+
+    download_round(&vidgate, &video.id, size, 1).await?;
+    download_round(&baseline, "bare", size, 1).await?;
+
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..ROUNDS {
+        let (v, b) = if round % 2 == 0 {
+            let v = download_round(&vidgate, &video.id, size, DOWNLOADS_PER_ROUND).await?;
+            let b = download_round(&baseline, "bare", size, DOWNLOADS_PER_ROUND).await?;
+            (v, b)
+        } else {
+            let b = download_round(&baseline, "bare", size, DOWNLOADS_PER_ROUND).await?;
+            let v = download_round(&vidgate, &video.id, size, DOWNLOADS_PER_ROUND).await?;
+            (v, b)
+        };
+        println!(
+            "  round {}/{ROUNDS}: vidgate {v:.0} MB/s | bare stream {b:.0} MB/s",
+            round + 1
+        );
+        ours.push(v);
+        theirs.push(b);
+    }
+
+    bare.stop().await;
+    app.shutdown().await;
+    Ok(vec![Row::rate(
+        "DownloadVideo 100 MB: MB/s (vs bare 64 KiB server stream)",
+        (median(ours), median(theirs)),
+        " MB/s",
+        DOWNLOAD_TARGET,
+    )])
+}
+
+/// Steps the dispatcher until the job is terminal; it must complete.
+async fn complete(
+    app: &Application,
+    client: &mut VideoServiceClient<Channel>,
+    id: &str,
+) -> anyhow::Result<pb::Video> {
+    let deadline = Instant::now() + JOB_DEADLINE;
+    loop {
+        app.dispatcher().step().await?;
+        let video = client
+            .get_video(authed(pb::GetVideoRequest { id: id.into() }))
+            .await?
+            .into_inner();
+        match video.status() {
+            pb::VideoStatus::Completed => return Ok(video),
+            pb::VideoStatus::Failed | pb::VideoStatus::Cancelled => {
+                anyhow::bail!("the 100 MB job did not complete: {:?}", video.error)
+            }
+            _ => {}
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the 100 MB job was not done within {JOB_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `count` whole downloads one after another; returns MB/s (10^6 bytes). Every download must
+/// deliver exactly `size` bytes.
+async fn download_round(
+    client: &VideoServiceClient<Channel>,
+    id: &str,
+    size: u64,
+    count: usize,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for _ in 0..count {
+        let mut stream = client
+            .clone()
+            .download_video(authed(pb::DownloadVideoRequest {
+                id: id.into(),
+                read_limit: size as i64,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let mut received = 0_u64;
+        while let Some(chunk) = stream.message().await? {
+            received += chunk.data.len() as u64;
+        }
+        anyhow::ensure!(
+            received == size,
+            "download of {id} gave {received} bytes, expected {size}"
+        );
+    }
+    let bytes = size as f64 * count as f64;
+    Ok(bytes / 1e6 / started.elapsed().as_secs_f64())
+}
+
+/// `get_video` answers a default `Video` at once; `download_video` streams `read_limit` bytes
+/// as clones of one preallocated chunk (so no per-chunk copy and no 100 MB buffer).
+struct Noop {
+    chunk: Bytes,
+}
+
+#[tonic::async_trait]
+impl VideoService for Noop {
+    async fn create_video(
+        &self,
+        _: Request<pb::CreateVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        Ok(Response::new(pb::Video::default()))
+    }
+
+    async fn get_video(
+        &self,
+        _: Request<pb::GetVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        Ok(Response::new(pb::Video::default()))
+    }
+
+    async fn list_videos(
+        &self,
+        _: Request<pb::ListVideosRequest>,
+    ) -> Result<Response<pb::ListVideosResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn cancel_video(
+        &self,
+        _: Request<pb::CancelVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn delete_video(
+        &self,
+        _: Request<pb::DeleteVideoRequest>,
+    ) -> Result<Response<pb::DeleteVideoResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    type DownloadVideoStream = futures::stream::Iter<ChunkIter>;
+
+    async fn download_video(
+        &self,
+        request: Request<pb::DownloadVideoRequest>,
+    ) -> Result<Response<Self::DownloadVideoStream>, Status> {
+        let total = u64::try_from(request.into_inner().read_limit).unwrap_or(0);
+        Ok(Response::new(futures::stream::iter(ChunkIter {
+            chunk: self.chunk.clone(),
+            sent: 0,
+            total,
+        })))
+    }
+
+    type WatchVideoStream = futures::stream::Empty<Result<pb::VideoEvent, Status>>;
+
+    async fn watch_video(
+        &self,
+        _: Request<pb::WatchVideoRequest>,
+    ) -> Result<Response<Self::WatchVideoStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    type SubscribeStream = futures::stream::Empty<Result<pb::VideoEvent, Status>>;
+
+    async fn subscribe(
+        &self,
+        _: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+}
+
+/// `total` bytes as `ContentChunk`s of `chunk` (the last one shorter).
+struct ChunkIter {
+    chunk: Bytes,
+    sent: u64,
+    total: u64,
+}
+
+impl Iterator for ChunkIter {
+    type Item = Result<pb::ContentChunk, Status>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let left = self.total - self.sent;
+        if left == 0 || self.chunk.is_empty() {
+            return None;
+        }
+        let len = left.min(self.chunk.len() as u64) as usize;
+        let item = pb::ContentChunk {
+            offset: self.sent as i64,
+            data: self.chunk.slice(..len),
+        };
+        self.sent += len as u64;
+        Some(Ok(item))
+    }
+}
+
+/// A bare tonic server of [`Noop`] on 127.0.0.1, port 0, with tonic's defaults.
+struct NoopServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl NoopServer {
+    async fn start(chunk: Bytes) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        // What `Server::serve` would accept on: tonic's default TCP_NODELAY, which
+        // `serve_with_incoming` does not apply to a listener it is handed.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .add_service(VideoServiceServer::new(Noop { chunk }))
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        let task = tokio::spawn(server);
+        Ok(Self { addr, stop, task })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The real startup's config: port 0, the given data dir, the in-process simulator at
+/// millisecond timings, one token, durable SQLite.
+fn bench_config(data_dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.storage.data_dir = data_dir.to_path_buf();
+    c.storage.synchronous = SyncMode::Full;
+    c.upstream.mode = UpstreamMode::Simulator;
+    c.upstream.limits.requests_per_second = 1_000;
+    c.simulator = SimConfig {
+        queued_ms: 10,
+        processing_ms: 30,
+        jitter: 0.0,
+        ..SimConfig::default()
+    };
+    c.auth = AuthConfig {
+        mode: AuthMode::Tokens,
+        tokens: vec![TokenEntry {
+            tenant: "bench".into(),
+            sha256: token_hash(TOKEN),
+        }],
+        ..AuthConfig::default()
+    };
+    c.dispatcher.first_poll_after_ms = 0;
+    c.dispatcher.poll_interval_ms = 10;
+    c.dispatcher.poll_jitter = 0.0;
+    c.dispatcher.backoff_min_ms = 10;
+    c.dispatcher.backoff_max_ms = 50;
+    c
+}
+
+/// The one client setup both sides get: one channel (one HTTP/2 connection), default limits.
+async fn connect(addr: SocketAddr) -> anyhow::Result<VideoServiceClient<Channel>> {
+    Ok(VideoServiceClient::connect(format!("http://{addr}")).await?)
+}
+
+/// `authorization: Bearer TOKEN`, parsed once.
+static BEARER: LazyLock<MetadataValue<Ascii>> = LazyLock::new(|| {
+    format!("Bearer {TOKEN}")
+        .parse()
+        .expect("the token is ASCII")
+});
+
+fn authed<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", BEARER.clone());
+    request
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+struct Row {
+    scenario: String,
+    vidgate: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    met: String,
+}
+
+impl Row {
+    /// Higher is better; the target is a fraction of the baseline.
+    fn rate(scenario: &str, (ours, theirs): (f64, f64), unit: &str, target: f64) -> Self {
+        let ratio = ours / theirs;
+        Row {
+            scenario: scenario.into(),
+            vidgate: format!("{ours:.0}{unit}"),
+            baseline: format!("{theirs:.0}{unit}"),
+            ratio: format!("{:.1}%", ratio * 100.0),
+            target: format!(">= {:.0}%", target * 100.0),
+            met: if ratio >= target { "yes" } else { "NO" }.into(),
+        }
+    }
+
+    /// Lower is better; no target, the ratio says how many times the baseline's.
+    fn latency(scenario: &str, (ours, theirs): (f64, f64)) -> Self {
+        Row {
+            scenario: scenario.into(),
+            vidgate: format!("{ours:.2} ms"),
+            baseline: format!("{theirs:.2} ms"),
+            ratio: format!("{:.1}x", ours / theirs),
+            target: "-".into(),
+            met: "-".into(),
+        }
+    }
+
+    fn unavailable(scenario: &str, why: &str) -> Self {
+        Row {
+            scenario: scenario.into(),
+            vidgate: why.into(),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "-".into(),
+            met: "-".into(),
+        }
+    }
+}
+
+/// A Markdown table, so it can be pasted into BENCHMARKS.md as printed.
+fn print_table(rows: &[Row]) {
+    let header = ["scenario", "vidgate", "baseline", "ratio", "target", "met?"];
+    let cells: Vec<[&str; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.scenario.as_str(),
+                r.vidgate.as_str(),
+                r.baseline.as_str(),
+                r.ratio.as_str(),
+                r.target.as_str(),
+                r.met.as_str(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[&str; 6]| {
+        let padded: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    line(&header);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    println!("|-{}-|", rule.join("-|-"));
+    for row in &cells {
+        line(row);
+    }
+}
+
+/// Resets the kernel's peak-RSS mark (`VmHWM`) so the next reading is this scenario's own
+/// (Linux: writing 5 to `clear_refs`). Returns whether it worked.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn rss_note(scenario: &str, peak_reset: bool) -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned())
+    };
+    let scope = if peak_reset {
+        "during this scenario"
+    } else {
+        "since process start (peak could not be reset)"
+    };
+    format!(
+        "peak RSS after {scenario}: {} {scope} (VmHWM; current VmRSS {})",
+        field("VmHWM:"),
+        field("VmRSS:")
+    )
+}
