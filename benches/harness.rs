@@ -156,14 +156,15 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
             (v, b)
         };
         println!(
-            "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms)",
+            "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms) | {:.1}%",
             round + 1,
             v.rate,
             v.p50_ms,
             v.p99_ms,
             b.rate,
             b.p50_ms,
-            b.p99_ms
+            b.p99_ms,
+            v.rate / b.rate * 100.0
         );
         ours.push(v);
         theirs.push(b);
@@ -306,8 +307,9 @@ async fn download_scenario() -> anyhow::Result<Vec<Row>> {
             (v, b)
         };
         println!(
-            "  round {}/{ROUNDS}: vidgate {v:.0} MB/s | bare stream {b:.0} MB/s",
-            round + 1
+            "  round {}/{ROUNDS}: vidgate {v:.0} MB/s | bare stream {b:.0} MB/s | {:.1}%",
+            round + 1,
+            v / b * 100.0
         );
         ours.push(v);
         theirs.push(b);
