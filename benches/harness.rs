@@ -44,8 +44,15 @@ const WARMUP_CALLS_PER_CALLER: usize = 5;
 const VIDEO_BYTES: u64 = 100_000_000;
 /// Whole-video downloads per round (one after another).
 const DOWNLOADS_PER_ROUND: usize = 10;
-/// vidgate's chunk size (`events.chunk_bytes` default); the baseline sends the same.
-const CHUNK_BYTES: usize = vidgate::events::DEFAULT_CHUNK_BYTES;
+/// vidgate's chunk size (`events.chunk_bytes`; default 64 KiB, or `VIDGATE_BENCH_CHUNK_BYTES`
+/// to compare sizes); the baseline sends the same.
+fn chunk_bytes() -> usize {
+    std::env::var("VIDGATE_BENCH_CHUNK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0 && n <= vidgate::events::MAX_CHUNK_BYTES)
+        .unwrap_or(vidgate::events::DEFAULT_CHUNK_BYTES)
+}
 /// Target: durable creates at >= 20 % of a no-op RPC's rate.
 const CREATE_TARGET: f64 = 0.20;
 /// Target: downloads at >= 65 % of a bare server stream's throughput.
@@ -258,13 +265,14 @@ async fn download_scenario() -> anyhow::Result<Vec<Row>> {
     println!(
         "download: {} MB video, {DOWNLOADS_PER_ROUND} whole downloads per round, {} KiB chunks",
         VIDEO_BYTES / 1_000_000,
-        CHUNK_BYTES / 1024
+        chunk_bytes() / 1024
     );
     let data = tempfile::Builder::new()
         .prefix("vidgate-bench-")
         .tempdir()?;
     let mut config = bench_config(data.path());
     config.simulator.content_min_size = VIDEO_BYTES;
+    config.events.chunk_bytes = chunk_bytes();
     // Stepped by hand, like the tests: the job runs exactly once and nothing else competes.
     config.dispatcher.enabled = false;
     let app = Application::build(config).await?;
@@ -287,7 +295,7 @@ async fn download_scenario() -> anyhow::Result<Vec<Row>> {
         prepared.elapsed().as_secs_f64()
     );
 
-    let chunk = Bytes::from(vec![0x5a_u8; CHUNK_BYTES]);
+    let chunk = Bytes::from(vec![0x5a_u8; chunk_bytes()]);
     let bare = NoopServer::start(chunk).await?;
     let baseline = connect(bare.addr).await?;
 
