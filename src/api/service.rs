@@ -181,12 +181,7 @@ impl VideoApi {
                     status: job.status.as_str(),
                 });
             }
-            let now = now_ms();
-            job.status = JobStatus::Cancelled;
-            job.phase = Phase::Finished;
-            job.next_action_ms = None;
-            job.complete_time_ms = Some(now);
-            job.update_time_ms = now;
+            mark_cancelled(&mut job, now_ms());
             match self.store.update(job, true).await {
                 Ok(job) => {
                     tracing::info!(job_id = %job.id, "video cancelled; the upstream task, if any, may still run");
@@ -209,6 +204,15 @@ pub struct IntakeOrigin {
     pub reply_to: Option<String>,
     /// AMQP `correlation_id` for those replies.
     pub correlation_id: Option<String>,
+}
+
+/// Ends a running job as cancelled: the dispatcher will not look at it again.
+fn mark_cancelled(job: &mut Job, now: i64) {
+    job.status = JobStatus::Cancelled;
+    job.phase = Phase::Finished;
+    job.next_action_ms = None;
+    job.complete_time_ms = Some(now);
+    job.update_time_ms = now;
 }
 
 /// Rules of the envelope (not of the upstream contract): request_id and labels.
@@ -398,17 +402,14 @@ impl VideoService for VideoApi {
         let id = request.get_ref().id.clone();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let mut job = self.job_of(&tenant, &id).await?;
-            let now = now_ms();
             if !job.status.is_terminal() {
-                job.status = JobStatus::Cancelled;
-                job.phase = Phase::Finished;
-                job.complete_time_ms = Some(now);
+                mark_cancelled(&mut job, now_ms());
             }
             job.deleted = true;
             // API.md: keys live as long as their job; a deleted job frees its request_id.
             job.request_id = None;
             job.next_action_ms = None;
-            job.update_time_ms = now;
+            job.update_time_ms = now_ms();
             let content = job.content.clone();
             match self.store.update(job, true).await {
                 Ok(_) => {
