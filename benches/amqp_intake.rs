@@ -245,6 +245,7 @@ async fn accept_only(n: usize, concurrency: usize, round: usize) -> Result<f64, 
 fn app_config(data_dir: &std::path::Path) -> Result<Config, String> {
     let mut config = Config::default();
     config.server.grpc_listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    config.admin.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     config.storage.data_dir = data_dir.to_path_buf();
     config.upstream.mode = UpstreamMode::Simulator;
     config.dispatcher.enabled = false;

@@ -527,6 +527,7 @@ impl NoopServer {
 fn bench_config(data_dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.storage.data_dir = data_dir.to_path_buf();
     c.storage.synchronous = SyncMode::Full;
     c.upstream.mode = UpstreamMode::Simulator;

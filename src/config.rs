@@ -24,6 +24,9 @@ pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_MAX_CREATE_MESSAGE_BYTES: usize = 12 * 1024 * 1024;
 /// HTTP/2 keepalive for long-lived watch streams, so dead clients are noticed.
 pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
+/// Where the admin HTTP port (`/healthz`, `/readyz`, `/metrics`) listens unless told otherwise
+/// (9464 is the port OpenTelemetry registers for a Prometheus exporter).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// Where the embedded store and the videos live.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// ARCHITECTURE.md: events are kept 7 days.
@@ -31,6 +34,30 @@ pub const DEFAULT_EVENT_RETENTION_HOURS: u64 = 7 * 24;
 /// The environment variable holding the upstream key (never read from the config file, so it
 /// cannot be committed by accident).
 pub const API_KEY_ENV: &str = "TURING_API_KEY";
+
+/// Every environment variable `vidgate serve` reads, with what it sets. Deployment files (the
+/// compose file, the Dockerfile) are checked against this list by the tests.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (API_KEY_ENV, "the upstream API key; without it the built-in simulator stands in"),
+    ("TURING_BASE_URL", "upstream.base_url"),
+    ("VIDGATE_CONFIG", "the TOML configuration file"),
+    ("VIDGATE_GRPC_LISTEN", "server.grpc_listen"),
+    ("VIDGATE_ADMIN_LISTEN", "admin.listen (/healthz, /readyz, /metrics)"),
+    ("VIDGATE_DATA_DIR", "storage.data_dir"),
+    (AMQP_URL_ENV, "amqp.url (turns the RabbitMQ intake on)"),
+    ("VIDGATE_LOG_FORMAT", "text or json log lines"),
+    ("RUST_LOG", "log level filter, e.g. info,vidgate=debug"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector, e.g. http://collector:4317; unset = no export"),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTLP endpoint for traces only"),
+    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTLP endpoint for metrics only"),
+    ("OTEL_SERVICE_NAME", "service.name of traces and metrics (default vidgate)"),
+    ("OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,..."),
+    ("OTEL_SDK_DISABLED", "true turns OpenTelemetry export off"),
+];
+
+/// The gRPC and admin ports a container exposes by default (the Dockerfile and the compose file
+/// are checked against them): gRPC 50051, admin 9464.
+pub const CONTAINER_PORTS: [u16; 2] = [50051, 9464];
 
 /// Section `[server]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -140,6 +167,27 @@ impl Default for UpstreamSection {
     }
 }
 
+/// Section `[admin]`: the small HTTP port for operators.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether the admin port is served at all.
+    pub enabled: bool,
+    /// Listen address (port 0 = any free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_ADMIN_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
 /// Section `[events]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -170,6 +218,8 @@ pub struct CatalogSection {
 pub struct Config {
     /// `[server]`.
     pub server: ServerConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
     /// `[upstream]`.
@@ -196,6 +246,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("server", &self.server)
+            .field("admin", &self.admin)
             .field("storage", &self.storage)
             .field("upstream", &self.upstream)
             .field("dispatcher", &self.dispatcher)
@@ -237,7 +288,8 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads `path` (if any) and the environment: `TURING_API_KEY`, `TURING_BASE_URL`,
-    /// `VIDGATE_GRPC_LISTEN`, `VIDGATE_DATA_DIR`, `VIDGATE_AMQP_URL`.
+    /// `VIDGATE_GRPC_LISTEN`, `VIDGATE_ADMIN_LISTEN`, `VIDGATE_DATA_DIR`, `VIDGATE_AMQP_URL`
+    /// (the whole list, with the variables read elsewhere, is [`ENVIRONMENT`]).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match path {
             Some(path) => Self::from_toml(&std::fs::read_to_string(path).map_err(|source| {
@@ -274,6 +326,12 @@ impl Config {
             self.server.grpc_listen = listen.parse().map_err(|e| ConfigError::Invalid {
                 key: "VIDGATE_GRPC_LISTEN",
                 message: format!("{listen:?} is not a socket address like 127.0.0.1:50051 ({e})"),
+            })?;
+        }
+        if let Some(listen) = get("VIDGATE_ADMIN_LISTEN").filter(|v| !v.is_empty()) {
+            self.admin.listen = listen.parse().map_err(|e| ConfigError::Invalid {
+                key: "VIDGATE_ADMIN_LISTEN",
+                message: format!("{listen:?} is not a socket address like 127.0.0.1:9464 ({e})"),
             })?;
         }
         if let Some(dir) = get("VIDGATE_DATA_DIR").filter(|v| !v.is_empty()) {

@@ -22,7 +22,7 @@ struct Cli {
     #[command(flatten)]
     client: vidgate::cli::ClientOpts,
     /// Log lines as JSON objects instead of text.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, env = "VIDGATE_LOG_FORMAT", default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -103,6 +103,7 @@ async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("vidgate-demo-{}", std::process::id()));
     let mut config = vidgate::config::Config::default();
     config.server.grpc_listen = "127.0.0.1:0".parse()?;
+    config.admin.listen = "127.0.0.1:0".parse()?;
     config.storage.data_dir = data_dir.clone();
     config.upstream.mode = vidgate::config::UpstreamMode::Simulator;
     config.simulator.queued_ms = DEMO_QUEUED_MS;

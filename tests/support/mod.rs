@@ -51,6 +51,7 @@ pub fn sim_config() -> SimConfig {
 pub fn test_config(data_dir: &std::path::Path, sim: &SimHandle) -> Config {
     let mut c = Config::default();
     c.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
     c.storage.data_dir = data_dir.to_path_buf();
     c.upstream.mode = UpstreamMode::Real;
     c.upstream.base_url = sim.base_url();
