@@ -154,6 +154,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Whether the store answers.
     async fn health(&self) -> Result<(), StoreError>;
 
+    /// How many live (not deleted) jobs are in each status, by the status's wire name
+    /// (`queued`, `running`, ...). A full scan: meant for a metrics scrape, not a hot path.
+    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// A named reader position in the event log (e.g. the AMQP relay's highest sequence below
     /// which every event is confirmed), or `None` if it was never saved.
     async fn load_cursor(&self, name: &str) -> Result<Option<i64>, StoreError>;

@@ -1237,6 +1237,19 @@ impl JobStore for SqliteStore {
             .map(|_| ())
             .map_err(|e| db_error("health", e))
     }
+
+    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM jobs WHERE deleted = 0 GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.reads)
+        .await
+        .map_err(|e| db_error("count_by_status", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(status, n)| (status, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
 }
 
 #[cfg(test)]
