@@ -21,11 +21,18 @@ use crate::pb;
 use crate::pb::video_service_server::VideoServiceServer;
 use crate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use crate::store::{JobStore, StoreError};
+use crate::telemetry::admin::{self, AdminState};
+use crate::telemetry::metrics::StateGauges;
+use crate::telemetry::readiness::{Readiness, ReadinessReport};
+use crate::telemetry::{self, Metrics, OtlpSettings};
 use crate::upstream::client::{ClientBuildError, UpstreamConfig};
 use crate::upstream::sim::{SimError, SimHandle, Simulator};
 use crate::upstream::{ApiKey, UpstreamClient};
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 
-/// How often readiness (store reachable) is re-checked for the health service.
+/// How often readiness is re-checked for the gRPC health service (and, with OTLP metrics on,
+/// how often the state gauges are re-read).
 pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How often old events are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -62,6 +69,19 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+    /// The admin HTTP port could not be bound.
+    #[error(
+        "could not listen on {addr} for the admin HTTP port (admin.listen / VIDGATE_ADMIN_LISTEN): {source}"
+    )]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics could not be set up.
+    #[error("metrics: {0}")]
+    Telemetry(String),
     /// Reflection descriptors could not be loaded (a build problem).
     #[error("gRPC reflection: {0}")]
     Reflection(String),
@@ -70,6 +90,10 @@ pub enum StartupError {
 /// A running vidgate.
 pub struct Application {
     grpc_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    metrics: Metrics,
+    meter_provider: SdkMeterProvider,
+    readiness: Readiness,
     store: Arc<SqliteStore>,
     dispatcher: Arc<Dispatcher>,
     api: VideoApi,
@@ -104,6 +128,32 @@ impl Application {
         sqlite.max_batch = config.storage.max_batch;
         sqlite.event_buffer = config.storage.event_buffer;
         let store = Arc::new(SqliteStore::open(sqlite).await?);
+
+        // Metrics: this application's own provider, read by `/metrics` (Prometheus) and, when
+        // an OTLP endpoint is set, pushed periodically.
+        let registry = prometheus::Registry::new();
+        let prometheus_reader = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+            .map_err(|e| StartupError::Telemetry(e.to_string()))?;
+        let mut provider = SdkMeterProvider::builder()
+            .with_reader(prometheus_reader)
+            .with_resource(telemetry::resource());
+        let otlp = OtlpSettings::from_process_env();
+        if otlp.metrics {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| {
+                    StartupError::Telemetry(format!(
+                        "OTLP metric exporter (OTEL_EXPORTER_OTLP_ENDPOINT; write it with its scheme, e.g. http://collector:4317): {e}"
+                    ))
+                })?;
+            provider = provider.with_periodic_exporter(exporter);
+        }
+        let meter_provider = provider.build();
+        let meter = meter_provider.meter(telemetry::SCOPE);
+        let metrics = Metrics::new(&meter);
         let blobs = BlobStore::local(data_dir.join("blobs"))?;
 
         let (simulator, base_url, key) = if config.uses_simulator() {
@@ -133,16 +183,20 @@ impl Application {
             read_idle_timeout: Duration::from_millis(config.upstream.read_idle_timeout_ms),
             limits: config.upstream.limits.clone(),
             ..UpstreamConfig::new(base_url, api_key)
-        })?;
+        })?
+        .with_metrics(metrics.clone());
 
         let store_dyn: Arc<dyn JobStore> = store.clone();
-        let dispatcher = Arc::new(Dispatcher::new(
-            store_dyn.clone(),
-            client,
-            blobs.clone(),
-            catalog.clone(),
-            config.dispatcher.clone(),
-        ));
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                store_dyn.clone(),
+                client,
+                blobs.clone(),
+                catalog.clone(),
+                config.dispatcher.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let api = VideoApi::new(
             store_dyn.clone(),
             blobs,
@@ -150,7 +204,8 @@ impl Application {
             dispatcher.clone(),
             auth,
             config.events.chunk_bytes,
-        );
+        )
+        .with_metrics(metrics.clone());
 
         let listener = tokio::net::TcpListener::bind(config.server.grpc_listen)
             .await
@@ -182,6 +237,41 @@ impl Application {
             None
         };
 
+        let gauges = StateGauges::register(&meter, store_dyn.clone(), amqp.clone());
+        let readiness = Readiness::new(
+            store_dyn.clone(),
+            amqp.clone(),
+            config.dispatcher.enabled.then(|| dispatcher.clone()),
+            Duration::from_millis(config.dispatcher.idle_wake_ms),
+        );
+        let admin_addr = if config.admin.enabled {
+            let listener = admin::bind(config.admin.listen).await.map_err(|source| {
+                StartupError::AdminBind {
+                    addr: config.admin.listen,
+                    source,
+                }
+            })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| StartupError::AdminBind {
+                    addr: config.admin.listen,
+                    source,
+                })?;
+            let state = AdminState {
+                readiness: readiness.clone(),
+                registry,
+                gauges: gauges.clone(),
+            };
+            tasks.push(tokio::spawn(admin::serve(
+                listener,
+                state,
+                shutdown.clone(),
+            )));
+            Some(addr)
+        } else {
+            None
+        };
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -194,6 +284,7 @@ impl Application {
         let video_service = VideoServiceServer::new(api.clone())
             .max_decoding_message_size(config.server.max_create_message_bytes);
         let server = tonic::transport::Server::builder()
+            .trace_fn(telemetry::propagation::grpc_server_span)
             .http2_keepalive_interval(Some(Duration::from_secs(config.server.keepalive_secs)))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -224,13 +315,19 @@ impl Application {
             );
         }
 
-        // Readiness: serving while the store answers (and the dispatcher runs, when enabled).
-        let health_store = store_dyn.clone();
+        // The gRPC health service reports the same readiness as `/readyz`.
+        let health_readiness = readiness.clone();
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
+            let mut was_ready = true;
             loop {
-                match health_store.health().await {
-                    Ok(()) => {
+                if otlp.metrics {
+                    gauges.refresh().await;
+                }
+                let report = health_readiness.check().await;
+                match report.ready {
+                    true => {
+                        was_ready = true;
                         health_reporter
                             .set_serving::<VideoServiceServer<VideoApi>>()
                             .await;
@@ -238,8 +335,11 @@ impl Application {
                             .set_service_status("", tonic_health::ServingStatus::Serving)
                             .await;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store unhealthy: reporting NOT_SERVING");
+                    false => {
+                        if was_ready {
+                            tracing::warn!(store = ?report.store, broker = ?report.broker, dispatcher = ?report.dispatcher, "not ready: reporting NOT_SERVING");
+                        }
+                        was_ready = false;
                         health_reporter
                             .set_not_serving::<VideoServiceServer<VideoApi>>()
                             .await;
@@ -275,9 +375,13 @@ impl Application {
             }
         }));
 
-        tracing::info!(%grpc_addr, data_dir = %data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
+        tracing::info!(%grpc_addr, admin_addr = ?admin_addr, data_dir = %data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
         Ok(Self {
             grpc_addr,
+            admin_addr,
+            metrics,
+            meter_provider,
+            readiness,
             store,
             dispatcher,
             api,
@@ -291,6 +395,21 @@ impl Application {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The bound admin HTTP address (`/healthz`, `/readyz`, `/metrics`), when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The metric instruments.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs the readiness checks now (what `/readyz` and the gRPC health service report).
+    pub async fn readiness(&self) -> ReadinessReport {
+        self.readiness.check().await
     }
 
     /// The dispatcher (tests call [`Dispatcher::step`]).
@@ -327,6 +446,10 @@ impl Application {
         self.store.close().await;
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
+        }
+        // Pushes the last metrics when OTLP is on.
+        if let Err(e) = self.meter_provider.shutdown() {
+            tracing::debug!(error = %e, "meter provider shutdown");
         }
     }
 }

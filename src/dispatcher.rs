@@ -6,6 +6,7 @@
 //! [`Dispatcher::step`]; production runs [`Dispatcher::run`].
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::blob::BlobStore;
 use crate::convert;
@@ -25,6 +27,8 @@ use crate::job::{ContentFacts, FailureReason, Job, JobError, JobStatus, Phase, n
 use crate::media;
 use crate::pb;
 use crate::store::{JobStore, StoreError};
+use crate::telemetry::Metrics;
+use crate::telemetry::propagation::set_parent_traceparent;
 use crate::upstream::request::create_body;
 use crate::upstream::{ContentStart, CreateFailure, UpstreamClient, UpstreamError, UpstreamState};
 
@@ -134,6 +138,9 @@ pub struct Dispatcher {
     in_flight: Mutex<HashSet<String>>,
     slots: Arc<Semaphore>,
     wake: Notify,
+    metrics: Metrics,
+    /// When the run loop last turned (ms since the epoch; 0 = never): readiness.
+    last_turn_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -172,7 +179,20 @@ impl Dispatcher {
             in_flight: Mutex::new(HashSet::new()),
             slots,
             wake: Notify::new(),
+            metrics: Metrics::disabled(),
+            last_turn_ms: AtomicI64::new(0),
         }
+    }
+
+    /// Records into `metrics` (finished jobs, retries).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// When [`Dispatcher::run`]'s loop last turned (ms since the epoch; 0 if it never ran).
+    pub fn last_turn_ms(&self) -> i64 {
+        self.last_turn_ms.load(Ordering::Relaxed)
     }
 
     /// The upstream client (tests read its limiter).
@@ -198,6 +218,7 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
         loop {
+            self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
             let spawned = match self.spawn_due(&mut tasks).await {
                 Ok(n) => n,
                 Err(e) => {
@@ -244,17 +265,31 @@ impl Dispatcher {
             }
             spawned += 1;
             let this = Arc::clone(self);
-            tasks.spawn(async move {
-                let id = job.id.clone();
-                if let Err(e) = this.advance(job).await {
-                    tracing::warn!(job_id = %id, error = %e, "dispatcher step stopped; the job stays due");
+            // One span per step, a child of the job's intake span: the job's whole life is one
+            // trace, also across restarts (the context is stored with the job).
+            let span = tracing::info_span!(
+                "vidgate.step",
+                otel.name = step_name(job.phase),
+                otel.kind = "internal",
+                vidgate.job.id = %job.id,
+                vidgate.model = %job.model,
+                vidgate.job.attempts = job.attempts,
+            );
+            set_parent_traceparent(&span, job.trace_context.as_deref());
+            tasks.spawn(
+                async move {
+                    let id = job.id.clone();
+                    if let Err(e) = this.advance(job).await {
+                        tracing::warn!(job_id = %id, error = %e, "dispatcher step stopped; the job stays due");
+                    }
+                    this.in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    drop(permit);
                 }
-                this.in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                drop(permit);
-            });
+                .instrument(span),
+            );
         }
         Ok(spawned)
     }
@@ -365,6 +400,7 @@ impl Dispatcher {
                     job.attempts += 1;
                     job.next_action_ms = Some(now_ms() + self.retry_delay(job.attempts, &e) as i64);
                     tracing::info!(job_id = %job.id, error = %e, "create not taken by upstream; will send it again");
+                    self.metrics.retry("create");
                     self.save(job, false).await?;
                     Ok(())
                 }
@@ -399,6 +435,7 @@ impl Dispatcher {
                 job.attempts += 1;
                 job.next_action_ms = Some(now_ms() + self.backoff(job.attempts) as i64);
                 tracing::warn!(job_id = %job.id, why = %why, "create outcome unknown; resubmitting as configured (on_unknown_create = resubmit): upstream may generate and bill it twice");
+                self.metrics.retry("create");
                 self.save(job, false).await?;
                 Ok(())
             }
@@ -518,6 +555,7 @@ impl Dispatcher {
                 } else {
                     tracing::info!(job_id = %job.id, error = %e, attempts = job.attempts, "status poll failed; backing off");
                 }
+                self.metrics.retry("poll");
                 self.save(job, false).await?;
                 Ok(())
             }
@@ -748,6 +786,7 @@ impl Dispatcher {
         };
         job.next_action_ms = Some(now_ms() + delay as i64);
         tracing::info!(job_id = %job.id, why = %why, attempts = job.attempts, "download will be resumed");
+        self.metrics.retry("download");
         self.save(job, false).await?;
         Ok(())
     }
@@ -786,7 +825,20 @@ impl Dispatcher {
 
     async fn save(&self, mut job: Job, event: bool) -> Result<Job, StoreError> {
         job.update_time_ms = now_ms();
-        self.store.update(job, event).await
+        if !(event && job.status.is_terminal()) {
+            return self.store.update(job, event).await;
+        }
+        // The end of the job: its own span, and the finished-job metrics once committed.
+        let span = tracing::info_span!(
+            "vidgate.complete",
+            otel.kind = "internal",
+            vidgate.job.id = %job.id,
+            vidgate.job.outcome = job.status.as_str(),
+            vidgate.job.reason = job.error.as_ref().map_or("none", |e| e.reason.as_str()),
+        );
+        let saved = self.store.update(job, event).instrument(span).await?;
+        self.metrics.job_finished(&saved);
+        Ok(saved)
     }
 
     fn first_poll_after(&self, model: &str) -> u64 {
@@ -819,6 +871,17 @@ impl Dispatcher {
             Some(after) => backoff.max(after.as_millis() as u64),
             None => backoff,
         }
+    }
+}
+
+/// The span name of a step in `phase`.
+fn step_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "vidgate.submit",
+        Phase::Submitting => "vidgate.resolve_unknown_create",
+        Phase::Polling => "vidgate.poll",
+        Phase::Downloading => "vidgate.download",
+        Phase::Finished => "vidgate.finish",
     }
 }
 

@@ -17,6 +17,7 @@ use crate::convert;
 use crate::job::{Job, JobStatus};
 use crate::pb;
 use crate::store::{EventQuery, JobStore, StoredEvent};
+use crate::telemetry::Metrics;
 
 /// Events read from the log per query while catching up.
 pub const BACKLOG_PAGE: u32 = 500;
@@ -76,6 +77,7 @@ pub struct Feed {
     store: Arc<dyn JobStore>,
     blobs: BlobStore,
     chunk_bytes: usize,
+    metrics: Metrics,
 }
 
 enum Stop {
@@ -92,12 +94,20 @@ impl Feed {
             store,
             blobs,
             chunk_bytes: chunk_bytes.clamp(1, MAX_CHUNK_BYTES),
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Counts live streams and streamed bytes into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Produces the stream's events into `tx` until the client leaves, the watch ends, or an
     /// error ends it (sent as the last item).
     pub async fn pump(&self, request: FeedRequest, tx: mpsc::Sender<FeedItem>) {
+        let _live = self.metrics.subscriber(rpc_method(&request));
         // Subscribe before reading anything, so nothing committed meanwhile is missed.
         let rx = self.store.subscribe();
         let mut delivered = request.after_sequence;
@@ -249,7 +259,9 @@ impl Feed {
             return Some(Stop::Done);
         }
         if request.include_content && job.status == JobStatus::Completed {
-            return self.send_content(job, time_ms, tx).await;
+            return self
+                .send_content(job, time_ms, tx, rpc_method(request))
+                .await;
         }
         None
     }
@@ -259,6 +271,7 @@ impl Feed {
         job: &Job,
         time_ms: i64,
         tx: &mpsc::Sender<FeedItem>,
+        method: &'static str,
     ) -> Option<Stop> {
         use futures::StreamExt;
         let content = job.content.as_ref()?;
@@ -297,6 +310,8 @@ impl Feed {
             if tx.send(Ok(event)).await.is_err() {
                 return Some(Stop::Done);
             }
+            self.metrics
+                .stream_bytes(method, u64::try_from(len).unwrap_or(0));
             offset += len;
         }
         let end = pb::VideoEvent {
@@ -312,5 +327,14 @@ impl Feed {
             return Some(Stop::Done);
         }
         None
+    }
+}
+
+/// The RPC a feed serves, as a metric label.
+fn rpc_method(request: &FeedRequest) -> &'static str {
+    if request.until_terminal {
+        "WatchVideo"
+    } else {
+        "Subscribe"
     }
 }

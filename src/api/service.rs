@@ -24,6 +24,9 @@ use crate::job::{Job, JobStatus, NewJob, Phase, new_job_id, now_ms};
 use crate::pb;
 use crate::pb::video_service_server::VideoService;
 use crate::store::{CreateOutcome, JobStore, ListQuery, StoreError};
+use crate::telemetry::Metrics;
+use crate::telemetry::propagation::traceparent_of;
+use tracing::Instrument;
 
 /// AIP-158: page size when the caller gives 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -52,6 +55,7 @@ pub struct VideoApi {
     auth: Arc<Authenticator>,
     feed: Feed,
     chunk_bytes: usize,
+    metrics: Metrics,
 }
 
 impl VideoApi {
@@ -73,7 +77,15 @@ impl VideoApi {
             auth,
             feed,
             chunk_bytes,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Records accepted and cancelled jobs, live streams and streamed bytes into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.feed = self.feed.with_metrics(metrics.clone());
+        self.metrics = metrics;
+        self
     }
 
     fn tenant<T>(&self, request: &Request<T>) -> Result<Tenant, ApiError> {
@@ -152,19 +164,34 @@ impl VideoApi {
             last_frame_url: None,
             reply_to: origin.reply_to,
             correlation_id: origin.correlation_id,
-            trace_context: origin.trace_context,
+            // The intake span's own context (a child of the caller's), so every later step of
+            // the job joins this trace; the caller's when no spans are recorded.
+            trace_context: traceparent_of(&tracing::Span::current()).or(origin.trace_context),
             deleted: false,
         };
+        // The durable insert (database client span, OpenTelemetry conventions).
+        let insert = tracing::info_span!(
+            "job insert",
+            otel.name = "INSERT jobs",
+            otel.kind = "client",
+            db.system.name = "sqlite",
+            db.operation.name = "INSERT",
+            db.collection.name = "jobs",
+            vidgate.job.id = %job.id,
+        );
         let outcome = self
             .store
             .create(NewJob {
                 job,
                 submission: request.encode_to_vec().into(),
             })
+            .instrument(insert)
             .await?;
         match outcome {
             CreateOutcome::Created(job) => {
                 tracing::info!(job_id = %job.id, tenant = %job.tenant, model = %job.model, "video accepted");
+                self.metrics
+                    .job_accepted(origin.intake.as_str(), &job.model);
                 self.dispatcher.wake();
                 Ok((job, true))
             }
@@ -185,6 +212,7 @@ impl VideoApi {
             match self.store.update(job, true).await {
                 Ok(job) => {
                     tracing::info!(job_id = %job.id, "video cancelled; the upstream task, if any, may still run");
+                    self.metrics.job_finished(&job);
                     return Ok(job);
                 }
                 Err(StoreError::VersionConflict { .. }) => continue,
@@ -195,9 +223,31 @@ impl VideoApi {
     }
 }
 
+/// Which intake took a create.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Intake {
+    /// `CreateVideo` over gRPC.
+    #[default]
+    Grpc,
+    /// A message on the AMQP jobs queue.
+    Amqp,
+}
+
+impl Intake {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Amqp => "amqp",
+        }
+    }
+}
+
 /// Where a create came from, kept on the job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IntakeOrigin {
+    /// Which intake.
+    pub intake: Intake,
     /// W3C trace context of the request.
     pub trace_context: Option<String>,
     /// AMQP `reply_to`: the job's events are also published there.
@@ -402,7 +452,8 @@ impl VideoService for VideoApi {
         let id = request.get_ref().id.clone();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let mut job = self.job_of(&tenant, &id).await?;
-            if !job.status.is_terminal() {
+            let was_running = !job.status.is_terminal();
+            if was_running {
                 mark_cancelled(&mut job, now_ms());
             }
             job.deleted = true;
@@ -412,7 +463,10 @@ impl VideoService for VideoApi {
             job.update_time_ms = now_ms();
             let content = job.content.clone();
             match self.store.update(job, true).await {
-                Ok(_) => {
+                Ok(saved) => {
+                    if was_running {
+                        self.metrics.job_finished(&saved);
+                    }
                     if let Some(c) = content {
                         for key in std::iter::once(c.blob_key).chain(c.last_frame_key) {
                             if let Err(e) = self.blobs.delete(&key).await {
@@ -494,13 +548,17 @@ impl VideoService for VideoApi {
                 .read_range(&key, offset..end, self.chunk_bytes)
                 .await
                 .map_err(blob_status)?;
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
+                let _live = metrics.subscriber("DownloadVideo");
                 let mut at = offset as i64;
                 while let Some(chunk) = chunks.next().await {
+                    let mut sent = 0;
                     let item = chunk
                         .map(|data| {
                             let c = pb::ContentChunk { offset: at, data };
-                            at += c.data.len() as i64;
+                            sent = c.data.len();
+                            at += sent as i64;
                             c
                         })
                         .map_err(blob_status);
@@ -508,6 +566,7 @@ impl VideoService for VideoApi {
                     if tx.send(item).await.is_err() || stop {
                         break;
                     }
+                    metrics.stream_bytes("DownloadVideo", sent as u64);
                 }
             });
         }

@@ -16,6 +16,8 @@ use super::limiter::{InFlight, LimitConfig, LimitConfigError, UpstreamLimiter};
 use super::secret::ApiKey;
 use super::status::{NormalisedStatus, UpstreamState, normalise};
 use super::wire::CreateBody;
+use crate::telemetry::Metrics;
+use tracing::Instrument;
 
 /// CONTRACT.md: the upstream's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://live-turing.cn.llm.tcljd.com/api/v1";
@@ -165,6 +167,7 @@ pub struct UpstreamClient {
     api_key: ApiKey,
     request_timeout: Duration,
     limiter: Arc<UpstreamLimiter>,
+    metrics: Metrics,
 }
 
 impl UpstreamClient {
@@ -187,7 +190,14 @@ impl UpstreamClient {
             api_key: config.api_key,
             request_timeout: config.request_timeout,
             limiter,
+            metrics: Metrics::disabled(),
         })
+    }
+
+    /// Records requests, their latency and rate-limit waits into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The shared gate (for metrics and tests).
@@ -380,6 +390,7 @@ impl UpstreamClient {
                 endpoint,
                 detail: "vidgate is shutting down; the request was not sent".into(),
             })?;
+        self.metrics.rate_limit_wait(endpoint.as_str(), slot.waited);
         if slot.waited > Duration::from_secs(1) {
             tracing::debug!(
                 endpoint = endpoint.as_str(),
@@ -397,11 +408,54 @@ impl UpstreamClient {
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<Response, UpstreamError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| classify_reqwest(endpoint, &e, &self.api_key))?;
+        let (method, template) = match endpoint {
+            Endpoint::Create => ("POST", "/videos"),
+            Endpoint::Get => ("GET", "/videos/{id}"),
+            Endpoint::Content => ("GET", "/videos/{id}/content"),
+            Endpoint::LastFrame => ("GET", "last_frame_url"),
+        };
+        // An HTTP client span (OpenTelemetry semantic conventions). No URL: a presigned
+        // last-frame URL carries credentials in its query.
+        let span = tracing::info_span!(
+            "upstream request",
+            otel.name = %format!("{method} {template}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            url.template = template,
+            server.address = self.base_url.host_str().unwrap_or(""),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let sent = request.send().instrument(span.clone()).await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                self.metrics
+                    .upstream_request(endpoint.as_str(), 0, started.elapsed());
+                span.record("otel.status_code", "ERROR");
+                span.record(
+                    "error.type",
+                    if e.is_timeout() {
+                        "timeout"
+                    } else if e.is_connect() {
+                        "connect"
+                    } else {
+                        "transport"
+                    },
+                );
+                return Err(classify_reqwest(endpoint, &e, &self.api_key));
+            }
+        };
         let status = response.status();
+        self.metrics
+            .upstream_request(endpoint.as_str(), status.as_u16(), started.elapsed());
+        span.record("http.response.status_code", status.as_u16());
+        if !status.is_success() {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", status.as_str());
+        }
         tracing::debug!(
             endpoint = endpoint.as_str(),
             status = status.as_u16(),

@@ -21,11 +21,13 @@ use super::config::AmqpConfig;
 use super::headers::{self, Extractor};
 use super::{AmqpStatus, Backoff, connect, pause, topology};
 use crate::api::error::ApiError;
-use crate::api::service::{IntakeOrigin, RULE_ENVELOPE, VideoApi};
+use crate::api::service::{Intake as IntakeKind, IntakeOrigin, RULE_ENVELOPE, VideoApi};
 use crate::convert;
 use crate::domain::FieldViolation;
 use crate::job::now_ms;
 use crate::pb;
+use crate::telemetry::propagation::{self, set_remote_parent};
+use tracing::Instrument;
 
 /// Reason: the message has no `message_id` (the idempotency key).
 pub const REASON_MISSING_MESSAGE_ID: &str = "MISSING_MESSAGE_ID";
@@ -379,6 +381,35 @@ struct Handler {
 
 impl Handler {
     async fn handle(&self, delivery: Delivery) {
+        // A consumer span (OpenTelemetry messaging conventions), a child of the producer's
+        // `traceparent`: the job's trace starts here.
+        let span = tracing::info_span!(
+            "delivery process",
+            otel.name = %format!("{} process", self.config.jobs_queue),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %self.config.jobs_queue,
+            messaging.message.id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or("", ShortString::as_str),
+            messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+            messaging.message.body.size = delivery.data.len(),
+            vidgate.amqp.outcome = tracing::field::Empty,
+        );
+        set_remote_parent(
+            &span,
+            propagation::extract(&Extractor(delivery.properties.headers().as_ref())),
+        );
+        self.handle_in_span(delivery, &span)
+            .instrument(span.clone())
+            .await;
+    }
+
+    async fn handle_in_span(&self, delivery: Delivery, span: &tracing::Span) {
         let redelivered = delivery.redelivered;
         self.status.send_modify(|s| {
             s.deliveries += 1;
@@ -387,6 +418,10 @@ impl Handler {
         match self.decide(&delivery).await {
             Decision::Stored { new } => {
                 ack(&delivery).await;
+                span.record(
+                    "vidgate.amqp.outcome",
+                    if new { "stored" } else { "duplicate" },
+                );
                 self.status.send_modify(|s| {
                     if new {
                         s.created += 1;
@@ -398,6 +433,7 @@ impl Handler {
             Decision::Retry(why) => {
                 tracing::warn!(error = %why, redelivered = delivery.redelivered, "AMQP intake: job not stored; message requeued");
                 requeue(&delivery).await;
+                span.record("vidgate.amqp.outcome", "requeued");
                 self.status.send_modify(|s| s.requeued += 1);
             }
             Decision::Reject(rejection) => match self.dead_letter(&delivery, &rejection).await {
@@ -408,6 +444,7 @@ impl Handler {
                         "AMQP intake: message dead-lettered"
                     );
                     ack(&delivery).await;
+                    span.record("vidgate.amqp.outcome", "dead_lettered");
                     self.status.send_modify(|s| s.dead_lettered += 1);
                     self.reply_rejection(&delivery, &rejection).await;
                 }
@@ -464,6 +501,7 @@ impl Handler {
                 .filter(|v| !v.is_empty())
         };
         let origin = IntakeOrigin {
+            intake: IntakeKind::Amqp,
             trace_context: Extractor(properties.headers().as_ref()).get(headers::TRACEPARENT),
             reply_to: non_empty(properties.reply_to()),
             correlation_id: non_empty(properties.correlation_id()),

@@ -72,6 +72,27 @@ impl Injector<'_> {
     }
 }
 
+impl opentelemetry::propagation::Extractor for Extractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = match self.0?.inner().get(key)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?,
+            AMQPValue::ShortString(s) => s.as_str(),
+            _ => return None,
+        };
+        (!value.is_empty() && value.len() <= MAX_TRACE_HEADER_BYTES).then_some(value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        Extractor::keys(self)
+    }
+}
+
+impl opentelemetry::propagation::Injector for Injector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        set_str(self.0, key, &value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,8 @@ use super::{AmqpStatus, Backoff, connect, pause, topology};
 use crate::convert;
 use crate::pb;
 use crate::store::{EventQuery, JobStore, StoreError, StoredEvent};
+use crate::telemetry::propagation::{set_parent_traceparent, traceparent_of};
+use tracing::Instrument;
 
 /// Events read from the log per query.
 pub const RELAY_PAGE: u32 = 500;
@@ -460,17 +462,35 @@ impl Relay {
                 return Ok(None);
             }
         };
-        let properties = event_properties(event);
+        let routing_key = routing_key(event);
+        // A producer span (OpenTelemetry messaging conventions) in the job's trace; its context
+        // travels in the message's `traceparent`, so a consumer's span joins the trace.
+        let span = tracing::info_span!(
+            "event publish",
+            otel.name = %format!("{} publish", self.config.events_exchange),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = %self.config.events_exchange,
+            messaging.rabbitmq.destination.routing_key = %routing_key,
+            messaging.message.id = sequence,
+            vidgate.job.id = %event.job_id,
+        );
+        set_parent_traceparent(&span, event.job.trace_context.as_deref());
+        let traceparent = traceparent_of(&span).or_else(|| event.job.trace_context.clone());
+        let properties = event_properties(event, traceparent.as_deref());
         let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(2);
         confirms.push(
             channel
                 .basic_publish(
                     short(&self.config.events_exchange),
-                    short(&routing_key(event)),
+                    short(&routing_key),
                     BasicPublishOptions::default(),
                     &body,
                     properties.clone(),
                 )
+                .instrument(span.clone())
                 .await?,
         );
         if let Some(reply_to) = event.job.reply_to.as_deref().filter(|r| !r.is_empty()) {
@@ -487,6 +507,7 @@ impl Relay {
                         &body,
                         reply,
                     )
+                    .instrument(span)
                     .await?,
             );
         }
@@ -532,11 +553,12 @@ pub fn video_event(event: &StoredEvent) -> pb::VideoEvent {
 }
 
 /// API.md: `message_id` = the sequence, `type` = `video.<status>`, `content_type` JSON;
-/// persistent; the tenant and the job's trace context as headers.
-pub fn event_properties(event: &StoredEvent) -> BasicProperties {
+/// persistent; the tenant and the trace context (`traceparent`: the publish span's, in the
+/// job's trace) as headers.
+pub fn event_properties(event: &StoredEvent, traceparent: Option<&str>) -> BasicProperties {
     let mut table = FieldTable::default();
     headers::set_str(&mut table, headers::TENANT, &event.tenant);
-    if let Some(trace) = event.job.trace_context.as_deref() {
+    if let Some(trace) = traceparent {
         Injector(&mut table).set(headers::TRACEPARENT, trace);
     }
     BasicProperties::default()
