@@ -38,20 +38,45 @@ pub const API_KEY_ENV: &str = "TURING_API_KEY";
 /// Every environment variable `vidgate serve` reads, with what it sets. Deployment files (the
 /// compose file, the Dockerfile) are checked against this list by the tests.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
-    (API_KEY_ENV, "the upstream API key; without it the built-in simulator stands in"),
+    (
+        API_KEY_ENV,
+        "the upstream API key; without it the built-in simulator stands in",
+    ),
     ("TURING_BASE_URL", "upstream.base_url"),
     ("VIDGATE_CONFIG", "the TOML configuration file"),
     ("VIDGATE_GRPC_LISTEN", "server.grpc_listen"),
-    ("VIDGATE_ADMIN_LISTEN", "admin.listen (/healthz, /readyz, /metrics)"),
+    (
+        "VIDGATE_ADMIN_LISTEN",
+        "admin.listen (/healthz, /readyz, /metrics)",
+    ),
     ("VIDGATE_DATA_DIR", "storage.data_dir"),
     (AMQP_URL_ENV, "amqp.url (turns the RabbitMQ intake on)"),
     ("VIDGATE_LOG_FORMAT", "text or json log lines"),
+    (
+        "VIDGATE_HEALTHCHECK_URL",
+        "the URL `vidgate healthcheck` asks (default http://127.0.0.1:9464/readyz)",
+    ),
     ("RUST_LOG", "log level filter, e.g. info,vidgate=debug"),
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector, e.g. http://collector:4317; unset = no export"),
-    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTLP endpoint for traces only"),
-    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTLP endpoint for metrics only"),
-    ("OTEL_SERVICE_NAME", "service.name of traces and metrics (default vidgate)"),
-    ("OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,..."),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTLP/gRPC collector, e.g. http://collector:4317; unset = no export",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTLP endpoint for traces only",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTLP endpoint for metrics only",
+    ),
+    (
+        "OTEL_SERVICE_NAME",
+        "service.name of traces and metrics (default vidgate)",
+    ),
+    (
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "extra resource attributes, key=value,...",
+    ),
     ("OTEL_SDK_DISABLED", "true turns OpenTelemetry export off"),
 ];
 

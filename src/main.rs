@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use vidgate::upstream::sim::{SimConfig, Simulator};
 
 /// The address `vidgate sim` listens on unless told otherwise.
@@ -28,11 +27,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
+use vidgate::telemetry::LogFormat;
 
 #[derive(Subcommand)]
 #[allow(
@@ -78,6 +73,16 @@ enum Command {
         /// How long a task processes, in milliseconds.
         #[arg(long)]
         processing_ms: Option<u64>,
+    },
+    /// Exit 0 when the admin port answers its readiness check with 2xx, else print why and exit
+    /// 1: the container HEALTHCHECK (slim images have no curl).
+    Healthcheck {
+        /// The URL to GET.
+        #[arg(long, env = vidgate::healthcheck::URL_ENV, default_value = vidgate::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = vidgate::healthcheck::DEFAULT_TIMEOUT_MS)]
+        timeout_ms: u64,
     },
 }
 
@@ -197,22 +202,28 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Logs, and spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = vidgate::telemetry::init(cli.log_format)?;
+    let result = run(cli).await;
+    // After the application has stopped: the last spans are exported.
+    telemetry.shutdown();
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, no_auth } => serve(config, no_auth).await?,
         Command::Demo { output_dir } => demo(output_dir).await?,
+        Command::Healthcheck { url, timeout_ms } => {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            if let Err(e) = vidgate::healthcheck::check(&url, timeout).await {
+                eprintln!("unhealthy: {e}");
+                std::process::exit(1);
+            }
+        }
         Command::Client(cmd) => vidgate::cli::run(cli.client, cmd).await?,
         Command::Sim {
             listen,
