@@ -194,9 +194,15 @@ impl Feed {
             }
         }
 
-        // Live.
+        // Live. A client that left is noticed at once, not at the next matching event, so a
+        // quiet stream does not hold its task (and the subscriber count) for ever.
         loop {
-            match rx.recv().await {
+            let received = tokio::select! {
+                biased;
+                _ = tx.closed() => return Stop::Done,
+                received = rx.recv() => received,
+            };
+            match received {
                 Ok(event) => {
                     if event.sequence <= seen {
                         continue;

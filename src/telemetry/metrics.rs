@@ -18,7 +18,7 @@
 //! | `vidgate.amqp.deliveries` | counter | `vidgate.amqp.outcome` (stored, duplicate, dead_lettered, requeued) |
 //! | `vidgate.amqp.outbox.lag` | gauge | events committed but not yet confirmed by the broker |
 //! | `vidgate.subscribers` | up-down counter | `rpc.method` (live server streams) |
-//! | `vidgate.stream.bytes` (By) | counter | `rpc.method` (video bytes sent to clients) |
+//! | `vidgate.stream.sent` (By) | counter | `rpc.method` (video bytes sent to clients) |
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -147,7 +147,7 @@ impl Metrics {
                     .with_description("Live server streams (watch, subscribe, download)")
                     .build(),
                 stream_bytes: meter
-                    .u64_counter("vidgate.stream.bytes")
+                    .u64_counter("vidgate.stream.sent")
                     .with_unit("By")
                     .with_description("Video bytes streamed to clients")
                     .build(),

@@ -145,24 +145,25 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
         None
     };
     let tracer = provider.as_ref().map(|p| p.tracer(SCOPE));
-    install(format, tracer, std::io::stderr)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install(format, filter, tracer, std::io::stderr)?;
     Ok(TelemetryGuard {
         tracer_provider: provider,
     })
 }
 
-/// Installs the global subscriber: log lines (filtered by `RUST_LOG`, default `info`) written
-/// to `writer`, and vidgate's spans (target `vidgate`, INFO and above, whatever `RUST_LOG`
-/// says) sent to `tracer` when there is one. Tests pass an in-memory tracer and a buffer.
+/// Installs the global subscriber: log lines passing `filter` written to `writer`, and
+/// vidgate's spans (target `vidgate`, INFO and above, whatever the log filter says) sent to
+/// `tracer` when there is one. Tests pass an in-memory tracer and a buffer.
 pub fn install<W>(
     format: LogFormat,
+    filter: EnvFilter,
     tracer: Option<SdkTracer>,
     writer: W,
 ) -> Result<(), TelemetryError>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
