@@ -285,6 +285,7 @@ impl Application {
             .max_decoding_message_size(config.server.max_create_message_bytes);
         let server = tonic::transport::Server::builder()
             .trace_fn(telemetry::propagation::grpc_server_span)
+            .layer(telemetry::grpc::RecordStatusLayer)
             .http2_keepalive_interval(Some(Duration::from_secs(config.server.keepalive_secs)))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -32,6 +32,8 @@ const AMQP_PARENT: &str = "00f067aa0ba902b7";
 /// The gRPC caller's trace.
 const GRPC_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const GRPC_PARENT: &str = "b7ad6b7169203331";
+/// A refused call's trace.
+const BAD_TRACE: &str = "5a1d0c5e6f7a8b9c0d1e2f3a4b5c6d7e";
 
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<Mutex<Vec<u8>>>);
@@ -212,6 +214,16 @@ async fn a_job_is_one_connected_trace_across_a_restart_and_no_secret_reaches_log
     // The relay publishes the completed event of the gRPC job too.
     next(&mut events_rx, "the gRPC job's completed event").await;
 
+    // A refused call: its server span carries the gRPC code.
+    let mut bad = veo("refused");
+    bad.model = "no-such-model".into();
+    let mut request = req(ACME, bad);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{BAD_TRACE}-{GRPC_PARENT}-01").parse().unwrap(),
+    );
+    t.client.create_video(request).await.expect_err("refused");
+
     if let Some(app) = t.app.take() {
         app.shutdown().await;
     }
@@ -299,6 +311,15 @@ async fn a_job_is_one_connected_trace_across_a_restart_and_no_secret_reaches_log
     assert_eq!(server.parent_span_id, span_id(GRPC_PARENT));
     assert_eq!(attr(server, "rpc.system").as_deref(), Some("grpc"));
     assert_eq!(attr(server, "rpc.method").as_deref(), Some("CreateVideo"));
+    assert_eq!(attr(server, "rpc.grpc.status_code").as_deref(), Some("0"));
+
+    let refused = connected_trace(&spans, BAD_TRACE, GRPC_PARENT);
+    assert_eq!(refused.len(), 1, "{:#?}", span_names(&refused));
+    assert_eq!(
+        attr(refused[0], "rpc.grpc.status_code").as_deref(),
+        Some("3"),
+        "INVALID_ARGUMENT"
+    );
 
     // No prompt text in spans by default, no secret anywhere.
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).expect("utf-8 logs");

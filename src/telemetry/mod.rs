@@ -12,6 +12,7 @@
 //!   ([`metrics`]).
 
 pub mod admin;
+pub mod grpc;
 pub mod metrics;
 pub mod propagation;
 pub mod readiness;

@@ -102,6 +102,8 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     set_remote_parent(&span, extract(&HeaderExtractor(request.headers())));
     span
