@@ -12,6 +12,8 @@ use std::time::Duration;
 use amqp_support::*;
 use support::*;
 use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use vidgate::pb;
 use vidgate::upstream::sim::{Fault, FaultEndpoint, FaultRule};
 
@@ -353,6 +355,29 @@ async fn metrics_show_a_known_sequence_of_jobs() {
     );
 }
 
+/// Polls the gRPC health service (whole server) until it reports `want`.
+async fn wait_health(health: &mut HealthClient<tonic::transport::Channel>, want: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + vidgate::app::HEALTH_CHECK_INTERVAL * 3;
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        if status == want as i32 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gRPC health still {status}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_broker_through_a_proxy_cut_and_back() {
     let broker = broker().await;
@@ -366,7 +391,7 @@ async fn readiness_follows_the_broker_through_a_proxy_cut_and_back() {
     .await;
     let admin = t.app().admin_addr().expect("admin port is on");
     let handle = t.app().amqp().expect("AMQP is configured").clone();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
+    let mut health = HealthClient::new(
         tonic::transport::Channel::from_shared(format!("http://{}", t.app().grpc_addr()))
             .unwrap()
             .connect()
@@ -428,48 +453,11 @@ async fn readiness_follows_the_broker_through_a_proxy_cut_and_back() {
     assert_eq!(report["broker"]["state"], "failing", "{body}");
     assert_eq!(report["store"]["state"], "ok", "{body}");
     // The gRPC health service follows within its check interval.
-    let deadline = tokio::time::Instant::now() + vidgate::app::HEALTH_CHECK_INTERVAL * 3;
-    loop {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .expect("health answers")
-            .into_inner()
-            .status;
-        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gRPC health still {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_health(&mut health, ServingStatus::NotServing).await;
 
     proxy.restore();
     wait_ready(true).await;
-    let deadline = tokio::time::Instant::now() + vidgate::app::HEALTH_CHECK_INTERVAL * 3;
-    loop {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .expect("health answers")
-            .into_inner()
-            .status;
-        if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gRPC health still {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = &mut t;
+    wait_health(&mut health, ServingStatus::Serving).await;
     if let Some(app) = t.app.take() {
         app.shutdown().await;
     }
