@@ -454,10 +454,26 @@ async fn readiness_follows_the_broker_through_a_proxy_cut_and_back() {
     assert_eq!(report["store"]["state"], "ok", "{body}");
     // The gRPC health service follows within its check interval.
     wait_health(&mut health, ServingStatus::NotServing).await;
+    // Events made meanwhile wait in the outbox: the lag shows them.
+    t.client
+        .create_video(req(ACME, veo(&unique("while cut"))))
+        .await
+        .expect("gRPC intake works without the broker");
+    let lag = sum(&metrics(admin).await, "vidgate_amqp_outbox_lag", &[]);
+    assert!(lag >= 1.0, "outbox lag {lag}");
 
     proxy.restore();
     wait_ready(true).await;
     wait_health(&mut health, ServingStatus::Serving).await;
+    // ... and are published once the relay is back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sum(&metrics(admin).await, "vidgate_amqp_outbox_lag", &[]) > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     if let Some(app) = t.app.take() {
         app.shutdown().await;
     }
