@@ -20,7 +20,7 @@ use crate::job::now_ms;
 use crate::pb;
 use crate::pb::video_service_server::VideoServiceServer;
 use crate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
-use crate::store::{JobStore, StoreError};
+use crate::store::{EventQuery, JobStore, StoreError};
 use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::metrics::StateGauges;
 use crate::telemetry::readiness::{Readiness, ReadinessReport};
@@ -85,6 +85,33 @@ pub enum StartupError {
     /// Reflection descriptors could not be loaded (a build problem).
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+}
+
+/// Deletes events older than `before_ms`, but never one the AMQP relay (whose durable cursor is
+/// `relay_cursor`, when AMQP is on) has not had confirmed by the broker: an event is kept until
+/// it is published, however old. Returns how many were deleted.
+pub async fn prune_events(
+    store: &dyn JobStore,
+    before_ms: i64,
+    relay_cursor: Option<&str>,
+) -> Result<u64, StoreError> {
+    let mut before = before_ms;
+    if let Some(name) = relay_cursor {
+        let confirmed = store.load_cursor(name).await?.unwrap_or(0);
+        let first_unconfirmed = store
+            .events_after(&EventQuery {
+                after_sequence: confirmed,
+                tenant: None,
+                job_id: None,
+                limit: 1,
+            })
+            .await?;
+        // The store prunes a prefix up to the first event at or after the bound.
+        if let Some(event) = first_unconfirmed.first() {
+            before = before.min(event.time_ms);
+        }
+    }
+    store.prune_events(before).await
 }
 
 /// A running vidgate.
@@ -361,10 +388,15 @@ impl Application {
             .event_retention_hours
             .saturating_mul(3_600_000) as i64;
         let prune_store = store_dyn;
+        let relay_cursor = config
+            .amqp
+            .enabled()
+            .then(|| config.amqp.relay_cursor.clone());
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                match prune_store.prune_events(now_ms() - retention_ms).await {
+                let before = now_ms() - retention_ms;
+                match prune_events(prune_store.as_ref(), before, relay_cursor.as_deref()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(pruned = n, "old events pruned"),
                     Err(e) => tracing::warn!(error = %e, "event pruning failed; will retry"),

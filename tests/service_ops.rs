@@ -247,3 +247,40 @@ async fn delete_removes_content_and_listing_and_frees_the_request_id() {
         "the key names a new job once the old one is deleted"
     );
 }
+
+#[tokio::test]
+async fn pruning_never_deletes_an_event_the_relay_has_not_had_confirmed() {
+    let mut t = spawn_app().await;
+    for _ in 0..4 {
+        t.client
+            .create_video(req(ACME, veo(&unique("unpublished"))))
+            .await
+            .unwrap();
+        // Distinct milliseconds: pruning bounds by time (a tie keeps more, never less).
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let store = t.app().store();
+    // The relay's durable cursor says events up to 2 are confirmed by the broker.
+    store.save_cursor("test-relay", 2).await.unwrap();
+    let everything = vidgate::job::now_ms() + 1_000;
+    let pruned = vidgate::app::prune_events(store.as_ref(), everything, Some("test-relay"))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2, "only the confirmed events are old enough to go");
+    assert_eq!(store.pruned_through().await.unwrap(), 2);
+    // Once the relay has them all, they may go.
+    store.save_cursor("test-relay", 4).await.unwrap();
+    let pruned = vidgate::app::prune_events(store.as_ref(), everything, Some("test-relay"))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2);
+    // Without AMQP there is no relay to wait for.
+    t.client
+        .create_video(req(ACME, veo(&unique("no relay"))))
+        .await
+        .unwrap();
+    let pruned = vidgate::app::prune_events(store.as_ref(), vidgate::job::now_ms() + 1_000, None)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+}
