@@ -1,4 +1,6 @@
-//! vidgate's benchmark harness: `cargo bench --bench harness [-- create|download]`.
+//! vidgate's benchmark harness: `cargo bench --bench harness [-- SCENARIO...]`, one table for
+//! every scenario of issue #5. Scenario names: `create` (1), `amqp` (2), `inflight` (3),
+//! `download` (4), `watch` (5), `fanout` (6), `e2e` (7); none = all.
 //!
 //! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
 //! the in-process upstream simulator) and, in the same process and runtime, a bare tonic server
@@ -23,13 +25,27 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-use vidgate::api::auth::{AuthConfig, AuthMode, TokenEntry, token_hash};
+use vidgate::api::auth::{AuthConfig, AuthMode, Tenant, TokenEntry, token_hash};
+use vidgate::api::service::IntakeOrigin;
 use vidgate::app::Application;
 use vidgate::config::{Config, SyncMode, UpstreamMode};
 use vidgate::pb;
 use vidgate::pb::video_service_client::VideoServiceClient;
 use vidgate::pb::video_service_server::{VideoService, VideoServiceServer};
 use vidgate::upstream::sim::SimConfig;
+
+#[path = "harness/amqp.rs"]
+mod amqp;
+#[path = "harness/e2e.rs"]
+mod e2e;
+#[path = "harness/extsim.rs"]
+mod extsim;
+#[path = "harness/fanout.rs"]
+mod fanout;
+#[path = "harness/inflight.rs"]
+mod inflight;
+#[path = "harness/watch.rs"]
+mod watch;
 
 /// Interleaved rounds per side; the median is reported, so one noisy round does not decide.
 const ROUNDS: usize = 5;
@@ -62,37 +78,86 @@ const TOKEN: &str = "tok-bench-0123456789";
 /// How long the 100 MB job may take to complete before the scenario gives up.
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
+/// The scenarios, in the order they run, with the issue's numbers.
+const SCENARIOS: [(&str, u8); 7] = [
+    ("create", 1),
+    ("amqp", 2),
+    ("inflight", 3),
+    ("download", 4),
+    ("watch", 5),
+    ("fanout", 6),
+    ("e2e", 7),
+];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The simulator child of `inflight` and `e2e` is this executable again.
+    if std::env::var(extsim::ROLE_ENV).as_deref() == Ok("sim") {
+        return extsim::child_main().await;
+    }
     // `cargo bench` passes `--bench`; flags are ignored, words pick scenarios.
     let picked: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let known = ["create", "download"];
+    let known: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
     if let Some(bad) = picked.iter().find(|p| !known.contains(&p.as_str())) {
-        eprintln!("unknown scenario {bad:?}; known: create, download (none = all)");
+        eprintln!(
+            "unknown scenario {bad:?}; known: {} (none = all)",
+            known.join(", ")
+        );
         std::process::exit(2);
     }
     let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
 
+    println!(
+        "vidgate benchmark harness: {} CPUs, load average {} at the start",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    if wants("create") {
+    for (name, number) in SCENARIOS {
+        if !wants(name) {
+            continue;
+        }
+        println!();
         let peak_reset = reset_peak_rss();
-        rows.extend(create_scenario().await?);
-        notes.push(rss_note("create", peak_reset));
-    }
-    if wants("download") {
-        let peak_reset = reset_peak_rss();
-        rows.extend(download_scenario().await?);
-        notes.push(rss_note("download", peak_reset));
+        let cpu = cpu_seconds();
+        let started = Instant::now();
+        let result = match name {
+            "create" => create_scenario().await,
+            "amqp" => amqp::scenario().await,
+            "inflight" => inflight::scenario().await,
+            "download" => download_scenario().await,
+            "watch" => watch::scenario().await,
+            "fanout" => fanout::scenario().await,
+            _ => e2e::scenario().await,
+        };
+        match result {
+            Ok(found) => rows.extend(found.into_iter().map(|r| r.numbered(number))),
+            // One scenario failing (no broker, say) does not hide the others' figures.
+            Err(e) => {
+                eprintln!("scenario {name} failed: {e:#}");
+                rows.push(Row::unavailable(
+                    &format!("{number}. {name}"),
+                    "FAILED (see above)",
+                ));
+            }
+        }
+        notes.push(format!(
+            "{}; {:.1} s, {:.1} CPU s (this process)",
+            rss_note(name, peak_reset),
+            started.elapsed().as_secs_f64(),
+            cpu_seconds() - cpu
+        ));
     }
 
     println!();
     println!(
-        "vidgate benchmark harness: {} CPUs, {ROUNDS} interleaved rounds per side, medians",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "vidgate benchmark harness: {} CPUs, load average {} at the end; medians of interleaved rounds",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
     );
     println!();
     print_table(&rows);
@@ -105,7 +170,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn create_scenario() -> anyhow::Result<Vec<Row>> {
     println!(
-        "create: {CALLERS} callers x {CALLS_PER_CALLER} calls per round, SQLite synchronous = full, dispatcher paused"
+        "create: {CALLERS} callers x {CALLS_PER_CALLER} calls per round, SQLite synchronous = {:?}, dispatcher paused",
+        sync_mode()
     );
     let data = tempfile::Builder::new()
         .prefix("vidgate-bench-")
@@ -150,9 +216,11 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
 
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
+    let mut per_commits = Vec::new();
     for round in 0..ROUNDS {
         // Alternate who goes first, so neither side always runs on a warmer (or hotter) machine.
         let tag = format!("r{round}-{}", uuid::Uuid::now_v7().simple());
+        let commits_before = app.sqlite_store().batches_committed();
         let (v, b) = if round % 2 == 0 {
             let v = unary_round(CALLS_PER_CALLER, create(vidgate.clone(), tag)).await?;
             let b = unary_round(CALLS_PER_CALLER, get(baseline.clone())).await?;
@@ -162,8 +230,10 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
             let v = unary_round(CALLS_PER_CALLER, create(vidgate.clone(), tag)).await?;
             (v, b)
         };
+        let commits = app.sqlite_store().batches_committed() - commits_before;
+        let per_commit = (CALLERS * CALLS_PER_CALLER) as f64 / commits.max(1) as f64;
         println!(
-            "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms) | {:.1}%",
+            "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms, {commits} commits, {per_commit:.1} creates each) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms) | {:.1}%",
             round + 1,
             v.rate,
             v.p50_ms,
@@ -173,9 +243,37 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
             b.p99_ms,
             v.rate / b.rate * 100.0
         );
+        per_commits.push(per_commit);
         ours.push(v);
         theirs.push(b);
     }
+
+    // The same creates without gRPC: `VideoApi::accept` (validation and the store), at the
+    // same concurrency, so the table shows which side of the API the time is spent on.
+    let mut alone = Vec::new();
+    for round in 0..ROUNDS {
+        let api = app.api().clone();
+        let tag = format!("a{round}-{}", uuid::Uuid::now_v7().simple());
+        let accept = move |caller: usize, i: usize| {
+            let api = api.clone();
+            let request = create_request(format!("{tag}-{caller}-{i}"));
+            async move {
+                api.accept(&Tenant("bench".into()), request, IntakeOrigin::default())
+                    .await
+                    .map(drop)
+                    .map_err(|e| Status::internal(e.to_string()))
+            }
+        };
+        alone.push(unary_round(CALLS_PER_CALLER, accept).await?.rate);
+    }
+    println!(
+        "  VideoApi::accept alone (no gRPC), {CALLERS} at a time: {} creates/s",
+        alone
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     noop.stop().await;
     app.shutdown().await;
@@ -198,12 +296,26 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
             "/s",
             CREATE_TARGET,
         ),
+        Row::custom(
+            "CreateVideo without gRPC: `VideoApi::accept` alone, 64 at a time (vs no-op GetVideo)",
+            format!("{:.0}/s", median(alone.iter().copied())),
+            format!("{:.0}/s", rate.1),
+            format!("{:.1}%", median(alone.iter().copied()) / rate.1 * 100.0),
+            "-".into(),
+            true,
+        )
+        .no_verdict(),
         Row::latency("CreateVideo p50 latency", p50),
         Row::latency("CreateVideo p99 latency", p99),
-        Row::unavailable(
-            "SQLite commits (group commit)",
-            "n/a: not reachable through Application",
-        ),
+        Row::custom(
+            "CreateVideo: creates per SQLite commit (group commit)",
+            format!("{:.1}", median(per_commits)),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            true,
+        )
+        .no_verdict(),
     ])
 }
 
@@ -267,51 +379,26 @@ async fn download_scenario() -> anyhow::Result<Vec<Row>> {
         VIDEO_BYTES / 1_000_000,
         chunk_bytes() / 1024
     );
-    let data = tempfile::Builder::new()
-        .prefix("vidgate-bench-")
-        .tempdir()?;
-    let mut config = bench_config(data.path());
-    config.simulator.content_min_size = VIDEO_BYTES;
-    config.events.chunk_bytes = chunk_bytes();
-    // Stepped by hand, like the tests: the job runs exactly once and nothing else competes.
-    config.dispatcher.enabled = false;
-    let app = Application::build(config).await?;
-    let mut vidgate = connect(app.grpc_addr()).await?;
-
-    let prepared = Instant::now();
-    let video = vidgate
-        .create_video(authed(create_request("download-100mb".into())))
-        .await?
-        .into_inner();
-    let video = complete(&app, &mut vidgate, &video.id).await?;
-    let size = video.content.as_ref().map_or(0, |c| c.size_bytes);
-    anyhow::ensure!(
-        size >= VIDEO_BYTES,
-        "the stored video has {size} bytes, expected at least {VIDEO_BYTES}"
-    );
-    println!(
-        "  stored {} ({size} bytes) through the simulator in {:.1} s",
-        video.id,
-        prepared.elapsed().as_secs_f64()
-    );
+    let stored = StoredVideo::prepare(VIDEO_BYTES).await?;
+    let (vidgate, size) = (&stored.client, stored.size);
 
     let chunk = Bytes::from(vec![0x5a_u8; chunk_bytes()]);
     let bare = NoopServer::start(chunk).await?;
     let baseline = connect(bare.addr).await?;
 
-    download_round(&vidgate, &video.id, size, 1).await?;
+    download_round(vidgate, &stored.id, size, 1).await?;
     download_round(&baseline, "bare", size, 1).await?;
 
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for round in 0..ROUNDS {
         let (v, b) = if round % 2 == 0 {
-            let v = download_round(&vidgate, &video.id, size, DOWNLOADS_PER_ROUND).await?;
+            let v = download_round(vidgate, &stored.id, size, DOWNLOADS_PER_ROUND).await?;
             let b = download_round(&baseline, "bare", size, DOWNLOADS_PER_ROUND).await?;
             (v, b)
         } else {
             let b = download_round(&baseline, "bare", size, DOWNLOADS_PER_ROUND).await?;
-            let v = download_round(&vidgate, &video.id, size, DOWNLOADS_PER_ROUND).await?;
+            let v = download_round(vidgate, &stored.id, size, DOWNLOADS_PER_ROUND).await?;
             (v, b)
         };
         println!(
@@ -324,7 +411,7 @@ async fn download_scenario() -> anyhow::Result<Vec<Row>> {
     }
 
     bare.stop().await;
-    app.shutdown().await;
+    stored.stop().await;
     Ok(vec![Row::rate(
         "DownloadVideo 100 MB: MB/s (vs bare 64 KiB server stream)",
         (median(ours), median(theirs)),
@@ -522,6 +609,15 @@ impl NoopServer {
     }
 }
 
+/// `synchronous = full` (the default and what the figures use), or `normal` with
+/// `VIDGATE_BENCH_SYNC=normal`, to see what the fsync per commit costs.
+fn sync_mode() -> SyncMode {
+    match std::env::var("VIDGATE_BENCH_SYNC").as_deref() {
+        Ok("normal") => SyncMode::Normal,
+        _ => SyncMode::Full,
+    }
+}
+
 /// The real startup's config: port 0, the given data dir, the in-process simulator at
 /// millisecond timings, one token, durable SQLite.
 fn bench_config(data_dir: &Path) -> Config {
@@ -529,7 +625,7 @@ fn bench_config(data_dir: &Path) -> Config {
     c.server.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.storage.data_dir = data_dir.to_path_buf();
-    c.storage.synchronous = SyncMode::Full;
+    c.storage.synchronous = sync_mode();
     c.upstream.mode = UpstreamMode::Simulator;
     c.upstream.limits.requests_per_second = 1_000;
     c.simulator = SimConfig {
@@ -552,6 +648,131 @@ fn bench_config(data_dir: &Path) -> Config {
     c.dispatcher.backoff_min_ms = 10;
     c.dispatcher.backoff_max_ms = 50;
     c
+}
+
+/// A vidgate with one completed job whose stored video has at least `bytes` bytes (downloaded,
+/// hashed, probed and stored through the in-process simulator, the dispatcher stepped by hand
+/// so the job runs exactly once and nothing else competes).
+struct StoredVideo {
+    app: Application,
+    client: VideoServiceClient<Channel>,
+    id: String,
+    size: u64,
+    _data: tempfile::TempDir,
+}
+
+impl StoredVideo {
+    async fn prepare(bytes: u64) -> anyhow::Result<Self> {
+        let data = tempfile::Builder::new()
+            .prefix("vidgate-bench-")
+            .tempdir()?;
+        let mut config = bench_config(data.path());
+        config.simulator.content_min_size = bytes;
+        config.events.chunk_bytes = chunk_bytes();
+        config.dispatcher.enabled = false;
+        let app = Application::build(config).await?;
+        let mut client = connect(app.grpc_addr()).await?;
+        let prepared = Instant::now();
+        let video = client
+            .create_video(authed(create_request(format!("stored-{bytes}"))))
+            .await?
+            .into_inner();
+        let video = complete(&app, &mut client, &video.id).await?;
+        let size = video.content.as_ref().map_or(0, |c| c.size_bytes);
+        anyhow::ensure!(
+            size >= bytes,
+            "the stored video has {size} bytes, expected at least {bytes}"
+        );
+        println!(
+            "  stored {} ({size} bytes) through the simulator in {:.1} s",
+            video.id,
+            prepared.elapsed().as_secs_f64()
+        );
+        Ok(Self {
+            app,
+            client,
+            id: video.id,
+            size,
+            _data: data,
+        })
+    }
+
+    async fn stop(self) {
+        self.app.shutdown().await;
+    }
+}
+
+/// `n` clients, each over its own channel (its own HTTP/2 connection) to `addr`.
+async fn channels(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<VideoServiceClient<Channel>>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(connect(addr).await?);
+    }
+    Ok(clients)
+}
+
+/// [`bench_config`] with the upstream simulator in a child process at `base_url` (see
+/// `extsim`): the gateway talks to it as to the real API.
+fn ext_config(data_dir: &Path, base_url: &str) -> Config {
+    let mut c = bench_config(data_dir);
+    c.upstream.mode = UpstreamMode::Real;
+    c.upstream.base_url = base_url.to_owned();
+    c.api_key = Some(vidgate::upstream::sim::config::DEFAULT_API_KEY.to_owned());
+    c
+}
+
+/// User + system CPU seconds of this process so far (all threads, live and exited).
+fn cpu_seconds() -> f64 {
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` file, in seconds (clock ticks of 1/100 s, Linux's
+/// USER_HZ). NaN where there is no such file.
+fn cpu_seconds_of(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return f64::NAN;
+    };
+    // The command name (field 2) may hold spaces; the fields after its ')' start at field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) as f64 / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// A `kB` field of a `/proc/<pid>/status` file (`VmHWM:`, `VmRSS:`).
+fn status_kib(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// This process's peak RSS since the last [`reset_peak_rss`], in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    status_kib("/proc/self/status", "VmHWM:").map(|k| k as f64 / 1024.0)
+}
+
+/// This process's current RSS, in MiB.
+fn rss_mib() -> Option<f64> {
+    status_kib("/proc/self/status", "VmRSS:").map(|k| k as f64 / 1024.0)
+}
+
+/// The 1-minute load average, as `/proc/loadavg` says.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The one client setup both sides get: one channel (one HTTP/2 connection), default limits.
@@ -597,6 +818,7 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 struct Row {
+    number: Option<u8>,
     scenario: String,
     vidgate: String,
     baseline: String,
@@ -610,6 +832,7 @@ impl Row {
     fn rate(scenario: &str, (ours, theirs): (f64, f64), unit: &str, target: f64) -> Self {
         let ratio = ours / theirs;
         Row {
+            number: None,
             scenario: scenario.into(),
             vidgate: format!("{ours:.0}{unit}"),
             baseline: format!("{theirs:.0}{unit}"),
@@ -622,6 +845,7 @@ impl Row {
     /// Lower is better; no target, the ratio says how many times the baseline's.
     fn latency(scenario: &str, (ours, theirs): (f64, f64)) -> Self {
         Row {
+            number: None,
             scenario: scenario.into(),
             vidgate: format!("{ours:.2} ms"),
             baseline: format!("{theirs:.2} ms"),
@@ -631,8 +855,44 @@ impl Row {
         }
     }
 
+    /// Any figures; `met` says whether the target holds.
+    fn custom(
+        scenario: &str,
+        vidgate: String,
+        baseline: String,
+        ratio: String,
+        target: String,
+        met: bool,
+    ) -> Self {
+        Row {
+            number: None,
+            scenario: scenario.into(),
+            vidgate,
+            baseline,
+            ratio,
+            target,
+            met: if met { "yes" } else { "NO" }.into(),
+        }
+    }
+
+    /// A figure with no target of its own.
+    fn no_verdict(mut self) -> Self {
+        self.met = "-".into();
+        self
+    }
+
+    /// Prefixes the scenario with the issue's number.
+    fn numbered(mut self, number: u8) -> Self {
+        if self.number.is_none() && !self.scenario.starts_with(&format!("{number}.")) {
+            self.scenario = format!("{number}. {}", self.scenario);
+        }
+        self.number = Some(number);
+        self
+    }
+
     fn unavailable(scenario: &str, why: &str) -> Self {
         Row {
+            number: None,
             scenario: scenario.into(),
             vidgate: why.into(),
             baseline: "-".into(),

@@ -486,3 +486,11 @@ impl Application {
         }
     }
 }
+
+impl Application {
+    /// The SQLite store itself, for what the [`JobStore`] trait does not show (the benchmark
+    /// harness reads [`SqliteStore::batches_committed`]).
+    pub fn sqlite_store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+}

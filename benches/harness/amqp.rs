@@ -1,5 +1,5 @@
-//! AMQP intake rate next to a bare lapin consume+ack, same broker, same quorum queue, same
-//! prefetch, same run: `cargo bench --bench amqp_intake [-- MESSAGES [PREFETCH [ROUNDS]]]`.
+//! Scenario 2: AMQP intake into durable jobs next to a bare lapin consume+ack, same broker,
+//! same quorum queue, same prefetch, same run.
 //!
 //! Each round, for each side, N persistent job messages (proto3 JSON `CreateVideoRequest`,
 //! distinct `message_id`s) are queued first, then consumed:
@@ -9,13 +9,13 @@
 //!   dispatcher and the relay off), each message validated and stored durably before its ack.
 //!
 //! The clock runs from the moment the consumer is registered until the N-th message is acked
-//! (bare) or stored (intake: the ack follows the commit at once). Rounds alternate the two
-//! sides so machine noise hits both; the table shows the median round of each. Nothing here
-//! passes or fails on a figure.
+//! (bare) or stored (intake: the ack follows the commit at once). Rounds alternate which side
+//! is queued and drained first; the table shows the median round of each. A third figure,
+//! `VideoApi::accept` alone without a broker, is the store-bound ceiling of the intake.
 //!
 //! The broker is `VIDGATE_TEST_AMQP_URL` (else `VIDGATE_AMQP_URL`, else
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`); the queue and exchanges get unique names and are
-//! deleted at the end.
+//! deleted at the end. `VIDGATE_BENCH_AMQP=MESSAGES[,PREFETCH[,ROUNDS]]` changes the sizes.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ use vidgate::intake::amqp::config::DEFAULT_PREFETCH;
 use vidgate::intake::amqp::{AmqpConfig, topology};
 use vidgate::pb;
 
+use crate::Row;
+
 /// Messages per side per round unless given.
 const DEFAULT_MESSAGES: usize = 5_000;
 /// Rounds unless given.
@@ -44,11 +46,11 @@ const ROUND_LIMIT: Duration = Duration::from_secs(300);
 const TARGET_FRACTION: f64 = 0.60;
 
 fn arg(position: usize, default: usize) -> usize {
-    std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
+    std::env::var("VIDGATE_BENCH_AMQP")
+        .unwrap_or_default()
+        .split(',')
         .nth(position)
-        .and_then(|a| a.parse().ok())
+        .and_then(|a| a.trim().parse().ok())
         .unwrap_or(default)
 }
 
@@ -261,7 +263,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-async fn run() -> Result<(), String> {
+async fn run() -> Result<Vec<Row>, String> {
     let messages = arg(0, DEFAULT_MESSAGES).max(1);
     let prefetch = u16::try_from(arg(1, usize::from(DEFAULT_PREFETCH)))
         .unwrap_or(DEFAULT_PREFETCH)
@@ -307,7 +309,7 @@ async fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     println!(
-        "AMQP intake vs bare lapin: {messages} persistent messages per side and round, quorum queue, prefetch {prefetch}, {rounds} rounds"
+        "amqp: AMQP intake vs bare lapin: {messages} persistent messages per side and round, quorum queue, prefetch {prefetch}, {rounds} rounds"
     );
     let (mut bare_s, mut intake_s, mut accept_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut outcome = Ok(());
@@ -335,11 +337,12 @@ async fn run() -> Result<(), String> {
         match step.await {
             Ok((b, i, a)) => {
                 println!(
-                    "  round {}: bare {:>8.0} msg/s   intake {:>8.0} msg/s   accept() alone {:>8.0} req/s",
+                    "  round {}/{rounds}: bare {:.0} msg/s | intake {:.0} msg/s | accept() alone {:.0} req/s | {:.1}%",
                     round + 1,
                     messages as f64 / b,
                     messages as f64 / i,
-                    messages as f64 / a
+                    messages as f64 / a,
+                    b / i * 100.0
                 );
                 bare_s.push(b);
                 intake_s.push(i);
@@ -351,32 +354,31 @@ async fn run() -> Result<(), String> {
             }
         }
     }
+    let mut rows = Vec::new();
     if outcome.is_ok() {
         let bare_rate = messages as f64 / median(&mut bare_s);
         let intake_rate = messages as f64 / median(&mut intake_s);
         let accept_rate = messages as f64 / median(&mut accept_s);
-        let fraction = intake_rate / bare_rate;
-        println!();
-        println!("| side | median msg/s |");
-        println!("|---|---|");
-        println!("| bare lapin consume+ack | {bare_rate:.0} |");
-        println!("| vidgate intake (validate, durable insert, ack) | {intake_rate:.0} |");
         println!(
-            "| `VideoApi::accept` alone, no broker (the store's ceiling) | {accept_rate:.0} |"
-        );
-        println!(
-            "intake / accept() alone = {:.0}%",
+            "  medians: bare {bare_rate:.0} msg/s, intake {intake_rate:.0} msg/s, accept() alone {accept_rate:.0} req/s (intake = {:.0}% of accept() alone)",
             intake_rate / accept_rate * 100.0
         );
-        println!(
-            "intake / bare = {:.0}% (target {:.0}%: {})",
-            fraction * 100.0,
-            TARGET_FRACTION * 100.0,
-            if fraction >= TARGET_FRACTION {
-                "met"
-            } else {
-                "NOT met"
-            }
+        rows.push(Row::rate(
+            &format!("AMQP intake, durable + acked, prefetch {prefetch}: msg/s (vs bare lapin consume+ack)"),
+            (intake_rate, bare_rate),
+            "/s",
+            TARGET_FRACTION,
+        ));
+        rows.push(
+            Row::custom(
+                "AMQP: `VideoApi::accept` alone, no broker (the store's ceiling)",
+                format!("{accept_rate:.0}/s"),
+                format!("{bare_rate:.0}/s"),
+                format!("{:.1}%", accept_rate / bare_rate * 100.0),
+                "-".into(),
+                true,
+            )
+            .no_verdict(),
         );
     }
     for q in [&amqp.jobs_queue, &amqp.dead_queue] {
@@ -394,13 +396,11 @@ async fn run() -> Result<(), String> {
             .await;
     }
     let _ = connection.close(200, short("bench done")).await;
-    outcome
+    outcome.map(|()| rows)
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = run().await {
-        eprintln!("amqp_intake benchmark failed: {e}");
-        std::process::exit(1);
-    }
+pub async fn scenario() -> anyhow::Result<Vec<Row>> {
+    run()
+        .await
+        .map_err(|e| anyhow::anyhow!("AMQP scenario: {e}"))
 }

@@ -1,0 +1,229 @@
+//! Scenario 7: 1 000 jobs end to end, 100 at a time, against a simulator (in a child process,
+//! so its MP4 generation is not counted) that serves 5 MB MP4s. Each of 100 workers, 10 times:
+//! `CreateVideo`, then `WatchVideo(include_content)` until the stream ends, checking that the
+//! whole video came. The dispatcher runs on its own at compressed timings.
+//!
+//! Figures: CPU milliseconds per job of the harness process (gateway and its gRPC client),
+//! and its peak RSS. Baseline, same run, same process: the bytes' own cost per job, that is
+//! SHA-256 over 5 MB, writing 5 MB to a file, and streaming 5 MB through a bare tonic server to
+//! a client (both ends in this process, as vidgate's watch and its client are).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use vidgate::pb;
+use vidgate::pb::video_service_client::VideoServiceClient;
+
+use crate::extsim::{ExtSim, SimSettings};
+use crate::{
+    NoopServer, Row, authed, channels, connect, cpu_seconds, create_request, ext_config,
+    peak_rss_mib, reset_peak_rss,
+};
+
+const JOBS: usize = 1_000;
+const WORKERS: usize = 100;
+const VIDEO_BYTES: u64 = 5_000_000;
+/// Connections the workers share.
+const CONNECTIONS: usize = 10;
+/// Simulator: a task is done 1 s after its create.
+const QUEUED_MS: u64 = 200;
+const PROCESSING_MS: u64 = 800;
+/// Dispatcher: first poll after 1 s, then every 250 ms.
+const FIRST_POLL_MS: u64 = 1_000;
+const POLL_INTERVAL_MS: u64 = 250;
+/// Baseline: repetitions of the bytes' cost, this many at a time.
+const BASELINE_JOBS: usize = 200;
+const BASELINE_CONCURRENCY: usize = 10;
+/// Longest the jobs may take in all.
+const DEADLINE: Duration = Duration::from_secs(600);
+const CPU_TARGET_TIMES: f64 = 1.5;
+const RSS_TARGET_MB: f64 = 160.0;
+
+pub async fn scenario() -> anyhow::Result<Vec<Row>> {
+    println!(
+        "e2e: {JOBS} jobs, {WORKERS} at a time (create, then watch with content), {} MB MP4s from a simulator child process ({QUEUED_MS}+{PROCESSING_MS} ms), dispatcher running",
+        VIDEO_BYTES / 1_000_000
+    );
+
+    // The bytes' own cost first, on a quiet process.
+    let bytes_ms = bytes_cost().await?;
+    println!(
+        "  the bytes' own cost (SHA-256 + file write + bare gRPC stream of 5 MB): {bytes_ms:.2} CPU ms per job"
+    );
+
+    let mut sim = ExtSim::start(SimSettings {
+        queued_ms: QUEUED_MS,
+        processing_ms: PROCESSING_MS,
+        content_min_size: VIDEO_BYTES,
+    })
+    .await?;
+    let data = tempfile::Builder::new()
+        .prefix("vidgate-bench-")
+        .tempdir()?;
+    let mut config = ext_config(data.path(), &sim.base_url);
+    config.dispatcher.first_poll_after_ms = FIRST_POLL_MS;
+    config.dispatcher.poll_interval_ms = POLL_INTERVAL_MS;
+    config.dispatcher.poll_jitter = 0.0;
+    let app = vidgate::app::Application::build(config).await?;
+    let clients = channels(app.grpc_addr(), CONNECTIONS).await?;
+
+    reset_peak_rss();
+    let cpu0 = cpu_seconds();
+    let sim_cpu0 = sim.cpu_seconds();
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for w in 0..WORKERS {
+        let client = clients[w % clients.len()].clone();
+        workers.spawn(async move {
+            for i in (w..JOBS).step_by(WORKERS) {
+                one_job(client.clone(), i).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let all = async {
+        while let Some(done) = workers.join_next().await {
+            done??;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(DEADLINE, all)
+        .await
+        .map_err(|_| anyhow::anyhow!("the jobs were not done within {DEADLINE:?}"))??;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_ms = (cpu_seconds() - cpu0) * 1e3 / JOBS as f64;
+    let peak_mb = peak_rss_mib().map_or(f64::NAN, |m| m * 1.048_576);
+    let sim_cpu = sim.cpu_seconds() - sim_cpu0;
+    let stats = sim.stats().await?;
+    app.shutdown().await;
+    sim.stop().await;
+    println!(
+        "  {JOBS} jobs in {seconds:.1} s ({:.0} jobs/s); gateway process {cpu_ms:.2} CPU ms per job, peak RSS {peak_mb:.1} MB; simulator child {:.2} CPU ms per job; upstream calls per job: {:.2} create, {:.2} status, {:.2} content",
+        JOBS as f64 / seconds,
+        sim_cpu * 1e3 / JOBS as f64,
+        stats.creates as f64 / JOBS as f64,
+        stats.gets as f64 / JOBS as f64,
+        stats.contents as f64 / JOBS as f64
+    );
+    Ok(vec![
+        Row::custom(
+            "1 000 jobs end to end (5 MB, 100 at a time): CPU ms per job (vs the bytes' own cost)",
+            format!("{cpu_ms:.2} ms"),
+            format!("{bytes_ms:.2} ms"),
+            format!("{:.2}x", cpu_ms / bytes_ms),
+            format!("<= {CPU_TARGET_TIMES}x"),
+            cpu_ms <= CPU_TARGET_TIMES * bytes_ms,
+        ),
+        Row::custom(
+            "1 000 jobs end to end: peak RSS (gateway + client; simulator apart)",
+            format!("{peak_mb:.1} MB"),
+            "-".into(),
+            "-".into(),
+            format!("<= {RSS_TARGET_MB:.0} MB"),
+            peak_mb <= RSS_TARGET_MB,
+        ),
+    ])
+}
+
+/// Create, then watch with content to the end; the whole video must come.
+async fn one_job(mut client: VideoServiceClient<Channel>, i: usize) -> anyhow::Result<()> {
+    let mut request = create_request(format!("e2e-{i}"));
+    request.prompt = format!("e2e benchmark job {i}: waves on a pebble beach");
+    let video = client.create_video(authed(request)).await?.into_inner();
+    let mut stream = client
+        .watch_video(authed(pb::WatchVideoRequest {
+            id: video.id.clone(),
+            after_sequence: 0,
+            include_content: true,
+        }))
+        .await?
+        .into_inner();
+    let mut received = 0_u64;
+    let mut end = None;
+    let mut status = pb::VideoStatus::Unspecified;
+    while let Some(event) = stream.message().await? {
+        match event.kind {
+            Some(pb::video_event::Kind::Video(v)) => status = v.status(),
+            Some(pb::video_event::Kind::Chunk(chunk)) => received += chunk.data.len() as u64,
+            Some(pb::video_event::Kind::ContentEnd(e)) => end = Some(e.size_bytes),
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        status == pb::VideoStatus::Completed,
+        "job {} ended {status:?}",
+        video.id
+    );
+    anyhow::ensure!(
+        end == Some(received) && received >= VIDEO_BYTES,
+        "job {}: {received} content bytes, content end {end:?}",
+        video.id
+    );
+    Ok(())
+}
+
+/// CPU ms per repetition of: SHA-256 of 5 MB, writing 5 MB to a new file (then removing it),
+/// and a bare 5 MB gRPC stream in 64 KiB chunks to a client in this process.
+async fn bytes_cost() -> anyhow::Result<f64> {
+    let dir = tempfile::Builder::new()
+        .prefix("vidgate-bench-bytes-")
+        .tempdir()?;
+    let video = Bytes::from(
+        (0..VIDEO_BYTES)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let bare = NoopServer::start(Bytes::from(vec![0x5a_u8; crate::chunk_bytes()])).await?;
+    let client = connect(bare.addr).await?;
+    let one = |n: usize| {
+        let (video, mut client, path) = (
+            video.clone(),
+            client.clone(),
+            dir.path().join(format!("bytes-{n}.mp4")),
+        );
+        async move {
+            let hash = tokio::task::spawn_blocking({
+                let video = video.clone();
+                move || Sha256::digest(&video)
+            })
+            .await?;
+            tokio::fs::write(&path, &video).await?;
+            tokio::fs::remove_file(&path).await?;
+            let mut stream = client
+                .download_video(authed(pb::DownloadVideoRequest {
+                    id: "bare".into(),
+                    read_limit: VIDEO_BYTES as i64,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner();
+            let mut received = 0_u64;
+            while let Some(chunk) = stream.message().await? {
+                received += chunk.data.len() as u64;
+            }
+            anyhow::ensure!(received == VIDEO_BYTES && !hash.is_empty());
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    // Warm-up.
+    one(usize::MAX).await?;
+    let cpu0 = cpu_seconds();
+    let mut tasks = JoinSet::new();
+    for n in 0..BASELINE_JOBS {
+        if tasks.len() >= BASELINE_CONCURRENCY
+            && let Some(done) = tasks.join_next().await
+        {
+            done??;
+        }
+        tasks.spawn(one(n));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let ms = (cpu_seconds() - cpu0) * 1e3 / BASELINE_JOBS as f64;
+    bare.stop().await;
+    Ok(ms)
+}
