@@ -5,16 +5,17 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
 # Dependencies (and the generated protobuf code) first, against stub sources, so a change to
-# vidgate's own code reuses this layer. The stubs cover every target the manifest names (the
-# benches are declared in Cargo.toml).
+# vidgate's own code reuses this layer. The stubs cover every target the manifest names (one
+# per `[[bench]]` in Cargo.toml, which cargo requires to exist).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY migrations ./migrations
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/harness.rs \
-    && echo 'fn main() {}' > benches/amqp_intake.rs \
+    && for bench in $(grep -A1 '^\[\[bench\]\]' Cargo.toml | sed -n 's/^name = "\(.*\)"$/\1/p'); do \
+         echo 'fn main() {}' > "benches/$bench.rs"; \
+       done \
     && cargo build --release --locked \
     && rm -rf src benches
 
