@@ -1,15 +1,19 @@
 //! vidgate's benchmark harness: `cargo bench --bench harness [-- SCENARIO...]`, one table for
 //! every scenario of issue #5. Scenario names: `create` (1), `amqp` (2), `inflight` (3),
-//! `download` (4), `watch` (5), `fanout` (6), `e2e` (7); none = all.
+//! `download` (4), `watch` (5), `fanout` (6), `e2e` (7); none = all. With more than one, each
+//! scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
 //!
 //! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
-//! the in-process upstream simulator) and, in the same process and runtime, a bare tonic server
-//! of the same `VideoService` that does no work. Both are called through the same client setup
-//! (one `VideoServiceClient` over one `Channel`, the same token), in interleaved rounds so that
-//! machine noise hits both sides; the table shows the median round of each side. Nothing here
-//! passes or fails on a figure: the table only says whether a target is met.
+//! the in-process upstream simulator, or one in a child process where the gateway's CPU and
+//! memory per job are measured; see `harness/extsim.rs`) and, in the same process and runtime,
+//! its baseline: mostly a bare tonic server of the same `VideoService` that does no work,
+//! called through the same client setup (one `VideoServiceClient` per `Channel`, the same
+//! token), in interleaved rounds so that machine noise hits both sides; the table shows the
+//! median round of each side. Nothing here passes or fails on a figure: the table only says
+//! whether a target is met. BENCHMARKS.md describes every scenario and its baseline.
 //!
-//! Every loop is bounded by a request count, and every server listens on 127.0.0.1.
+//! Every loop is bounded by a count or a deadline, every channel is bounded, and every server
+//! listens on 127.0.0.1.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,7 +112,22 @@ async fn main() -> anyhow::Result<()> {
         );
         std::process::exit(2);
     }
-    let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+    let chosen: Vec<(&str, u8)> = SCENARIOS
+        .into_iter()
+        .filter(|(name, _)| picked.is_empty() || picked.iter().any(|p| p == name))
+        .collect();
+
+    // A scenario child: run the one scenario, hand its rows and note to the parent.
+    if std::env::var(SCENARIO_CHILD_ENV).is_ok() {
+        for (name, number) in chosen {
+            let (rows, note) = run_scenario(name, number).await;
+            for row in rows {
+                println!("{ROW_PREFIX}{}", serde_json::to_string(&row)?);
+            }
+            println!("{NOTE_PREFIX}{note}");
+        }
+        return Ok(());
+    }
 
     println!(
         "vidgate benchmark harness: {} CPUs, load average {} at the start",
@@ -117,40 +136,18 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for (name, number) in SCENARIOS {
-        if !wants(name) {
-            continue;
+    if let [(name, number)] = chosen[..] {
+        let (found, note) = run_scenario(name, number).await;
+        rows.extend(found);
+        notes.push(note);
+    } else {
+        // Several scenarios: each in a fresh process, so that memory one scenario's heap kept
+        // (the allocator rarely gives it back) does not count in the next one's peak RSS.
+        for (name, number) in chosen {
+            let (found, note) = run_in_child(name, number).await;
+            rows.extend(found);
+            notes.push(note);
         }
-        println!();
-        let peak_reset = reset_peak_rss();
-        let cpu = cpu_seconds();
-        let started = Instant::now();
-        let result = match name {
-            "create" => create_scenario().await,
-            "amqp" => amqp::scenario().await,
-            "inflight" => inflight::scenario().await,
-            "download" => download_scenario().await,
-            "watch" => watch::scenario().await,
-            "fanout" => fanout::scenario().await,
-            _ => e2e::scenario().await,
-        };
-        match result {
-            Ok(found) => rows.extend(found.into_iter().map(|r| r.numbered(number))),
-            // One scenario failing (no broker, say) does not hide the others' figures.
-            Err(e) => {
-                eprintln!("scenario {name} failed: {e:#}");
-                rows.push(Row::unavailable(
-                    &format!("{number}. {name}"),
-                    "FAILED (see above)",
-                ));
-            }
-        }
-        notes.push(format!(
-            "{}; {:.1} s, {:.1} CPU s (this process)",
-            rss_note(name, peak_reset),
-            started.elapsed().as_secs_f64(),
-            cpu_seconds() - cpu
-        ));
     }
 
     println!();
@@ -166,6 +163,98 @@ async fn main() -> anyhow::Result<()> {
         println!("{note}");
     }
     Ok(())
+}
+
+/// Set in a scenario child's environment.
+const SCENARIO_CHILD_ENV: &str = "VIDGATE_BENCH_SCENARIO_CHILD";
+/// A scenario child's lines that carry a table row (JSON) or the RSS note to the parent.
+const ROW_PREFIX: &str = "@@row ";
+const NOTE_PREFIX: &str = "@@note ";
+
+/// Runs one scenario in this process: its rows (a failure becomes a FAILED row, so one
+/// scenario failing, with no broker say, does not hide the others' figures) and a note with
+/// its peak RSS, time and CPU.
+async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
+    println!();
+    let peak_reset = reset_peak_rss();
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let result = match name {
+        "create" => create_scenario().await,
+        "amqp" => amqp::scenario().await,
+        "inflight" => inflight::scenario().await,
+        "download" => download_scenario().await,
+        "watch" => watch::scenario().await,
+        "fanout" => fanout::scenario().await,
+        _ => e2e::scenario().await,
+    };
+    let rows = match result {
+        Ok(found) => found.into_iter().map(|r| r.numbered(number)).collect(),
+        Err(e) => {
+            eprintln!("scenario {name} failed: {e:#}");
+            vec![failed_row(name, number)]
+        }
+    };
+    let note = format!(
+        "{}; {:.1} s, {:.1} CPU s (this process)",
+        rss_note(name, peak_reset),
+        started.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu
+    );
+    (rows, note)
+}
+
+fn failed_row(name: &str, number: u8) -> Row {
+    Row::unavailable(&format!("{number}. {name}"), "FAILED (see above)")
+}
+
+/// Runs one scenario in a child process (this executable again), passing its progress lines
+/// through and collecting its rows and note.
+async fn run_in_child(name: &str, number: u8) -> (Vec<Row>, String) {
+    use tokio::io::AsyncBufReadExt;
+    let spawned = std::env::current_exe().and_then(|exe| {
+        tokio::process::Command::new(exe)
+            .arg(name)
+            .env(SCENARIO_CHILD_ENV, "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+    });
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("scenario {name}: cannot start a child process: {e}");
+            return (vec![failed_row(name, number)], format!("{name}: not run"));
+        }
+    };
+    let (mut rows, mut note) = (Vec::new(), format!("{name}: no note"));
+    if let Some(stdout) = child.stdout.take() {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        // Ends when the child closes its stdout (it exits).
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(json) = line.strip_prefix(ROW_PREFIX) {
+                match serde_json::from_str::<Row>(json) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => eprintln!("scenario {name}: unreadable row {json:?}: {e}"),
+                }
+            } else if let Some(text) = line.strip_prefix(NOTE_PREFIX) {
+                note = text.to_owned();
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+    match child.wait().await {
+        Ok(status) if status.success() && !rows.is_empty() => {}
+        other => {
+            eprintln!("scenario {name}: the child process ended with {other:?}");
+            if rows.is_empty() {
+                rows.push(failed_row(name, number));
+            }
+        }
+    }
+    (rows, note)
 }
 
 async fn create_scenario() -> anyhow::Result<Vec<Row>> {
@@ -817,6 +906,7 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Row {
     number: Option<u8>,
     scenario: String,
