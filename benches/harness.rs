@@ -322,14 +322,16 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
         let commits = app.sqlite_store().batches_committed() - commits_before;
         let per_commit = (CALLERS * CALLS_PER_CALLER) as f64 / commits.max(1) as f64;
         println!(
-            "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms, {commits} commits, {per_commit:.1} creates each) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms) | {:.1}%",
+            "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms, {:.0} CPU us each, {commits} commits, {per_commit:.1} creates each) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms, {:.0} CPU us each) | {:.1}%",
             round + 1,
             v.rate,
             v.p50_ms,
             v.p99_ms,
+            v.cpu_us,
             b.rate,
             b.p50_ms,
             b.p99_ms,
+            b.cpu_us,
             v.rate / b.rate * 100.0
         );
         per_commits.push(per_commit);
@@ -339,7 +341,7 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
 
     // The same creates without gRPC: `VideoApi::accept` (validation and the store), at the
     // same concurrency, so the table shows which side of the API the time is spent on.
-    let mut alone = Vec::new();
+    let (mut alone, mut alone_cpu) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let api = app.api().clone();
         let tag = format!("a{round}-{}", uuid::Uuid::now_v7().simple());
@@ -353,11 +355,18 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
                     .map_err(|e| Status::internal(e.to_string()))
             }
         };
-        alone.push(unary_round(CALLS_PER_CALLER, accept).await?.rate);
+        let round = unary_round(CALLS_PER_CALLER, accept).await?;
+        alone.push(round.rate);
+        alone_cpu.push(round.cpu_us);
     }
     println!(
-        "  VideoApi::accept alone (no gRPC), {CALLERS} at a time: {} creates/s",
+        "  VideoApi::accept alone (no gRPC), {CALLERS} at a time: {} creates/s; {} CPU us each",
         alone
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        alone_cpu
             .iter()
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
@@ -390,6 +399,18 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
             format!("{:.0}/s", median(alone.iter().copied())),
             format!("{:.0}/s", rate.1),
             format!("{:.1}%", median(alone.iter().copied()) / rate.1 * 100.0),
+            "-".into(),
+            true,
+        )
+        .no_verdict(),
+        Row::custom(
+            "CreateVideo: CPU us per call, whole process (client + server + store)",
+            format!("{:.0} us", median(ours.iter().map(|r| r.cpu_us))),
+            format!("{:.0} us", median(theirs.iter().map(|r| r.cpu_us))),
+            format!(
+                "{:.1}x",
+                median(ours.iter().map(|r| r.cpu_us)) / median(theirs.iter().map(|r| r.cpu_us))
+            ),
             "-".into(),
             true,
         )
@@ -427,6 +448,8 @@ struct UnaryRound {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU microseconds of this process (server, client and all) per call.
+    cpu_us: f64,
 }
 
 /// `CALLERS` tasks each make `per_caller` calls one after another; every call must succeed.
@@ -436,6 +459,7 @@ where
     Fut: Future<Output = Result<(), Status>> + Send,
 {
     let started = Instant::now();
+    let cpu = cpu_seconds();
     let mut callers = JoinSet::new();
     for caller in 0..CALLERS {
         let call = call.clone();
@@ -459,6 +483,7 @@ where
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        cpu_us: (cpu_seconds() - cpu) * 1e6 / latencies.len().max(1) as f64,
     })
 }
 
