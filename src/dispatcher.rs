@@ -135,7 +135,7 @@ pub struct Dispatcher {
     blobs: BlobStore,
     catalog: Arc<ModelCatalog>,
     config: DispatcherConfig,
-    in_flight: Mutex<HashSet<String>>,
+    in_flight: Mutex<Flight>,
     slots: Arc<Semaphore>,
     wake: Notify,
     metrics: Metrics,
@@ -149,6 +149,16 @@ impl std::fmt::Debug for Dispatcher {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Which jobs are being advanced, and which finished a step while a read of the due list was
+/// under way (that read may hold their previous row).
+#[derive(Debug, Default)]
+struct Flight {
+    running: HashSet<String>,
+    released: HashSet<String>,
+    /// Reads of the due list under way.
+    reads: usize,
 }
 
 /// Why a step of one job stopped early; the job stays due and is tried again.
@@ -176,7 +186,7 @@ impl Dispatcher {
             blobs,
             catalog,
             config,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(Flight::default()),
             slots,
             wake: Notify::new(),
             metrics: Metrics::disabled(),
@@ -251,17 +261,31 @@ impl Dispatcher {
         if free == 0 {
             return Ok(0);
         }
-        let due = self.store.due(now_ms(), self.config.batch).await?;
+        self.flight().reads += 1;
+        let due = self.store.due(now_ms(), self.config.batch).await;
+        let stale = {
+            let mut flight = self.flight();
+            flight.reads -= 1;
+            if flight.reads == 0 {
+                std::mem::take(&mut flight.released)
+            } else {
+                flight.released.clone()
+            }
+        };
+        let due = due?;
         let mut spawned = 0;
         for job in due {
+            // A job whose step ended while the due list was being read may be a stale row
+            // there: advancing it again would call upstream once more before its save failed
+            // on the version. It is read afresh on the next turn.
+            if stale.contains(&job.id) {
+                continue;
+            }
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
-            {
-                let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                if !in_flight.insert(job.id.clone()) {
-                    continue;
-                }
+            if !self.flight().running.insert(job.id.clone()) {
+                continue;
             }
             spawned += 1;
             let this = Arc::clone(self);
@@ -282,16 +306,23 @@ impl Dispatcher {
                     if let Err(e) = this.advance(job).await {
                         tracing::warn!(job_id = %id, error = %e, "dispatcher step stopped; the job stays due");
                     }
-                    this.in_flight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    {
+                        let mut flight = this.flight();
+                        flight.running.remove(&id);
+                        if flight.reads > 0 {
+                            flight.released.insert(id);
+                        }
+                    }
                     drop(permit);
                 }
                 .instrument(span),
             );
         }
         Ok(spawned)
+    }
+
+    fn flight(&self) -> std::sync::MutexGuard<'_, Flight> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn advance(&self, job: Job) -> Result<(), StepError> {

@@ -42,6 +42,11 @@ pub const MAX_LABEL_KEY_CHARS: usize = 63;
 pub const MAX_LABEL_VALUE_CHARS: usize = 256;
 /// Messages buffered per server stream; past this the producer waits for the client.
 pub const STREAM_BUFFER: usize = 32;
+/// Messages buffered per stream that carries video bytes (`DownloadVideo`, watch and subscribe
+/// with `include_content`): 4 chunks (256 KiB at the default chunk size) per stream. With 32,
+/// 100 watchers of one video held ~350 MB while their clients were slower than the disk; with
+/// 4 the same throughput (the benchmark harness's `watch` scenario, BENCHMARKS.md).
+pub const CONTENT_STREAM_BUFFER: usize = 4;
 /// Attempts of a read-modify-write (cancel, delete) that races the dispatcher.
 const MAX_UPDATE_ATTEMPTS: u32 = 8;
 
@@ -541,7 +546,7 @@ impl VideoService for VideoApi {
         } else {
             offset.saturating_add(req.read_limit as u64).min(size)
         };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = mpsc::channel(CONTENT_STREAM_BUFFER);
         if offset < end {
             let mut chunks = self
                 .blobs
@@ -640,7 +645,12 @@ impl VideoService for VideoApi {
 
 impl VideoApi {
     fn spawn_feed(&self, request: FeedRequest) -> ReceiverStream<FeedItem> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let buffer = if request.include_content {
+            CONTENT_STREAM_BUFFER
+        } else {
+            STREAM_BUFFER
+        };
+        let (tx, rx) = mpsc::channel(buffer);
         let feed = self.feed.clone();
         tokio::spawn(async move { feed.pump(request, tx).await });
         ReceiverStream::new(rx)
