@@ -261,31 +261,38 @@ impl Dispatcher {
         if free == 0 {
             return Ok(0);
         }
+        // From before the read until every row of it is handled, the jobs whose step ends are
+        // noted: the read may hold their previous row.
         self.flight().reads += 1;
-        let due = self.store.due(now_ms(), self.config.batch).await;
-        let stale = {
+        let spawned = self.spawn_from_due_read(tasks).await;
+        {
             let mut flight = self.flight();
             flight.reads -= 1;
             if flight.reads == 0 {
-                std::mem::take(&mut flight.released)
-            } else {
-                flight.released.clone()
+                flight.released.clear();
             }
-        };
-        let due = due?;
+        }
+        spawned
+    }
+
+    async fn spawn_from_due_read(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<usize, StoreError> {
+        let due = self.store.due(now_ms(), self.config.batch).await?;
         let mut spawned = 0;
         for job in due {
-            // A job whose step ended while the due list was being read may be a stale row
-            // there: advancing it again would call upstream once more before its save failed
-            // on the version. It is read afresh on the next turn.
-            if stale.contains(&job.id) {
-                continue;
-            }
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
-            if !self.flight().running.insert(job.id.clone()) {
-                continue;
+            {
+                let mut flight = self.flight();
+                // A job whose step ended since the read began may be a stale row here:
+                // advancing it again would call upstream once more before its save failed on
+                // the version. It is read afresh on the next turn.
+                if flight.released.contains(&job.id) || !flight.running.insert(job.id.clone()) {
+                    continue;
+                }
             }
             spawned += 1;
             let this = Arc::clone(self);
