@@ -13,7 +13,6 @@ use futures::stream::{BoxStream, StreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Where partial downloads live, inside the store's root.
 const PARTIAL_DIR: &str = "partial";
@@ -138,17 +137,13 @@ impl BlobStore {
         match result.payload {
             // object_store's own file stream reads 8 KiB per blocking call; read the file
             // ourselves in chunk-sized reads instead.
-            GetResultPayload::File(file, _path) => {
-                let mut file = tokio::fs::File::from_std(file);
-                file.seek(std::io::SeekFrom::Start(range.start))
-                    .await
-                    .map_err(|e| BlobError::Io {
-                        op: "seek",
-                        key: key_owned.clone(),
-                        detail: e.to_string(),
-                    })?;
-                Ok(file_chunks(file, end - range.start, chunk, key_owned))
-            }
+            GetResultPayload::File(file, _path) => Ok(file_chunks(
+                file,
+                range.start,
+                end - range.start,
+                chunk,
+                key_owned,
+            )),
             GetResultPayload::Stream(stream) => Ok(rechunk(
                 stream
                     .map(move |r| r.map_err(|e| map_err("read", &key_owned, e)))
@@ -159,43 +154,61 @@ impl BlobStore {
     }
 }
 
+/// Reads `len` bytes from `offset` in `chunk`-sized pieces, each with one positioned read on a
+/// blocking thread straight into the piece's buffer (`tokio::fs` would read into its own buffer
+/// and copy).
 fn file_chunks(
-    file: tokio::fs::File,
+    file: std::fs::File,
+    offset: u64,
     len: u64,
     chunk: usize,
     key: String,
 ) -> BoxStream<'static, Result<Bytes, BlobError>> {
-    futures::stream::try_unfold((file, len), move |(mut file, remaining)| {
-        let key = key.clone();
+    let file = Arc::new(file);
+    futures::stream::try_unfold((offset, len), move |(at, remaining)| {
+        let (file, key) = (file.clone(), key.clone());
         async move {
             if remaining == 0 {
                 return Ok(None);
             }
             let want = remaining.min(chunk as u64) as usize;
-            let mut buf = BytesMut::with_capacity(want);
-            while buf.len() < want {
-                let n = (&mut file)
-                    .take((want - buf.len()) as u64)
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|e| BlobError::Io {
-                        op: "read",
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    })?;
-                if n == 0 {
+            let read = tokio::task::spawn_blocking(move || read_at(&file, at, want)).await;
+            let buf = match read {
+                Ok(Ok(buf)) => buf,
+                Ok(Err(e)) => {
                     return Err(BlobError::Io {
                         op: "read",
-                        key: key.clone(),
-                        detail: "file ended before its recorded size".into(),
+                        key,
+                        detail: e.to_string(),
                     });
                 }
-            }
+                Err(e) => {
+                    return Err(BlobError::Io {
+                        op: "read",
+                        key,
+                        detail: format!("the reading thread failed: {e}"),
+                    });
+                }
+            };
             let got = buf.len() as u64;
-            Ok(Some((buf.freeze(), (file, remaining - got))))
+            Ok(Some((buf, (at + got, remaining - got))))
         }
     })
     .boxed()
+}
+
+/// Exactly `want` bytes at `at`, or an error (a file shorter than its recorded size is one).
+fn read_at(file: &std::fs::File, at: u64, want: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = BytesMut::zeroed(want);
+    file.read_exact_at(&mut buf, at).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::other("file ended before its recorded size")
+        } else {
+            e
+        }
+    })?;
+    Ok(buf.freeze())
 }
 
 fn rechunk(
