@@ -562,6 +562,27 @@ async fn complete(
     }
 }
 
+/// One `DownloadVideo` of `size` bytes (vidgate's or the bare server's); the bytes received.
+async fn download_one(
+    client: &mut VideoServiceClient<Channel>,
+    id: &str,
+    size: u64,
+) -> anyhow::Result<u64> {
+    let mut stream = client
+        .download_video(authed(pb::DownloadVideoRequest {
+            id: id.into(),
+            read_limit: size as i64,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    let mut received = 0_u64;
+    while let Some(chunk) = stream.message().await? {
+        received += chunk.data.len() as u64;
+    }
+    Ok(received)
+}
+
 /// `count` whole downloads one after another; returns MB/s (10^6 bytes). Every download must
 /// deliver exactly `size` bytes.
 async fn download_round(
@@ -572,19 +593,7 @@ async fn download_round(
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     for _ in 0..count {
-        let mut stream = client
-            .clone()
-            .download_video(authed(pb::DownloadVideoRequest {
-                id: id.into(),
-                read_limit: size as i64,
-                ..Default::default()
-            }))
-            .await?
-            .into_inner();
-        let mut received = 0_u64;
-        while let Some(chunk) = stream.message().await? {
-            received += chunk.data.len() as u64;
-        }
+        let received = download_one(&mut client.clone(), id, size).await?;
         anyhow::ensure!(
             received == size,
             "download of {id} gave {received} bytes, expected {size}"

@@ -19,8 +19,8 @@ use vidgate::pb::video_service_client::VideoServiceClient;
 
 use crate::extsim::{ExtSim, SimSettings};
 use crate::{
-    NoopServer, Row, authed, channels, connect, cpu_seconds, create_request, ext_config,
-    peak_rss_mib, reset_peak_rss,
+    NoopServer, Row, authed, channels, connect, cpu_seconds, create_request, download_one,
+    ext_config, peak_rss_mib, reset_peak_rss,
 };
 
 const JOBS: usize = 1_000;
@@ -262,18 +262,7 @@ async fn bytes_cost(whole_path: bool) -> anyhow::Result<f64> {
                 anyhow::ensure!(!hash.is_empty());
             }
             tokio::fs::remove_file(&path).await?;
-            let mut stream = client
-                .download_video(authed(pb::DownloadVideoRequest {
-                    id: "bare".into(),
-                    read_limit: VIDEO_BYTES as i64,
-                    ..Default::default()
-                }))
-                .await?
-                .into_inner();
-            let mut received = 0_u64;
-            while let Some(chunk) = stream.message().await? {
-                received += chunk.data.len() as u64;
-            }
+            let received = download_one(&mut client, "bare", VIDEO_BYTES).await?;
             anyhow::ensure!(received == VIDEO_BYTES);
             Ok::<_, anyhow::Error>(())
         }

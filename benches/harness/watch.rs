@@ -13,7 +13,8 @@ use vidgate::pb;
 use vidgate::pb::video_service_client::VideoServiceClient;
 
 use crate::{
-    NoopServer, Row, StoredVideo, authed, channels, chunk_bytes, median, reset_peak_rss, rss_mib,
+    NoopServer, Row, StoredVideo, authed, channels, chunk_bytes, download_one, median,
+    reset_peak_rss, rss_mib,
 };
 
 const STREAMS: usize = 100;
@@ -171,26 +172,5 @@ async fn watch_one(client: &mut VideoServiceClient<Channel>, id: &str) -> anyhow
         }
     }
     anyhow::ensure!(ended, "the watch of {id} ended without content_end");
-    Ok(received)
-}
-
-/// One bare `DownloadVideo` of `size` bytes; the bytes.
-async fn download_one(
-    client: &mut VideoServiceClient<Channel>,
-    id: &str,
-    size: u64,
-) -> anyhow::Result<u64> {
-    let mut stream = client
-        .download_video(authed(pb::DownloadVideoRequest {
-            id: id.into(),
-            read_limit: size as i64,
-            ..Default::default()
-        }))
-        .await?
-        .into_inner();
-    let mut received = 0_u64;
-    while let Some(chunk) = stream.message().await? {
-        received += chunk.data.len() as u64;
-    }
     Ok(received)
 }
