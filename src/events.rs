@@ -66,6 +66,10 @@ pub struct FeedRequest {
     pub include_content: bool,
     /// `WatchVideo`: end after the job's terminal event.
     pub until_terminal: bool,
+    /// `Subscribe` from now: the highest sequence when the call arrived, read by the handler
+    /// before it answered, so events committed between the answer and the stream's start are
+    /// not lost. `None`: read when the stream starts.
+    pub now_sequence: Option<i64>,
 }
 
 /// Item type of a stream: what tonic sends.
@@ -160,10 +164,13 @@ impl Feed {
             }
         } else {
             // Subscribe from now: only what happens from here on.
-            match self.store.latest_sequence().await {
-                Ok(latest) => seen = latest,
-                Err(e) => return Stop::Error(e.into()),
-            }
+            seen = match request.now_sequence {
+                Some(now) => now,
+                None => match self.store.latest_sequence().await {
+                    Ok(latest) => latest,
+                    Err(e) => return Stop::Error(e.into()),
+                },
+            };
             *delivered = seen;
         }
 

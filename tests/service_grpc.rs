@@ -620,7 +620,12 @@ async fn resuming_by_cursor_after_a_disconnect_misses_nothing_and_repeats_nothin
     }
     let mut cursor = 0;
     for _ in 0..3 {
-        cursor = first.next().await.unwrap().unwrap().sequence;
+        cursor = tokio::time::timeout(DRIVE_DEADLINE, first.next())
+            .await
+            .expect("the subscription from before the creates sees all three")
+            .unwrap()
+            .unwrap()
+            .sequence;
     }
     drop(first);
     // While disconnected: more events (the jobs progress, a new job arrives).
@@ -655,7 +660,12 @@ async fn resuming_by_cursor_after_a_disconnect_misses_nothing_and_repeats_nothin
         .into_inner();
     let mut got = Vec::new();
     while got.len() < expected.len() {
-        got.push(resumed.next().await.unwrap().unwrap().sequence);
+        let next = tokio::time::timeout(DRIVE_DEADLINE, resumed.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("resumed stream stalled after {got:?}; expected {expected:?}")
+            });
+        got.push(next.unwrap().unwrap().sequence);
     }
     assert_eq!(got, expected);
 }

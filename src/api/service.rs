@@ -605,6 +605,7 @@ impl VideoService for VideoApi {
             after_sequence: req.after_sequence,
             include_content: req.include_content,
             until_terminal: true,
+            now_sequence: None,
         };
         Ok(Response::new(self.spawn_feed(feed_req)))
     }
@@ -626,6 +627,13 @@ impl VideoService for VideoApi {
             .into());
         }
         let statuses = parse_statuses(&req.statuses)?;
+        // "From now" is when the call arrived, not when the stream's task first runs: a create
+        // committed in between must not be skipped.
+        let now_sequence = if req.after_sequence == 0 {
+            Some(self.store.latest_sequence().await.map_err(ApiError::from)?)
+        } else {
+            None
+        };
 
         let feed_req = FeedRequest {
             filter: FeedFilter {
@@ -638,6 +646,7 @@ impl VideoService for VideoApi {
             after_sequence: req.after_sequence,
             include_content: req.include_content,
             until_terminal: false,
+            now_sequence,
         };
         Ok(Response::new(self.spawn_feed(feed_req)))
     }
