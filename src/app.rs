@@ -23,13 +23,14 @@ use crate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use crate::store::{EventQuery, JobStore, StoreError};
 use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::metrics::StateGauges;
-use crate::telemetry::readiness::{Readiness, ReadinessReport};
+use crate::telemetry::readiness::Readiness;
 use crate::telemetry::{self, Metrics, OtlpSettings};
 use crate::upstream::client::{ClientBuildError, UpstreamConfig};
 use crate::upstream::sim::{SimError, SimHandle, Simulator};
 use crate::upstream::{ApiKey, UpstreamClient};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+use tonic::server::NamedService;
 
 /// How often readiness is re-checked for the gRPC health service (and, with OTLP metrics on,
 /// how often the state gauges are re-read).
@@ -118,9 +119,7 @@ pub async fn prune_events(
 pub struct Application {
     grpc_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    metrics: Metrics,
     meter_provider: SdkMeterProvider,
-    readiness: Readiness,
     store: Arc<SqliteStore>,
     dispatcher: Arc<Dispatcher>,
     api: VideoApi,
@@ -272,12 +271,12 @@ impl Application {
             Duration::from_millis(config.dispatcher.idle_wake_ms),
         );
         let admin_addr = if config.admin.enabled {
-            let listener = admin::bind(config.admin.listen).await.map_err(|source| {
-                StartupError::AdminBind {
+            let listener = tokio::net::TcpListener::bind(config.admin.listen)
+                .await
+                .map_err(|source| StartupError::AdminBind {
                     addr: config.admin.listen,
                     source,
-                }
-            })?;
+                })?;
             let addr = listener
                 .local_addr()
                 .map_err(|source| StartupError::AdminBind {
@@ -353,28 +352,17 @@ impl Application {
                     gauges.refresh().await;
                 }
                 let report = health_readiness.check().await;
-                match report.ready {
-                    true => {
-                        was_ready = true;
-                        health_reporter
-                            .set_serving::<VideoServiceServer<VideoApi>>()
-                            .await;
-                        health_reporter
-                            .set_service_status("", tonic_health::ServingStatus::Serving)
-                            .await;
-                    }
-                    false => {
-                        if was_ready {
-                            tracing::warn!(store = ?report.store, broker = ?report.broker, dispatcher = ?report.dispatcher, "not ready: reporting NOT_SERVING");
-                        }
-                        was_ready = false;
-                        health_reporter
-                            .set_not_serving::<VideoServiceServer<VideoApi>>()
-                            .await;
-                        health_reporter
-                            .set_service_status("", tonic_health::ServingStatus::NotServing)
-                            .await;
-                    }
+                if was_ready && !report.ready {
+                    tracing::warn!(store = ?report.store, broker = ?report.broker, dispatcher = ?report.dispatcher, "not ready: reporting NOT_SERVING");
+                }
+                was_ready = report.ready;
+                let status = if report.ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                for service in ["", <VideoServiceServer<VideoApi> as NamedService>::NAME] {
+                    health_reporter.set_service_status(service, status).await;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -412,9 +400,7 @@ impl Application {
         Ok(Self {
             grpc_addr,
             admin_addr,
-            metrics,
             meter_provider,
-            readiness,
             store,
             dispatcher,
             api,
@@ -433,16 +419,6 @@ impl Application {
     /// The bound admin HTTP address (`/healthz`, `/readyz`, `/metrics`), when enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
-    }
-
-    /// The metric instruments.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Runs the readiness checks now (what `/readyz` and the gRPC health service report).
-    pub async fn readiness(&self) -> ReadinessReport {
-        self.readiness.check().await
     }
 
     /// The dispatcher (tests call [`Dispatcher::step`]).
@@ -485,9 +461,7 @@ impl Application {
             tracing::debug!(error = %e, "meter provider shutdown");
         }
     }
-}
 
-impl Application {
     /// The SQLite store itself, for what the [`JobStore`] trait does not show (the benchmark
     /// harness reads [`SqliteStore::batches_committed`]).
     pub fn sqlite_store(&self) -> &Arc<SqliteStore> {

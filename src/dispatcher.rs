@@ -668,7 +668,12 @@ impl Dispatcher {
         let mut broke = None;
         while let Some(chunk) = body.next().await {
             match chunk {
-                Ok(bytes) => writer.write(bytes).await.map_err(writing_error)?,
+                Ok(bytes) => {
+                    if let Err(e) = writer.write(bytes).await {
+                        // The writer thread stopped: its own error says why.
+                        return Err(writing_error(writer.finish().await.err().unwrap_or(e)));
+                    }
+                }
                 Err(e) => {
                     broke = Some(e);
                     break;

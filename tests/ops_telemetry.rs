@@ -11,7 +11,7 @@
 mod amqp_support;
 mod support;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use amqp_support::*;
@@ -343,13 +343,16 @@ async fn a_job_is_one_connected_trace_across_a_restart_and_no_secret_reaches_log
         }
     }
     let span_text = span_text.join("\n");
-    let mut leaks = HashMap::new();
-    for secret in [API_KEY, ACME, "traced over"] {
-        if logs.contains(secret) && secret != "traced over" {
-            leaks.insert(secret, "a log line");
+    let mut leaks = Vec::new();
+    for secret in [API_KEY, ACME] {
+        if logs.contains(secret) {
+            leaks.push((secret, "a log line"));
         }
-        if span_text.contains(secret) {
-            leaks.insert(secret, "a span");
+    }
+    // Secrets, and by default no prompt text, in spans.
+    for text in [API_KEY, ACME, "traced over"] {
+        if span_text.contains(text) {
+            leaks.push((text, "a span"));
         }
     }
     assert!(leaks.is_empty(), "leaked: {leaks:?}");

@@ -2,7 +2,6 @@
 //! [`super::readiness`]) and `/metrics` (Prometheus text format). Plain HTTP on its own port,
 //! meant for the orchestrator and the scraper, not for clients.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -46,11 +45,6 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
     {
         tracing::error!(error = %e, addr = ?addr, "admin HTTP server stopped with an error");
     }
-}
-
-/// Binds the admin port (a separate step, so a taken port is a startup error naming it).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 async fn healthz() -> &'static str {

@@ -21,7 +21,7 @@
 //! | `vidgate.stream.sent` (By) | counter | `rpc.method` (video bytes sent to clients) |
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -91,12 +91,15 @@ impl Metrics {
         Self::build(meter, None)
     }
 
-    /// Instruments that record into nothing (a provider without readers): for parts built
-    /// outside an [`crate::app::Application`].
+    /// Instruments that record into nothing (a provider without readers), one shared set: for
+    /// parts built outside an [`crate::app::Application`].
     pub fn disabled() -> Self {
-        let provider = SdkMeterProvider::builder().build();
-        let meter = provider.meter(super::SCOPE);
-        Self::build(&meter, Some(provider))
+        static DISABLED: LazyLock<Metrics> = LazyLock::new(|| {
+            let provider = SdkMeterProvider::builder().build();
+            let meter = provider.meter(super::SCOPE);
+            Metrics::build(&meter, Some(provider))
+        });
+        DISABLED.clone()
     }
 
     fn build(meter: &Meter, provider: Option<SdkMeterProvider>) -> Self {

@@ -110,11 +110,6 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.tracer_provider.is_some()
-    }
-
     /// Exports what is buffered and stops the exporter. Call it last, after the application
     /// has shut down, or the last spans are lost.
     pub fn shutdown(self) {

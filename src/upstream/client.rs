@@ -408,17 +408,12 @@ impl UpstreamClient {
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<Response, UpstreamError> {
-        let (method, template) = match endpoint {
-            Endpoint::Create => ("POST", "/videos"),
-            Endpoint::Get => ("GET", "/videos/{id}"),
-            Endpoint::Content => ("GET", "/videos/{id}/content"),
-            Endpoint::LastFrame => ("GET", "last_frame_url"),
-        };
+        let (method, template, name) = endpoint.http_route();
         // An HTTP client span (OpenTelemetry semantic conventions). No URL: a presigned
         // last-frame URL carries credentials in its query.
         let span = tracing::info_span!(
             "upstream request",
-            otel.name = %format!("{method} {template}"),
+            otel.name = name,
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             http.request.method = method,

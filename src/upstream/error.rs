@@ -16,6 +16,17 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The HTTP method, the route template and their span name (`"GET /videos/{id}"`); the last
+    /// frame's URL is wherever upstream put it.
+    pub fn http_route(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Create => ("POST", "/videos", "POST /videos"),
+            Self::Get => ("GET", "/videos/{id}", "GET /videos/{id}"),
+            Self::Content => ("GET", "/videos/{id}/content", "GET /videos/{id}/content"),
+            Self::LastFrame => ("GET", "last_frame_url", "GET last_frame_url"),
+        }
+    }
+
     /// A stable lower-case name (also used as a metric label later).
     pub fn as_str(self) -> &'static str {
         match self {
