@@ -349,6 +349,10 @@ fn writer_options(config: &SqliteConfig) -> SqliteConnectOptions {
     // of the file that readers pick up by themselves.
     base_options(config)
         .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
+        // The savepoint around a run of creates journals every page it changes; past 64 KiB
+        // SQLite spills that sub-journal to a temporary file (a `pwrite` per page). In memory
+        // it is a copy; it holds at most one batch's pages and is gone at the commit.
+        .pragma("temp_store", "MEMORY")
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
 }
