@@ -38,11 +38,6 @@ use vidgate::pb::video_service_client::VideoServiceClient;
 use vidgate::pb::video_service_server::{VideoService, VideoServiceServer};
 use vidgate::upstream::sim::SimConfig;
 
-/// The allocator of the `vidgate` binary (`src/main.rs`), so the harness measures what ships;
-/// the baselines in the same process use it too.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[path = "harness/amqp.rs"]
 mod amqp;
 #[path = "harness/e2e.rs"]

@@ -7,13 +7,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vidgate::upstream::sim::{SimConfig, Simulator};
 
-/// mimalloc instead of glibc's malloc: a create allocates and frees many small buffers on
-/// several threads (gRPC frames, the job and its JSON, SQLite's pages), and glibc's arenas
-/// spent 10-13% of a create's CPU in `malloc`/`free` and their consolidation (`perf` of
-/// benchmark scenario 1). The harness uses the same allocator, so it measures this binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The address `vidgate sim` listens on unless told otherwise.
 const DEFAULT_SIM_LISTEN: &str = "127.0.0.1:8089";
 
