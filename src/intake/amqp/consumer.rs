@@ -259,17 +259,17 @@ impl Intake {
                         tracing::warn!(%error, "AMQP intake: connection trouble; waiting for lapin's recovery");
                         let recovered = tokio::select! {
                             _ = self.shutdown.cancelled() => break SessionEnd::Shutdown,
-                            recovered = channel.wait_for_recovery(error) => recovered,
+                            recovered = super::recover(&channel, error) => recovered,
                         };
                         match recovered {
                             Ok(()) => {
                                 self.status.send_modify(|s| s.consuming = true);
                                 tracing::info!("AMQP intake recovered: consuming again");
                             }
-                            Err(e) => {
+                            Err(why) => {
                                 break SessionEnd::Lost {
                                     consumed: true,
-                                    why: format!("lapin's recovery gave up: {e}"),
+                                    why,
                                 };
                             }
                         }

@@ -255,6 +255,24 @@ impl Backoff {
     }
 }
 
+/// Longest wait for lapin's own recovery of a channel. Its future has been seen to stay
+/// pending after the connection broke (a test's proxy cut and restored: the relay waited past 60
+/// s while a fresh connection would have worked), so past this the session is dropped and
+/// rebuilt on a new connection, which reconnects with backoff like any other loss.
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits for lapin to recover `channel` after `error`, at most [`RECOVERY_TIMEOUT`]. `Err`
+/// says why the session should be rebuilt instead.
+pub(crate) async fn recover(channel: &lapin::Channel, error: lapin::Error) -> Result<(), String> {
+    match tokio::time::timeout(RECOVERY_TIMEOUT, channel.wait_for_recovery(error)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("lapin's recovery gave up: {e}")),
+        Err(_) => Err(format!(
+            "lapin's recovery did not finish within {RECOVERY_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// Sleeps `delay` unless `shutdown` comes first; `false` on shutdown.
 pub(crate) async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::AmqpConfig;
 use super::consumer::{CONTENT_TYPE_JSON, PERSISTENT, short, skip_initial_connected};
 use super::headers::{self, Injector};
-use super::{AmqpStatus, Backoff, connect, pause, topology};
+use super::{AmqpStatus, Backoff, connect, pause, recover, topology};
 use crate::convert;
 use crate::pb;
 use crate::store::{EventQuery, JobStore, StoreError, StoredEvent};
@@ -245,7 +245,7 @@ impl Relay {
                     tracing::warn!(%error, "AMQP relay: connection trouble; waiting for lapin's recovery");
                     let recovered = tokio::select! {
                         _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
-                        recovered = channel.wait_for_recovery(error) => recovered,
+                        recovered = recover(&channel, error) => recovered,
                     };
                     match recovered {
                         Ok(()) => {
@@ -255,10 +255,10 @@ impl Relay {
                                 "AMQP relay recovered: publishing again from the cursor"
                             );
                         }
-                        Err(e) => {
+                        Err(why) => {
                             return SessionEnd::Lost {
                                 connected: true,
-                                why: format!("lapin's recovery gave up: {e}"),
+                                why,
                             };
                         }
                     }
