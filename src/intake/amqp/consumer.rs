@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::AmqpConfig;
 use super::headers::{self, Extractor};
-use super::{AmqpStatus, Backoff, connect, pause, topology};
+use super::{AmqpStatus, Backoff, connect, pause, recover, topology};
 use crate::api::error::ApiError;
 use crate::api::service::{Intake as IntakeKind, IntakeOrigin, RULE_ENVELOPE, VideoApi};
 use crate::convert;
@@ -259,7 +259,7 @@ impl Intake {
                         tracing::warn!(%error, "AMQP intake: connection trouble; waiting for lapin's recovery");
                         let recovered = tokio::select! {
                             _ = self.shutdown.cancelled() => break SessionEnd::Shutdown,
-                            recovered = super::recover(&channel, error) => recovered,
+                            recovered = recover(&channel, error) => recovered,
                         };
                         match recovered {
                             Ok(()) => {

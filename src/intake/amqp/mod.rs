@@ -255,11 +255,11 @@ impl Backoff {
     }
 }
 
-/// Longest wait for lapin's own recovery of a channel. Its future has been seen to stay
-/// pending after the connection broke (a test's proxy cut and restored: the relay waited past 60
-/// s while a fresh connection would have worked), so past this the session is dropped and
-/// rebuilt on a new connection, which reconnects with backoff like any other loss.
-pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for lapin's own recovery of a channel. Its future has been seen to stay pending
+/// after the connection broke (a test's proxy cut and restored: the relay waited over a minute
+/// where a fresh connection would have worked), so past this the session is dropped and rebuilt
+/// on a new connection, which reconnects with backoff like any other loss.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Waits for lapin to recover `channel` after `error`, at most [`RECOVERY_TIMEOUT`]. `Err`
 /// says why the session should be rebuilt instead.
