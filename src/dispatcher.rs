@@ -971,7 +971,6 @@ impl PartWriter {
     fn start(mut file: std::fs::File, mut hasher: Sha256, mut written: u64) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
         let task = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
             while let Some(batch) = rx.blocking_recv() {
                 for chunk in &batch {
                     hasher.update(chunk);
