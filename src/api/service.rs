@@ -43,10 +43,11 @@ pub const MAX_LABEL_VALUE_CHARS: usize = 256;
 /// Messages buffered per server stream; past this the producer waits for the client.
 pub const STREAM_BUFFER: usize = 32;
 /// Messages buffered per stream that carries video bytes (`DownloadVideo`, watch and subscribe
-/// with `include_content`): 4 chunks (256 KiB at the default chunk size) per stream. With 32,
+/// with `include_content`): 2 chunks (128 KiB at the default chunk size) per stream. With 32,
 /// 100 watchers of one video held ~350 MB while their clients were slower than the disk; with
-/// 4 the same throughput (the benchmark harness's `watch` scenario, BENCHMARKS.md).
-pub const CONTENT_STREAM_BUFFER: usize = 4;
+/// 4, ~95 MB; with 2, ~70 MB at the same throughput, since chunks in the page cache are read
+/// without a thread hop (the benchmark harness's `watch` scenario, BENCHMARKS.md).
+pub const CONTENT_STREAM_BUFFER: usize = 2;
 /// Attempts of a read-modify-write (cancel, delete) that races the dispatcher.
 const MAX_UPDATE_ATTEMPTS: u32 = 8;
 
