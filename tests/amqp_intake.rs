@@ -536,6 +536,13 @@ async fn a_cut_connection_comes_back_and_every_message_becomes_exactly_one_job()
         handle.status()
     );
     stop(t).await;
+    // Had any stored delivery been left unacknowledged when the intake closed its channel,
+    // the broker would have put it back in the queue.
+    assert_eq!(
+        c.queue_len(&n.jobs_queue).await,
+        0,
+        "every stored message was acknowledged before the intake stopped"
+    );
     c.cleanup(&n).await;
 }
 
