@@ -47,7 +47,7 @@ pub const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
 pub const DEFAULT_MAX_AGE_MS: u64 = 6 * 3600 * 1000;
 /// Jobs advanced at once; the upstream limiter caps the HTTP calls underneath separately.
 pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 64;
-/// Due jobs read from the store per round.
+/// Most due jobs read from the store per turn (never more than the free slots).
 pub const DEFAULT_BATCH: u32 = 256;
 /// Longest sleep of the run loop when nothing is due, so a job inserted by another instance
 /// (or by hand) is noticed without a wake-up.
@@ -280,7 +280,16 @@ impl Dispatcher {
         self: &Arc<Self>,
         tasks: &mut JoinSet<()>,
     ) -> Result<usize, StoreError> {
-        let due = self.store.due(now_ms(), self.config.batch).await?;
+        // Only as many as there are free slots, and none of those already being worked on.
+        let free = u32::try_from(self.slots.available_permits()).unwrap_or(u32::MAX);
+        let skip: HashSet<String> = {
+            let flight = self.flight();
+            flight.running.union(&flight.released).cloned().collect()
+        };
+        let due = self
+            .store
+            .due_except(now_ms(), free.min(self.config.batch), &skip)
+            .await?;
         let mut spawned = 0;
         for job in due {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {

@@ -6,7 +6,7 @@
 //! default): there, tasks spawned together all send their command before the writer task runs
 //! again, so they deterministically share a batch without any timing assumption.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -766,6 +766,51 @@ async fn due_returns_only_due_live_jobs_soonest_first() {
     assert_eq!(first[0].id, jobs[4].id);
     assert!(store.due(150, 10).await.expect("due").is_empty());
     assert_eq!(store.next_due_ms().await.expect("next"), Some(200));
+}
+
+#[tokio::test]
+async fn due_except_leaves_out_the_skipped_jobs_without_letting_them_crowd_out_others() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let mut jobs = Vec::new();
+    for next_action_ms in [10, 20, 30, 40, 50, 60, 5_000] {
+        let mut new = new_job("acme", None, "fp", 1_000);
+        new.job.next_action_ms = Some(next_action_ms);
+        jobs.push(created(store.create(new).await));
+    }
+    let mut deleted = jobs[3].clone();
+    deleted.deleted = true;
+    store.update(deleted, true).await.expect("delete");
+    let ids = |due: &[vidgate::job::Job]| due.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+    // The three soonest are being worked on: the next two due ones come, the deleted one and
+    // the one not due yet do not.
+    let skip: HashSet<String> = jobs[..3].iter().map(|j| j.id.clone()).collect();
+    let due = store.due_except(1_000, 2, &skip).await.expect("due");
+    assert_eq!(ids(&due), [jobs[4].id.clone(), jobs[5].id.clone()]);
+    let due = store.due_except(1_000, 10, &skip).await.expect("due");
+    assert_eq!(ids(&due), [jobs[4].id.clone(), jobs[5].id.clone()]);
+    // Nothing skipped: as `due`.
+    let none = HashSet::new();
+    assert_eq!(
+        ids(&store.due_except(1_000, 4, &none).await.expect("due")),
+        ids(&store.due(1_000, 4).await.expect("due"))
+    );
+    assert!(
+        store
+            .due_except(1_000, 0, &none)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    // Everything due is skipped.
+    let all: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    assert!(
+        store
+            .due_except(1_000, 5, &all)
+            .await
+            .expect("due")
+            .is_empty()
+    );
 }
 
 #[tokio::test]

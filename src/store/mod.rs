@@ -7,7 +7,7 @@
 
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -131,6 +131,22 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Jobs whose `next_action_ms` is at or before `now_ms`, soonest first, at most `limit`.
     async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError>;
+
+    /// [`JobStore::due`] without the jobs in `skip` (those being worked on): at most `limit`
+    /// others, soonest first, so that the skipped ones never crowd out a due job. A store may
+    /// leave the skipped jobs' rows unread.
+    async fn due_except(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        skip: &HashSet<String>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let widened = limit.saturating_add(u32::try_from(skip.len()).unwrap_or(u32::MAX));
+        let mut jobs = self.due(now_ms, widened).await?;
+        jobs.retain(|job| !skip.contains(&job.id));
+        jobs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(jobs)
+    }
 
     /// The earliest `next_action_ms` of any job, if one has something to do.
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;

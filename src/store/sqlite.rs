@@ -42,7 +42,7 @@
 //! writer and see every committed batch, so a caller that got its answer from `create` can read
 //! the job back at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1399,6 +1399,56 @@ impl JobStore for SqliteStore {
         .fetch_all(&self.reads)
         .await
         .map_err(|e| db_error("due", e))?;
+        rows.iter()
+            .map(|(id, json)| decode_job("due", id, json))
+            .collect()
+    }
+
+    /// The due ids first, from the agenda index alone (no row read), then the rows of the
+    /// ones not skipped: the dispatcher skips the jobs it is working on, up to
+    /// `dispatcher.max_concurrent_jobs` of them on every turn, and decoding their JSON each
+    /// time cost more than the rest of the read.
+    async fn due_except(
+        &self,
+        now_ms: i64,
+        limit_to: u32,
+        skip: &HashSet<String>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let widened = limit_to.saturating_add(u32::try_from(skip.len()).unwrap_or(u32::MAX));
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs
+             WHERE next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= ?
+             ORDER BY next_action_ms, id LIMIT ?",
+        )
+        .bind(now_ms)
+        .bind(limit(widened))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(|e| db_error("due", e))?;
+        let wanted: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !skip.contains(id))
+            .take(usize::try_from(limit_to).unwrap_or(usize::MAX))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Still due when read: a job cancelled or deleted since the id read is left out.
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "SELECT id, job FROM jobs
+             WHERE next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= ",
+        );
+        sql.push_bind(now_ms).push(" AND id IN (");
+        let mut ids = sql.separated(", ");
+        for id in &wanted {
+            ids.push_bind(id.as_str());
+        }
+        sql.push(") ORDER BY next_action_ms, id");
+        let rows: Vec<(String, String)> = sql
+            .build_query_as()
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| db_error("due", e))?;
         rows.iter()
             .map(|(id, json)| decode_job("due", id, json))
             .collect()
