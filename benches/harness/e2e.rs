@@ -1,13 +1,13 @@
 //! Scenario 7: 1 000 jobs end to end, 100 at a time, against a simulator (in a child process,
-//! so its MP4 generation is not counted) that serves 5 MB MP4s. Each of 100 workers, 10 times:
-//! `CreateVideo`, then `WatchVideo(include_content)` until the stream ends, checking that the
-//! whole video came. The dispatcher runs on its own at compressed timings.
+//! so its MP4 generation is not counted) that serves 5 MB MP4s. In each of 5 rounds, each of
+//! 100 workers twice: `CreateVideo`, then `WatchVideo(include_content)` until the stream ends,
+//! checking that the whole video came. The dispatcher runs on its own at compressed timings.
 //!
 //! Figures: CPU milliseconds per job of the harness process (gateway and its gRPC client),
-//! and its peak RSS. Baseline, same run, same process: the bytes' own cost per job, that is
-//! SHA-256 over 5 MB, writing 5 MB to a file that is kept (as a stored video is), and
-//! streaming 5 MB through a bare tonic server to a client (both ends in this process, as
-//! vidgate's watch and its client are).
+//! median of the rounds, and its peak RSS. Baseline, same run, same process, in rounds
+//! interleaved with vidgate's: the bytes' own cost per job, that is SHA-256 over 5 MB, writing
+//! 5 MB to a file that is kept (as a stored video is), and streaming 5 MB through a bare tonic
+//! server to a client (both ends in this process, as vidgate's watch and its client are).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ use crate::{
 };
 
 const JOBS: usize = 1_000;
+/// Rounds of vidgate and of the baseline, interleaved.
+const ROUNDS: usize = 5;
+const JOBS_PER_ROUND: usize = JOBS / ROUNDS;
 const WORKERS: usize = 100;
 const VIDEO_BYTES: u64 = 5_000_000;
 /// Connections the workers share.
@@ -35,36 +38,19 @@ const PROCESSING_MS: u64 = 800;
 /// Dispatcher: first poll after 1 s, then every 250 ms.
 const FIRST_POLL_MS: u64 = 1_000;
 const POLL_INTERVAL_MS: u64 = 250;
-/// Baseline: repetitions of the bytes' cost, this many at a time.
-const BASELINE_JOBS: usize = 200;
+/// Baseline: repetitions of the bytes' cost per round and variant, this many at a time.
+const BASELINE_JOBS: usize = 40;
 const BASELINE_CONCURRENCY: usize = 10;
-/// Longest the jobs may take in all.
+/// Longest a round of jobs may take.
 const DEADLINE: Duration = Duration::from_secs(600);
 const CPU_TARGET_TIMES: f64 = 1.5;
 const RSS_TARGET_MB: f64 = 160.0;
 
 pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     println!(
-        "e2e: {JOBS} jobs, {WORKERS} at a time (create, then watch with content), {} MB MP4s from a simulator child process ({QUEUED_MS}+{PROCESSING_MS} ms), dispatcher running",
+        "e2e: {JOBS} jobs in {ROUNDS} rounds of {JOBS_PER_ROUND}, {WORKERS} at a time (create, then watch with content), {} MB MP4s from a simulator child process ({QUEUED_MS}+{PROCESSING_MS} ms), dispatcher running; each round also measures the bytes' cost ({BASELINE_JOBS} repetitions per variant), alternating which side goes first",
         VIDEO_BYTES / 1_000_000
     );
-
-    // The bytes' own cost first, on a quiet process. The files are kept, as a stored video is:
-    // a file deleted right after its write is dropped from the page cache before it is ever
-    // written back, and its pages, still hot in the CPU caches, are reused for the next one.
-    let bytes_ms = bytes_cost(false, Files::Kept).await?;
-    println!(
-        "  the bytes' own cost (SHA-256 + file write + bare gRPC stream of 5 MB): {bytes_ms:.2} CPU ms per job"
-    );
-    let deleted_ms = bytes_cost(false, Files::Deleted).await?;
-    println!(
-        "  the same with each file deleted right after its write: {deleted_ms:.2} CPU ms per job"
-    );
-    let path_ms = bytes_cost(true, Files::Kept).await?;
-    println!(
-        "  the bytes' whole path (the same + receiving them over local HTTP + reading the file back): {path_ms:.2} CPU ms per job"
-    );
-
     let mut sim = ExtSim::start(SimSettings {
         queued_ms: QUEUED_MS,
         processing_ms: PROCESSING_MS,
@@ -81,38 +67,68 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     let app = vidgate::app::Application::build(config).await?;
     let clients = channels(app.grpc_addr(), CONNECTIONS).await?;
 
-    reset_peak_rss();
-    let cpu0 = cpu_seconds();
-    let sim_cpu0 = sim.cpu_seconds();
-    let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for w in 0..WORKERS {
-        let client = clients[w % clients.len()].clone();
-        workers.spawn(async move {
-            for i in (w..JOBS).step_by(WORKERS) {
-                one_job(client.clone(), i).await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        });
-    }
-    let all = async {
-        while let Some(done) = workers.join_next().await {
-            done??;
-        }
-        Ok::<_, anyhow::Error>(())
+    // Rounds interleave the two sides, so that both meet the same state of the machine: on
+    // this VM fresh memory (e.g. new page-cache pages for a stored file) costs several times
+    // what recently used memory does (BENCHMARKS.md, "Fourth session").
+    // The baseline's kept files stay until the scenario ends, as vidgate's stored videos do.
+    let kept = tempfile::Builder::new()
+        .prefix("vidgate-bench-bytes-")
+        .tempdir()?;
+    let baseline = |whole_path, files, round| {
+        bytes_cost(
+            whole_path,
+            files,
+            kept.path().join(format!("round-{round}")),
+        )
     };
-    tokio::time::timeout(DEADLINE, all)
-        .await
-        .map_err(|_| anyhow::anyhow!("the jobs were not done within {DEADLINE:?}"))??;
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu_ms = (cpu_seconds() - cpu0) * 1e3 / JOBS as f64;
-    let peak_mb = peak_rss_mib().map_or(f64::NAN, |m| m * 1.048_576);
+    let mut peak_mb: f64 = 0.0;
+    let sim_cpu0 = sim.cpu_seconds();
+    let (mut own, mut deleted, mut path, mut gateway) = (vec![], vec![], vec![], vec![]);
+    let mut seconds = 0.0;
+    for round in 0..ROUNDS {
+        let baseline_first = round % 2 == 0;
+        if baseline_first {
+            own.push(baseline(false, Files::Kept, round).await?);
+            deleted.push(baseline(false, Files::Deleted, round).await?);
+            path.push(baseline(true, Files::Kept, round).await?);
+        }
+        // The peak RSS of vidgate's rounds only (the baseline's own buffers are not the gateway's).
+        reset_peak_rss();
+        let cpu0 = cpu_seconds();
+        let started = Instant::now();
+        run_jobs(&clients, round).await?;
+        seconds += started.elapsed().as_secs_f64();
+        peak_mb = peak_mb.max(peak_rss_mib().map_or(f64::NAN, |m| m * 1.048_576));
+        gateway.push((cpu_seconds() - cpu0) * 1e3 / JOBS_PER_ROUND as f64);
+        if !baseline_first {
+            own.push(baseline(false, Files::Kept, round).await?);
+            deleted.push(baseline(false, Files::Deleted, round).await?);
+            path.push(baseline(true, Files::Kept, round).await?);
+        }
+        let (g, o, d, p) = (gateway[round], own[round], deleted[round], path[round]);
+        println!(
+            "  round {}/{ROUNDS} ({} first): vidgate {g:.2} CPU ms per job | bytes' own cost {o:.2} ms (files kept), {d:.2} ms (files deleted at once), whole path {p:.2} ms | {:.2}x",
+            round + 1,
+            if baseline_first {
+                "baseline"
+            } else {
+                "vidgate"
+            },
+            g / o
+        );
+    }
     let sim_cpu = sim.cpu_seconds() - sim_cpu0;
     let stats = sim.stats().await?;
     app.shutdown().await;
     sim.stop().await;
+    let (cpu_ms, bytes_ms, deleted_ms, path_ms) = (
+        crate::median(gateway),
+        crate::median(own),
+        crate::median(deleted),
+        crate::median(path),
+    );
     println!(
-        "  {JOBS} jobs in {seconds:.1} s ({:.0} jobs/s); gateway process {cpu_ms:.2} CPU ms per job, peak RSS {peak_mb:.1} MB; simulator child {:.2} CPU ms per job; upstream calls per job: {:.2} create, {:.2} status, {:.2} content",
+        "  {JOBS} jobs in {seconds:.1} s of vidgate rounds ({:.0} jobs/s); gateway process {cpu_ms:.2} CPU ms per job (median round), peak RSS {peak_mb:.1} MB (in vidgate's rounds); simulator child {:.2} CPU ms per job; upstream calls per job: {:.2} create, {:.2} status, {:.2} content",
         JOBS as f64 / seconds,
         sim_cpu * 1e3 / JOBS as f64,
         stats.creates as f64 / JOBS as f64,
@@ -157,6 +173,29 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     ])
 }
 
+/// One round: `JOBS_PER_ROUND` jobs, `WORKERS` at a time.
+async fn run_jobs(clients: &[VideoServiceClient<Channel>], round: usize) -> anyhow::Result<()> {
+    let mut workers = JoinSet::new();
+    for w in 0..WORKERS {
+        let client = clients[w % clients.len()].clone();
+        workers.spawn(async move {
+            for i in (w..JOBS_PER_ROUND).step_by(WORKERS) {
+                one_job(client.clone(), round * JOBS_PER_ROUND + i).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let all = async {
+        while let Some(done) = workers.join_next().await {
+            done??;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(DEADLINE, all)
+        .await
+        .map_err(|_| anyhow::anyhow!("the jobs were not done within {DEADLINE:?}"))?
+}
+
 /// Create, then watch with content to the end; the whole video must come.
 async fn one_job(mut client: VideoServiceClient<Channel>, i: usize) -> anyhow::Result<()> {
     let mut request = create_request(format!("e2e-{i}"));
@@ -197,7 +236,7 @@ async fn one_job(mut client: VideoServiceClient<Channel>, i: usize) -> anyhow::R
 /// What becomes of the baseline's files.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Files {
-    /// Kept until the baseline ends, as vidgate keeps every video it stores.
+    /// Kept until the scenario ends, as vidgate keeps every video it stores.
     Kept,
     /// Deleted right after the write (the method before the fourth session).
     Deleted,
@@ -209,10 +248,17 @@ enum Files {
 /// chunk by chunk as they come, as the dispatcher does), and the file is read back in 64 KiB
 /// chunks before the stream: what the gateway's path does to the bytes beyond the issue's
 /// definition of their own cost.
-async fn bytes_cost(whole_path: bool, files: Files) -> anyhow::Result<f64> {
-    let dir = tempfile::Builder::new()
-        .prefix("vidgate-bench-bytes-")
-        .tempdir()?;
+async fn bytes_cost(
+    whole_path: bool,
+    files: Files,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<f64> {
+    let dir = dir.join(match (whole_path, files) {
+        (false, Files::Kept) => "own",
+        (false, Files::Deleted) => "deleted",
+        (true, _) => "path",
+    });
+    tokio::fs::create_dir_all(&dir).await?;
     let video = Bytes::from(
         (0..VIDEO_BYTES)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -246,7 +292,7 @@ async fn bytes_cost(whole_path: bool, files: Files) -> anyhow::Result<f64> {
             client.clone(),
             http.clone(),
             url.clone(),
-            dir.path().join(format!("bytes-{n}.mp4")),
+            dir.join(format!("bytes-{n}.mp4")),
         );
         async move {
             if whole_path {
