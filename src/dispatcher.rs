@@ -288,7 +288,7 @@ impl Dispatcher {
         };
         let due = self
             .store
-            .due_except(now_ms(), free.min(self.config.batch), &skip)
+            .due(now_ms(), free.min(self.config.batch), &skip)
             .await?;
         let mut spawned = 0;
         for job in due {

@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -49,9 +50,14 @@ impl JobStore for StaleSecondRead {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
         self.inner.list(query).await
     }
-    async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        skip: &HashSet<String>,
+    ) -> Result<Vec<Job>, StoreError> {
         let call = self.due_calls.fetch_add(1, Ordering::SeqCst);
-        let rows = self.inner.due(now_ms, limit).await?;
+        let rows = self.inner.due(now_ms, limit, skip).await?;
         if call == 1 {
             for row in &rows {
                 let deadline = tokio::time::Instant::now() + DRIVE_DEADLINE;

@@ -67,30 +67,21 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     let app = vidgate::app::Application::build(config).await?;
     let clients = channels(app.grpc_addr(), CONNECTIONS).await?;
 
-    // Rounds interleave the two sides, so that both meet the same state of the machine: on
-    // this VM fresh memory (e.g. new page-cache pages for a stored file) costs several times
-    // what recently used memory does (BENCHMARKS.md, "Fourth session").
     // The baseline's kept files stay until the scenario ends, as vidgate's stored videos do.
     let kept = tempfile::Builder::new()
         .prefix("vidgate-bench-bytes-")
         .tempdir()?;
-    let baseline = |whole_path, files, round| {
-        bytes_cost(
-            whole_path,
-            files,
-            kept.path().join(format!("round-{round}")),
-        )
-    };
     let mut peak_mb: f64 = 0.0;
     let sim_cpu0 = sim.cpu_seconds();
-    let (mut own, mut deleted, mut path, mut gateway) = (vec![], vec![], vec![], vec![]);
+    let (mut bytes, mut gateway) = (Vec::new(), Vec::new());
     let mut seconds = 0.0;
+    // Rounds interleave the two sides, so that both meet the same state of the machine: on
+    // this VM fresh memory (e.g. new page-cache pages for a stored file) costs several times
+    // what recently used memory does (BENCHMARKS.md, "Fourth session").
     for round in 0..ROUNDS {
         let baseline_first = round % 2 == 0;
         if baseline_first {
-            own.push(baseline(false, Files::Kept, round).await?);
-            deleted.push(baseline(false, Files::Deleted, round).await?);
-            path.push(baseline(true, Files::Kept, round).await?);
+            bytes.push(baselines(kept.path(), round).await?);
         }
         // The peak RSS of vidgate's rounds only (the baseline's own buffers are not the gateway's).
         reset_peak_rss();
@@ -101,11 +92,9 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
         peak_mb = peak_mb.max(peak_rss_mib().map_or(f64::NAN, |m| m * 1.048_576));
         gateway.push((cpu_seconds() - cpu0) * 1e3 / JOBS_PER_ROUND as f64);
         if !baseline_first {
-            own.push(baseline(false, Files::Kept, round).await?);
-            deleted.push(baseline(false, Files::Deleted, round).await?);
-            path.push(baseline(true, Files::Kept, round).await?);
+            bytes.push(baselines(kept.path(), round).await?);
         }
-        let (g, o, d, p) = (gateway[round], own[round], deleted[round], path[round]);
+        let (g, [o, d, p]) = (gateway[round], bytes[round]);
         println!(
             "  round {}/{ROUNDS} ({} first): vidgate {g:.2} CPU ms per job | bytes' own cost {o:.2} ms (files kept), {d:.2} ms (files deleted at once), whole path {p:.2} ms | {:.2}x",
             round + 1,
@@ -121,11 +110,12 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     let stats = sim.stats().await?;
     app.shutdown().await;
     sim.stop().await;
+    let median_of = |i: usize| crate::median(bytes.iter().map(|b: &[f64; 3]| b[i]));
     let (cpu_ms, bytes_ms, deleted_ms, path_ms) = (
         crate::median(gateway),
-        crate::median(own),
-        crate::median(deleted),
-        crate::median(path),
+        median_of(0),
+        median_of(1),
+        median_of(2),
     );
     println!(
         "  {JOBS} jobs in {seconds:.1} s of vidgate rounds ({:.0} jobs/s); gateway process {cpu_ms:.2} CPU ms per job (median round), peak RSS {peak_mb:.1} MB (in vidgate's rounds); simulator child {:.2} CPU ms per job; upstream calls per job: {:.2} create, {:.2} status, {:.2} content",
@@ -231,6 +221,17 @@ async fn one_job(mut client: VideoServiceClient<Channel>, i: usize) -> anyhow::R
         video.id
     );
     Ok(())
+}
+
+/// One round of the three baselines, CPU ms per job: the bytes' own cost with the files kept,
+/// the same with each file deleted at once, and the bytes' whole path (files kept).
+async fn baselines(kept: &std::path::Path, round: usize) -> anyhow::Result<[f64; 3]> {
+    let dir = kept.join(format!("round-{round}"));
+    Ok([
+        bytes_cost(false, Files::Kept, dir.clone()).await?,
+        bytes_cost(false, Files::Deleted, dir.clone()).await?,
+        bytes_cost(true, Files::Kept, dir).await?,
+    ])
 }
 
 /// What becomes of the baseline's files.

@@ -129,24 +129,15 @@ pub trait JobStore: Send + Sync + 'static {
     /// A page of a tenant's jobs, newest first, deleted ones left out.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
 
-    /// Jobs whose `next_action_ms` is at or before `now_ms`, soonest first, at most `limit`.
-    async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError>;
-
-    /// [`JobStore::due`] without the jobs in `skip` (those being worked on): at most `limit`
-    /// others, soonest first, so that the skipped ones never crowd out a due job. A store may
-    /// leave the skipped jobs' rows unread.
-    async fn due_except(
+    /// Jobs whose `next_action_ms` is at or before `now_ms`, soonest first, at most `limit`,
+    /// leaving out those in `skip` (the ones being worked on) without letting them crowd out
+    /// other due jobs. A store may leave the skipped jobs' rows unread.
+    async fn due(
         &self,
         now_ms: i64,
         limit: u32,
         skip: &HashSet<String>,
-    ) -> Result<Vec<Job>, StoreError> {
-        let widened = limit.saturating_add(u32::try_from(skip.len()).unwrap_or(u32::MAX));
-        let mut jobs = self.due(now_ms, widened).await?;
-        jobs.retain(|job| !skip.contains(&job.id));
-        jobs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(jobs)
-    }
+    ) -> Result<Vec<Job>, StoreError>;
 
     /// The earliest `next_action_ms` of any job, if one has something to do.
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;

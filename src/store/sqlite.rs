@@ -1308,6 +1308,15 @@ fn now_ms() -> i64 {
 }
 
 /// Converts a caller's limit for SQLite, whose `LIMIT` takes a signed integer.
+/// The condition of a due job, up to the bound `now_ms` that follows it: the agenda index's
+/// own condition, so that reading due ids needs the index alone. A macro so that the queries
+/// built from it stay `&'static str`.
+macro_rules! due_up_to {
+    () => {
+        "next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= "
+    };
+}
+
 fn limit(value: u32) -> i64 {
     i64::from(value)
 }
@@ -1388,38 +1397,22 @@ impl JobStore for SqliteStore {
             .collect()
     }
 
-    async fn due(&self, now_ms: i64, limit_to: u32) -> Result<Vec<Job>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT id, job FROM jobs
-             WHERE next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= ?
-             ORDER BY next_action_ms, id LIMIT ?",
-        )
-        .bind(now_ms)
-        .bind(limit(limit_to))
-        .fetch_all(&self.reads)
-        .await
-        .map_err(|e| db_error("due", e))?;
-        rows.iter()
-            .map(|(id, json)| decode_job("due", id, json))
-            .collect()
-    }
-
     /// The due ids first, from the agenda index alone (no row read), then the rows of the
     /// ones not skipped: the dispatcher skips the jobs it is working on, up to
     /// `dispatcher.max_concurrent_jobs` of them on every turn, and decoding their JSON each
-    /// time cost more than the rest of the read.
-    async fn due_except(
+    /// time would cost more than the rest of the read.
+    async fn due(
         &self,
         now_ms: i64,
         limit_to: u32,
         skip: &HashSet<String>,
     ) -> Result<Vec<Job>, StoreError> {
         let widened = limit_to.saturating_add(u32::try_from(skip.len()).unwrap_or(u32::MAX));
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs
-             WHERE next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= ?
-             ORDER BY next_action_ms, id LIMIT ?",
-        )
+        let ids: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT id FROM jobs WHERE ",
+            due_up_to!(),
+            "? ORDER BY next_action_ms, id LIMIT ?"
+        ))
         .bind(now_ms)
         .bind(limit(widened))
         .fetch_all(&self.reads)
@@ -1434,10 +1427,8 @@ impl JobStore for SqliteStore {
             return Ok(Vec::new());
         }
         // Still due when read: a job cancelled or deleted since the id read is left out.
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT id, job FROM jobs
-             WHERE next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= ",
-        );
+        let mut sql =
+            QueryBuilder::<Sqlite>::new(concat!("SELECT id, job FROM jobs WHERE ", due_up_to!()));
         sql.push_bind(now_ms).push(" AND id IN (");
         let mut ids = sql.separated(", ");
         for id in &wanted {
