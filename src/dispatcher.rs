@@ -409,12 +409,34 @@ impl Dispatcher {
             }
         };
         let body = create_body(&spec);
+        // The submit window is the request on the wire, nothing more: the job waits at the
+        // shared gate (a 429 pause, the in-flight cap, the rate) while still `Pending`, so a
+        // crash during that wait loses nothing; only once it holds its slot is it marked.
+        let slot = match self.client.reserve_create().await {
+            Ok(slot) => slot,
+            // The gate closes only at shutdown: the job stays pending and due, untouched.
+            Err(e) => {
+                tracing::debug!(job_id = %job.id, error = %e, "create not sent");
+                return Ok(());
+            }
+        };
         // Durable before the request leaves: a crash from here on is an unknown outcome.
         let mut submitting = job;
         submitting.phase = Phase::Submitting;
         submitting.next_action_ms = Some(now_ms() + self.config.submit_lease_ms as i64);
         let submitting = self.save(submitting, false).await?;
-        let result = self.client.create(&body).await;
+        // A 429 that arrived while the mark was being written pauses everyone: do not send
+        // into it, and do not wait for it marked either.
+        if let Some(until) = self.client.limiter().paused_until() {
+            drop(slot);
+            let mut job = submitting;
+            job.phase = Phase::Pending;
+            let wait = until.saturating_duration_since(tokio::time::Instant::now());
+            job.next_action_ms = Some(now_ms() + wait.as_millis() as i64);
+            self.save(job, false).await?;
+            return Ok(());
+        }
+        let result = self.client.create_in(slot, &body).await;
         match result {
             Ok(task) => {
                 let mut job = submitting;
@@ -517,11 +539,13 @@ impl Dispatcher {
                 }
                 match v.status.state {
                     UpstreamState::Queued | UpstreamState::Processing => {
-                        job.status = if v.status.state == UpstreamState::Queued {
-                            JobStatus::Queued
-                        } else {
-                            JobStatus::Processing
-                        };
+                        job.status =
+                            job.status
+                                .advanced_to(if v.status.state == UpstreamState::Queued {
+                                    JobStatus::Queued
+                                } else {
+                                    JobStatus::Processing
+                                });
                         job.next_action_ms = Some(now_ms() + self.poll_interval() as i64);
                         let changed =
                             before != (job.status, job.upstream_status.clone(), job.progress);

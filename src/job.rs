@@ -28,6 +28,17 @@ impl JobStatus {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
+    /// The status after upstream reports `reported` for a running job: never backwards. Upstream
+    /// answers a create with `in_progress` and may answer the first poll with `queued` (U1);
+    /// a subscriber must not see PROCESSING then QUEUED again (`upstream_status` keeps the raw
+    /// word). Terminal statuses are never reached this way.
+    pub fn advanced_to(self, reported: JobStatus) -> JobStatus {
+        match (self, reported) {
+            (Self::Processing, Self::Queued) => Self::Processing,
+            _ => reported,
+        }
+    }
+
     /// Lower-case name, as in AMQP routing keys (`acme.video.completed`) and the store.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -278,6 +289,15 @@ mod tests {
         assert!(!JobStatus::Queued.is_terminal());
         assert!(!JobStatus::Processing.is_terminal());
         assert_eq!(JobStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn a_running_status_never_moves_back_from_processing_to_queued() {
+        use JobStatus::*;
+        assert_eq!(Queued.advanced_to(Processing), Processing);
+        assert_eq!(Processing.advanced_to(Queued), Processing);
+        assert_eq!(Queued.advanced_to(Queued), Queued);
+        assert_eq!(Processing.advanced_to(Processing), Processing);
     }
 
     #[test]

@@ -125,6 +125,13 @@ pub struct UpstreamVideo {
     pub video_url: Option<String>,
 }
 
+/// One create's place at the shared gate: its rate token is spent and it holds an in-flight
+/// slot until the create's answer is read (or the slot is dropped unused).
+#[derive(Debug)]
+pub struct CreateSlot {
+    _in_flight: InFlight,
+}
+
 /// Where a content stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentStart {
@@ -205,9 +212,29 @@ impl UpstreamClient {
         &self.limiter
     }
 
-    /// `POST /videos`. Sends exactly once: this method never retries, because whether a retry
-    /// is safe depends on [`UpstreamError::create_failure`], which the caller must decide on.
+    /// `POST /videos`: [`UpstreamClient::reserve_create`] then [`UpstreamClient::create_in`].
     pub async fn create(&self, body: &CreateBody) -> Result<CreatedTask, UpstreamError> {
+        let slot = self.reserve_create().await?;
+        self.create_in(slot, body).await
+    }
+
+    /// Waits at the shared gate (a 429 pause, an in-flight slot, a rate token) for one create,
+    /// without sending anything. The dispatcher records "submitting" only once it holds this,
+    /// so that a crash while jobs queue at the gate loses none of them (nothing was sent).
+    pub async fn reserve_create(&self) -> Result<CreateSlot, UpstreamError> {
+        self.enter(Endpoint::Create)
+            .await
+            .map(|slot| CreateSlot { _in_flight: slot })
+    }
+
+    /// Sends a create through a slot taken with [`UpstreamClient::reserve_create`]. Sends
+    /// exactly once: this method never retries, because whether a retry is safe depends on
+    /// [`UpstreamError::create_failure`], which the caller must decide on.
+    pub async fn create_in(
+        &self,
+        slot: CreateSlot,
+        body: &CreateBody,
+    ) -> Result<CreatedTask, UpstreamError> {
         let endpoint = Endpoint::Create;
         let url = self.videos_url(&[]);
         let request = self
@@ -238,7 +265,7 @@ impl UpstreamClient {
                 request.multipart(form.part(file.field.clone(), part))
             }
         };
-        let _slot = self.enter(endpoint).await?;
+        let _slot = slot;
         let response = self.send(endpoint, request).await?;
         let json = self.read_json(endpoint, response).await?;
         let id = json

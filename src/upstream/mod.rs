@@ -11,8 +11,8 @@ pub mod status;
 pub mod wire;
 
 pub use client::{
-    ContentStart, ContentStream, CreatedTask, TaskError, UpstreamClient, UpstreamConfig,
-    UpstreamVideo,
+    ContentStart, ContentStream, CreateSlot, CreatedTask, TaskError, UpstreamClient,
+    UpstreamConfig, UpstreamVideo,
 };
 pub use error::{CreateFailure, Endpoint, UpstreamError};
 pub use limiter::{LimitConfig, UpstreamLimiter};

@@ -5,16 +5,14 @@
 //! The race is made deterministic by a store wrapper whose second `due()` read returns its rows
 //! only after the job has moved on (its version grew), i.e. after the first step committed.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use async_trait::async_trait;
 use bytes::Bytes;
-use support::*;
 use tokio::sync::broadcast;
 use vidgate::blob::BlobStore;
 use vidgate::dispatcher::Dispatcher;
