@@ -24,7 +24,9 @@ use tracing::Instrument;
 use crate::blob::BlobStore;
 use crate::convert;
 use crate::domain::{ModelCatalog, VideoSpec};
-use crate::job::{ContentFacts, FailureReason, Job, JobError, JobStatus, Phase, now_ms};
+use crate::job::{
+    ContentFacts, FailureReason, Job, JobError, Phase, Record, TransitionError, now_ms,
+};
 use crate::media;
 use crate::pb;
 use crate::store::{JobStore, StoreError};
@@ -167,6 +169,8 @@ struct Flight {
 enum StepError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
     #[error("{0}")]
     Local(String),
 }
@@ -310,11 +314,11 @@ impl Dispatcher {
             // trace, also across restarts (the context is stored with the job).
             let span = tracing::info_span!(
                 "vidgate.step",
-                otel.name = step_name(job.phase),
+                otel.name = step_name(job.phase()),
                 otel.kind = "internal",
                 vidgate.job.id = %job.id,
                 vidgate.model = %job.model,
-                vidgate.job.attempts = job.attempts,
+                vidgate.job.attempts = job.attempts(),
             );
             set_parent_traceparent(&span, job.trace_context.as_deref());
             tasks.spawn(
@@ -343,10 +347,10 @@ impl Dispatcher {
     }
 
     async fn advance(&self, job: Job) -> Result<(), StepError> {
-        if job.deleted || job.status.is_terminal() || job.phase == Phase::Finished {
+        if job.is_deleted() || job.is_terminal() {
             let mut job = job;
-            job.next_action_ms = None;
-            self.save(job, false).await?;
+            job.settle();
+            self.save(job, Record::Quiet).await?;
             return Ok(());
         }
         let now = now_ms();
@@ -355,7 +359,7 @@ impl Dispatcher {
             let msg = format!(
                 "the job is {age_min} min old, past the configured maximum age ({} min); vidgate stopped following it{}",
                 self.config.max_age_ms / 60_000,
-                if job.upstream_id.is_some() {
+                if job.upstream_id().is_some() {
                     ". The upstream task may still finish and be billed"
                 } else {
                     ""
@@ -365,7 +369,7 @@ impl Dispatcher {
                 .await?;
             return Ok(());
         }
-        match job.phase {
+        match job.phase() {
             Phase::Pending => self.submit(job).await,
             Phase::Submitting => {
                 self.unknown_create(
@@ -422,42 +426,38 @@ impl Dispatcher {
         };
         // Durable before the request leaves: a crash from here on is an unknown outcome.
         let mut submitting = job;
-        submitting.phase = Phase::Submitting;
-        submitting.next_action_ms = Some(now_ms() + self.config.submit_lease_ms as i64);
-        let submitting = self.save(submitting, false).await?;
+        let now = now_ms();
+        let record = submitting.begin_submit(now, now + self.config.submit_lease_ms as i64)?;
+        let submitting = self.save(submitting, record).await?;
         // A 429 that arrived while the mark was being written pauses everyone: do not send
         // into it, and do not wait for it marked either.
         if let Some(until) = self.client.limiter().paused_until() {
             drop(slot);
             let mut job = submitting;
-            job.phase = Phase::Pending;
             let wait = until.saturating_duration_since(tokio::time::Instant::now());
-            job.next_action_ms = Some(now_ms() + wait.as_millis() as i64);
-            self.save(job, false).await?;
+            let now = now_ms();
+            let record = job.submit_not_taken(now, now + wait.as_millis() as i64, false)?;
+            self.save(job, record).await?;
             return Ok(());
         }
         let result = self.client.create_in(slot, &body).await;
         match result {
             Ok(task) => {
                 let mut job = submitting;
-                job.upstream_id = Some(task.id.clone());
-                job.upstream_status = task.status.raw.clone();
-                job.status = match task.status.state {
-                    UpstreamState::Queued => JobStatus::Queued,
-                    _ => JobStatus::Processing,
-                };
-                job.phase = Phase::Polling;
-                job.attempts = 0;
-                job.next_action_ms = Some(now_ms() + self.first_poll_after(&job.model) as i64);
-                match self.save(job, true).await {
+                let now = now_ms();
+                let record = job.submitted(
+                    now,
+                    task.id.clone(),
+                    task.status.raw.clone(),
+                    task.status.state != UpstreamState::Queued,
+                    now + self.first_poll_after(&job.model) as i64,
+                )?;
+                match self.save(job, record).await {
                     Ok(_) => Ok(()),
                     Err(StoreError::VersionConflict { id, .. }) => {
-                        // Cancelled while the create was in flight: keep the upstream id anyway,
-                        // it is what an operator needs to find the (possibly billed) task.
-                        if let Some(mut fresh) = self.store.get(&id).await? {
-                            fresh.upstream_id = Some(task.id);
-                            self.save(fresh, true).await?;
-                        }
+                        // Cancelled while the create was in flight: the upstream id is what an
+                        // operator needs to find the (possibly billed) task; say it loudly.
+                        tracing::warn!(job_id = %id, upstream_id = %task.id, "job was cancelled while its create was in flight; the upstream task exists and may be billed");
                         Ok(())
                     }
                     Err(e) => Err(e.into()),
@@ -466,12 +466,12 @@ impl Dispatcher {
             Err(e) => match e.create_failure() {
                 CreateFailure::NotTakenRetryable => {
                     let mut job = submitting;
-                    job.phase = Phase::Pending;
-                    job.attempts += 1;
-                    job.next_action_ms = Some(now_ms() + self.retry_delay(job.attempts, &e) as i64);
+                    let now = now_ms();
+                    let delay = self.retry_delay(job.attempts() + 1, &e) as i64;
+                    let record = job.submit_not_taken(now, now + delay, true)?;
                     tracing::info!(job_id = %job.id, error = %e, "create not taken by upstream; will send it again");
                     self.metrics.retry("create");
-                    self.save(job, false).await?;
+                    self.save(job, record).await?;
                     Ok(())
                 }
                 CreateFailure::NotTakenPermanent => {
@@ -501,12 +501,12 @@ impl Dispatcher {
         match self.config.on_unknown_create {
             UnknownCreatePolicy::Resubmit => {
                 let mut job = job;
-                job.phase = Phase::Pending;
-                job.attempts += 1;
-                job.next_action_ms = Some(now_ms() + self.backoff(job.attempts) as i64);
+                let now = now_ms();
+                let delay = self.backoff(job.attempts() + 1) as i64;
+                let record = job.submit_not_taken(now, now + delay, true)?;
                 tracing::warn!(job_id = %job.id, why = %why, "create outcome unknown; resubmitting as configured (on_unknown_create = resubmit): upstream may generate and bill it twice");
                 self.metrics.retry("create");
-                self.save(job, false).await?;
+                self.save(job, record).await?;
                 Ok(())
             }
             UnknownCreatePolicy::Fail => {
@@ -521,45 +521,34 @@ impl Dispatcher {
     }
 
     async fn poll(&self, job: Job) -> Result<(), StepError> {
-        let Some(upstream_id) = job.upstream_id.clone() else {
-            return Err(StepError::Local(format!(
-                "job {} is polling without an upstream id",
-                job.id
-            )));
-        };
+        let upstream_id = job
+            .upstream_id()
+            .ok_or_else(|| job_refused(&job, "poll"))?
+            .to_owned();
         match self.client.get(&upstream_id).await {
             Ok(v) => {
                 let mut job = job;
-                let before = (job.status, job.upstream_status.clone(), job.progress);
-                job.polls += 1;
-                job.attempts = 0;
-                job.upstream_status = v.status.raw.clone();
-                if v.progress.is_some() {
-                    job.progress = v.progress;
-                }
+                let now = now_ms();
                 match v.status.state {
                     UpstreamState::Queued | UpstreamState::Processing => {
-                        job.status =
-                            job.status
-                                .advanced_to(if v.status.state == UpstreamState::Queued {
-                                    JobStatus::Queued
-                                } else {
-                                    JobStatus::Processing
-                                });
-                        job.next_action_ms = Some(now_ms() + self.poll_interval() as i64);
-                        let changed =
-                            before != (job.status, job.upstream_status.clone(), job.progress);
-                        self.save(job, changed).await?;
+                        let record = job.polled(
+                            now,
+                            v.status.raw.clone(),
+                            v.status.state == UpstreamState::Processing,
+                            v.progress,
+                            now + self.poll_interval() as i64,
+                        )?;
+                        self.save(job, record).await?;
                         Ok(())
                     }
                     UpstreamState::Completed => {
-                        job.status = JobStatus::Processing;
-                        job.phase = Phase::Downloading;
-                        job.last_frame_url = v.last_frame_url.clone();
-                        job.next_action_ms = Some(now_ms());
-                        let changed =
-                            before != (job.status, job.upstream_status.clone(), job.progress);
-                        let job = self.save(job, changed).await?;
+                        let record = job.upstream_completed(
+                            now,
+                            v.status.raw.clone(),
+                            v.progress,
+                            v.last_frame_url.clone(),
+                        )?;
+                        let job = self.save(job, record).await?;
                         self.download(job).await
                     }
                     UpstreamState::Failed | UpstreamState::Cancelled | UpstreamState::Expired => {
@@ -584,10 +573,8 @@ impl Dispatcher {
                                 v.status.raw
                             )
                         };
-                        let mut failed = job;
-                        failed.error = None;
                         self.fail_with(
-                            failed,
+                            job,
                             JobError {
                                 reason: FailureReason::UpstreamFailed,
                                 message: msg,
@@ -620,27 +607,26 @@ impl Dispatcher {
                 // 429, 5xx, timeouts, and also a refused key: the task may still finish upstream,
                 // so keep following it (until the maximum age) instead of failing it.
                 let mut job = job;
-                job.attempts += 1;
-                job.next_action_ms = Some(now_ms() + self.retry_delay(job.attempts, &e) as i64);
+                let now = now_ms();
+                let delay = self.retry_delay(job.attempts() + 1, &e) as i64;
+                let record = job.retry_later(now, now + delay)?;
                 if matches!(e, UpstreamError::Auth { .. }) {
                     tracing::error!(job_id = %job.id, error = %e, "status poll refused: check the upstream API key");
                 } else {
-                    tracing::info!(job_id = %job.id, error = %e, attempts = job.attempts, "status poll failed; backing off");
+                    tracing::info!(job_id = %job.id, error = %e, attempts = job.attempts(), "status poll failed; backing off");
                 }
                 self.metrics.retry("poll");
-                self.save(job, false).await?;
+                self.save(job, record).await?;
                 Ok(())
             }
         }
     }
 
     async fn download(&self, job: Job) -> Result<(), StepError> {
-        let Some(upstream_id) = job.upstream_id.clone() else {
-            return Err(StepError::Local(format!(
-                "job {} is downloading without an upstream id",
-                job.id
-            )));
-        };
+        let upstream_id = job
+            .upstream_id()
+            .ok_or_else(|| job_refused(&job, "download"))?
+            .to_owned();
         let name = format!("{}.mp4.part", job.id);
         let path = self.blobs.partial_path(&name);
         let (have, mut hasher) = resume_state(&path).await.map_err(|e| {
@@ -769,7 +755,7 @@ impl Dispatcher {
             })
             .unwrap_or_default();
         let (last_frame_key, last_frame_size) = match (
-            &job.last_frame_url,
+            job.last_frame_url(),
             spec.as_ref().map(|s| s.has_last_frame_requested()),
         ) {
             (Some(url), Some(true)) => match self.copy_last_frame(&job.id, url).await {
@@ -786,8 +772,7 @@ impl Dispatcher {
             .commit_partial(&name, &key)
             .await
             .map_err(|e| StepError::Local(e.to_string()))?;
-        let mut done = job;
-        done.content = Some(ContentFacts {
+        let content = ContentFacts {
             size_bytes: written,
             sha256,
             mime_type: "video/mp4".into(),
@@ -801,17 +786,13 @@ impl Dispatcher {
             blob_key: key,
             last_frame_key,
             last_frame_size,
-        });
-        if !done.content.as_ref().is_some_and(|c| c.matches_request) {
-            tracing::warn!(job_id = %done.id, mismatch = %done.content.as_ref().map(|c| c.mismatch.as_str()).unwrap_or(""), "stored video differs from the request");
+        };
+        if !content.matches_request {
+            tracing::warn!(job_id = %job.id, mismatch = %content.mismatch, "stored video differs from the request");
         }
-        done.status = JobStatus::Completed;
-        done.phase = Phase::Finished;
-        done.progress = Some(100);
-        done.attempts = 0;
-        done.complete_time_ms = Some(now_ms());
-        done.next_action_ms = None;
-        self.save(done, true).await?;
+        let mut done = job;
+        let record = done.complete(now_ms(), content)?;
+        self.save(done, record).await?;
         Ok(())
     }
 
@@ -854,15 +835,16 @@ impl Dispatcher {
         err: Option<&UpstreamError>,
     ) -> Result<(), StepError> {
         let mut job = job;
-        job.attempts += 1;
+        let attempts = job.attempts() + 1;
         let delay = match err {
-            Some(e) => self.retry_delay(job.attempts, e),
-            None => self.backoff(job.attempts),
+            Some(e) => self.retry_delay(attempts, e),
+            None => self.backoff(attempts),
         };
-        job.next_action_ms = Some(now_ms() + delay as i64);
-        tracing::info!(job_id = %job.id, why = %why, attempts = job.attempts, "download will be resumed");
+        let now = now_ms();
+        let record = job.retry_later(now, now + delay as i64)?;
+        tracing::info!(job_id = %job.id, why = %why, attempts, "download will be resumed");
         self.metrics.retry("download");
-        self.save(job, false).await?;
+        self.save(job, record).await?;
         Ok(())
     }
 
@@ -873,7 +855,7 @@ impl Dispatcher {
         message: String,
         retryable: bool,
         err: Option<&UpstreamError>,
-    ) -> Result<Job, StoreError> {
+    ) -> Result<Job, StepError> {
         let error = JobError {
             reason,
             message,
@@ -887,31 +869,26 @@ impl Dispatcher {
         self.fail_with(job, error).await
     }
 
-    async fn fail_with(&self, job: Job, error: JobError) -> Result<Job, StoreError> {
+    async fn fail_with(&self, job: Job, error: JobError) -> Result<Job, StepError> {
         let mut job = job;
         tracing::info!(job_id = %job.id, reason = error.reason.as_str(), message = %error.message, "job failed");
-        job.status = JobStatus::Failed;
-        job.phase = Phase::Finished;
-        job.error = Some(error);
-        job.complete_time_ms = Some(now_ms());
-        job.next_action_ms = None;
-        self.save(job, true).await
+        let record = job.fail(now_ms(), error)?;
+        Ok(self.save(job, record).await?)
     }
 
-    async fn save(&self, mut job: Job, event: bool) -> Result<Job, StoreError> {
-        job.update_time_ms = now_ms();
-        if !(event && job.status.is_terminal()) {
-            return self.store.update(job, event).await;
+    async fn save(&self, job: Job, record: Record) -> Result<Job, StoreError> {
+        if !(record == Record::Event && job.is_terminal()) {
+            return self.store.update(job, record).await;
         }
         // The end of the job: its own span, and the finished-job metrics once committed.
         let span = tracing::info_span!(
             "vidgate.complete",
             otel.kind = "internal",
             vidgate.job.id = %job.id,
-            vidgate.job.outcome = job.status.as_str(),
-            vidgate.job.reason = job.error.as_ref().map_or("none", |e| e.reason.as_str()),
+            vidgate.job.outcome = job.status().as_str(),
+            vidgate.job.reason = job.error().map_or("none", |e| e.reason.as_str()),
         );
-        let saved = self.store.update(job, event).instrument(span).await?;
+        let saved = self.store.update(job, record).instrument(span).await?;
         self.metrics.job_finished(&saved);
         Ok(saved)
     }
@@ -947,6 +924,15 @@ impl Dispatcher {
             None => backoff,
         }
     }
+}
+
+/// A step asked of a job whose stage cannot do it (a stored record the checks let through).
+fn job_refused(job: &Job, action: &'static str) -> StepError {
+    StepError::Local(format!(
+        "job {} cannot {action} in phase {:?}",
+        job.id,
+        job.phase()
+    ))
 }
 
 /// The span name of a step in `phase`.

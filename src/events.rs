@@ -44,14 +44,14 @@ pub struct FeedFilter {
 impl FeedFilter {
     fn matches(&self, job: &Job) -> bool {
         job.tenant == self.tenant
-            && !job.deleted
+            && !job.is_deleted()
             && self.job_id.as_ref().is_none_or(|id| *id == job.id)
             && (self.models.is_empty() || self.models.contains(&job.model))
             && self
                 .labels
                 .iter()
                 .all(|(k, v)| job.labels.get(k) == Some(v))
-            && (self.statuses.is_empty() || self.statuses.contains(&job.status))
+            && (self.statuses.is_empty() || self.statuses.contains(&job.status()))
     }
 }
 
@@ -146,15 +146,15 @@ impl Feed {
         } else if let Some(id) = &filter.job_id {
             // WatchVideo from now: the current state first.
             let job = match self.store.get(id).await {
-                Ok(Some(job)) if job.tenant == filter.tenant && !job.deleted => job,
+                Ok(Some(job)) if job.tenant == filter.tenant && !job.is_deleted() => job,
                 Ok(_) => return Stop::Error(ApiError::VideoNotFound(id.clone())),
                 Err(e) => return Stop::Error(e.into()),
             };
             seen = job.last_sequence;
             *delivered = job.last_sequence;
-            let terminal = job.status.is_terminal();
+            let terminal = job.is_terminal();
             if let Some(stop) = self
-                .send_state(&job, job.last_sequence, job.update_time_ms, request, tx)
+                .send_state(&job, job.last_sequence, job.update_time_ms(), request, tx)
                 .await
             {
                 return stop;
@@ -247,7 +247,7 @@ impl Feed {
             return Some(stop);
         }
         *delivered = event.sequence;
-        if request.until_terminal && event.job.status.is_terminal() {
+        if request.until_terminal && event.job.is_terminal() {
             return Some(Stop::Done);
         }
         None
@@ -271,7 +271,7 @@ impl Feed {
         if tx.send(Ok(event)).await.is_err() {
             return Some(Stop::Done);
         }
-        if request.include_content && job.status == JobStatus::Completed {
+        if request.include_content && job.status() == JobStatus::Completed {
             return self
                 .send_content(job, time_ms, tx, rpc_method(request))
                 .await;
@@ -287,7 +287,7 @@ impl Feed {
         method: &'static str,
     ) -> Option<Stop> {
         use futures::StreamExt;
-        let content = job.content.as_ref()?;
+        let content = job.content()?;
         let mut chunks = match self
             .blobs
             .read_range(&content.blob_key, 0..content.size_bytes, self.chunk_bytes)

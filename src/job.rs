@@ -28,17 +28,6 @@ impl JobStatus {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
-    /// The status after upstream reports `reported` for a running job: never backwards. Upstream
-    /// answers a create with `in_progress` and may answer the first poll with `queued` (U1);
-    /// a subscriber must not see PROCESSING then QUEUED again (`upstream_status` keeps the raw
-    /// word). Terminal statuses are never reached this way.
-    pub fn advanced_to(self, reported: JobStatus) -> JobStatus {
-        match (self, reported) {
-            (Self::Processing, Self::Queued) => Self::Processing,
-            _ => reported,
-        }
-    }
-
     /// Lower-case name, as in AMQP routing keys (`acme.video.completed`) and the store.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -161,15 +150,20 @@ pub struct ContentFacts {
     pub last_frame_size: Option<u64>,
 }
 
-/// One job. The store persists it whole (with `version` for optimistic concurrency); every
-/// change that users can see appends an event carrying a snapshot of it.
+/// One job: what was accepted (public, never changed after acceptance but for the caller's
+/// delete) and its progress (private: changed only through the transition methods below,
+/// which say whether the change is one subscribers see). The store persists it whole (with
+/// `version` for optimistic concurrency) as a [`JobRecord`]; every change users can see
+/// appends an event carrying a snapshot of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "JobRecord", into = "JobRecord")]
 pub struct Job {
     /// vidgate's id, `vid_` + a time-ordered UUID.
     pub id: String,
     /// The tenant of the credential that created it. Tenants are walls.
     pub tenant: String,
-    /// The caller's idempotency key (gRPC `request_id`, AMQP `message_id`), if any.
+    /// The caller's idempotency key (gRPC `request_id`, AMQP `message_id`), if any. Cleared
+    /// when the job is deleted (API.md: keys live as long as their job).
     pub request_id: Option<String>,
     /// SHA-256 (hex) of the accepted request, to tell "same key, same request" from
     /// "same key, different request" (`REQUEST_ID_REUSED`).
@@ -180,51 +174,690 @@ pub struct Job {
     pub labels: BTreeMap<String, String>,
     /// The `CreateVideoRequest` as accepted, protobuf-encoded, with input bytes dropped
     /// (what `Video.request` shows). The full request is kept apart: [`NewJob::submission`].
-    #[serde(with = "b64")]
     pub request: Bytes,
-    /// Public status.
-    pub status: JobStatus,
-    /// Dispatcher phase.
-    pub phase: Phase,
-    /// Upstream's last status word, verbatim.
-    pub upstream_status: String,
-    /// Upstream's task id, stored the moment the create answered.
-    pub upstream_id: Option<String>,
-    /// 0-100 when upstream gives it.
-    pub progress: Option<u32>,
     /// Unix milliseconds.
     pub create_time_ms: i64,
-    /// Unix milliseconds of the last change.
-    pub update_time_ms: i64,
-    /// Unix milliseconds of the terminal change.
-    pub complete_time_ms: Option<i64>,
-    /// Why it failed.
-    pub error: Option<JobError>,
-    /// The stored video's facts.
-    pub content: Option<ContentFacts>,
-    /// Bumped by every update; an update with a stale version is refused.
-    pub version: i64,
-    /// The sequence of this job's latest event.
-    pub last_sequence: i64,
-    /// When the dispatcher should look at the job next (unix ms); `None` = nothing to do.
-    pub next_action_ms: Option<i64>,
-    /// Consecutive transient failures of the current step (drives backoff).
-    pub attempts: u32,
-    /// Status polls made so far.
-    pub polls: u32,
-    /// Where upstream said the last frame image is (S10), kept for the download step.
-    #[serde(default)]
-    pub last_frame_url: Option<String>,
     /// AMQP `reply_to` of the message that created the job: its events go there too.
-    #[serde(default)]
     pub reply_to: Option<String>,
     /// AMQP `correlation_id` to put on those replies.
-    #[serde(default)]
     pub correlation_id: Option<String>,
     /// W3C trace context of the request that created it, so later steps link to its trace.
     pub trace_context: Option<String>,
+    /// Bumped by every update; an update with a stale version is refused. Kept by the store.
+    pub version: i64,
+    /// The sequence of this job's latest event. Kept by the store.
+    pub last_sequence: i64,
+    stage: Stage,
+    progress: Progress,
+    deleted: bool,
+}
+
+/// Where a job is. Each variant carries what that stage needs, so "polling without an upstream
+/// id" cannot be represented.
+#[derive(Debug, Clone, PartialEq)]
+enum Stage {
+    /// Accepted and durable; nothing sent upstream (or a create certainly not taken).
+    Pending,
+    /// The create request is on the wire (ARCHITECTURE.md, "No double spend"). Found so after
+    /// a crash, the create's outcome is unknown.
+    Submitting,
+    /// Upstream has the task; the dispatcher polls it. `started`: upstream has said it is
+    /// processing at least once (the public status then stays PROCESSING).
+    Polling { upstream_id: String, started: bool },
+    /// Upstream said completed; the content is being copied into the blob store.
+    Downloading {
+        upstream_id: String,
+        last_frame_url: Option<String>,
+    },
+    /// The video is stored.
+    Completed {
+        upstream_id: String,
+        content: ContentFacts,
+    },
+    /// Ended without a video.
+    Failed {
+        upstream_id: Option<String>,
+        error: JobError,
+    },
+    /// Cancelled by its owner (the upstream task, if any, may still run).
+    Cancelled { upstream_id: Option<String> },
+}
+
+/// What changes on every step without changing the stage.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Progress {
+    upstream_status: String,
+    percent: Option<u32>,
+    update_time_ms: i64,
+    complete_time_ms: Option<i64>,
+    next_action_ms: Option<i64>,
+    attempts: u32,
+    polls: u32,
+}
+
+/// Whether a change is one that subscribers see (an event is appended in the same commit) or
+/// bookkeeping only (a schedule, a retry count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Record {
+    /// Append an event with the job as of this change.
+    Event,
+    /// Write the job without an event.
+    Quiet,
+}
+
+impl Record {
+    /// `Event` when `visible`.
+    pub fn event_if(visible: bool) -> Self {
+        if visible { Self::Event } else { Self::Quiet }
+    }
+}
+
+/// A transition the job's stage does not allow (a bug in the caller, or a stale copy).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {id}: cannot {action} while it is {stage}")]
+pub struct TransitionError {
+    /// The job.
+    pub id: String,
+    /// What was asked.
+    pub action: &'static str,
+    /// Where the job was.
+    pub stage: &'static str,
+}
+
+/// What the caller gives when a job is accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// See [`Job::id`].
+    pub id: String,
+    /// See [`Job::tenant`].
+    pub tenant: String,
+    /// See [`Job::request_id`].
+    pub request_id: Option<String>,
+    /// See [`Job::fingerprint`].
+    pub fingerprint: String,
+    /// See [`Job::model`].
+    pub model: String,
+    /// See [`Job::labels`].
+    pub labels: BTreeMap<String, String>,
+    /// See [`Job::request`].
+    pub request: Bytes,
+    /// See [`Job::reply_to`].
+    pub reply_to: Option<String>,
+    /// See [`Job::correlation_id`].
+    pub correlation_id: Option<String>,
+    /// See [`Job::trace_context`].
+    pub trace_context: Option<String>,
+}
+
+impl Job {
+    /// A job just accepted at `now`: queued, due at once.
+    pub fn accepted(a: Accepted, now: i64) -> Job {
+        Job {
+            id: a.id,
+            tenant: a.tenant,
+            request_id: a.request_id,
+            fingerprint: a.fingerprint,
+            model: a.model,
+            labels: a.labels,
+            request: a.request,
+            create_time_ms: now,
+            reply_to: a.reply_to,
+            correlation_id: a.correlation_id,
+            trace_context: a.trace_context,
+            version: 0,
+            last_sequence: 0,
+            stage: Stage::Pending,
+            progress: Progress {
+                update_time_ms: now,
+                next_action_ms: Some(now),
+                ..Progress::default()
+            },
+            deleted: false,
+        }
+    }
+
+    /// The public status, derived from the stage: never backwards while the job runs.
+    pub fn status(&self) -> JobStatus {
+        match &self.stage {
+            Stage::Pending | Stage::Submitting => JobStatus::Queued,
+            Stage::Polling { started: false, .. } => JobStatus::Queued,
+            Stage::Polling { started: true, .. } | Stage::Downloading { .. } => {
+                JobStatus::Processing
+            }
+            Stage::Completed { .. } => JobStatus::Completed,
+            Stage::Failed { .. } => JobStatus::Failed,
+            Stage::Cancelled { .. } => JobStatus::Cancelled,
+        }
+    }
+
+    /// The dispatcher's view of the stage.
+    pub fn phase(&self) -> Phase {
+        match &self.stage {
+            Stage::Pending => Phase::Pending,
+            Stage::Submitting => Phase::Submitting,
+            Stage::Polling { .. } => Phase::Polling,
+            Stage::Downloading { .. } => Phase::Downloading,
+            Stage::Completed { .. } | Stage::Failed { .. } | Stage::Cancelled { .. } => {
+                Phase::Finished
+            }
+        }
+    }
+
+    /// Whether the job will never change again (but for a delete).
+    pub fn is_terminal(&self) -> bool {
+        self.status().is_terminal()
+    }
+
+    /// Upstream's task id, once the create answered (kept after the job ends, for operators).
+    pub fn upstream_id(&self) -> Option<&str> {
+        match &self.stage {
+            Stage::Polling { upstream_id, .. }
+            | Stage::Downloading { upstream_id, .. }
+            | Stage::Completed { upstream_id, .. } => Some(upstream_id),
+            Stage::Failed { upstream_id, .. } | Stage::Cancelled { upstream_id } => {
+                upstream_id.as_deref()
+            }
+            Stage::Pending | Stage::Submitting => None,
+        }
+    }
+
+    /// Why it failed.
+    pub fn error(&self) -> Option<&JobError> {
+        match &self.stage {
+            Stage::Failed { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The stored video's facts, once completed.
+    pub fn content(&self) -> Option<&ContentFacts> {
+        match &self.stage {
+            Stage::Completed { content, .. } => Some(content),
+            _ => None,
+        }
+    }
+
+    /// Where upstream said the last frame image is (S10), while downloading.
+    pub fn last_frame_url(&self) -> Option<&str> {
+        match &self.stage {
+            Stage::Downloading { last_frame_url, .. } => last_frame_url.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Upstream's last status word, verbatim.
+    pub fn upstream_status(&self) -> &str {
+        &self.progress.upstream_status
+    }
+
+    /// 0-100 when upstream gives it.
+    pub fn progress(&self) -> Option<u32> {
+        self.progress.percent
+    }
+
+    /// Unix milliseconds of the last change.
+    pub fn update_time_ms(&self) -> i64 {
+        self.progress.update_time_ms
+    }
+
+    /// Unix milliseconds of the terminal change.
+    pub fn complete_time_ms(&self) -> Option<i64> {
+        self.progress.complete_time_ms
+    }
+
+    /// When the dispatcher should look at the job next (unix ms); `None` = nothing to do.
+    pub fn next_action_ms(&self) -> Option<i64> {
+        self.progress.next_action_ms
+    }
+
+    /// Consecutive transient failures of the current step (drives backoff).
+    pub fn attempts(&self) -> u32 {
+        self.progress.attempts
+    }
+
+    /// Status polls made so far.
+    pub fn polls(&self) -> u32 {
+        self.progress.polls
+    }
+
     /// Deleted by the caller: hidden from every read, kept only until pruned.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    fn stage_name(&self) -> &'static str {
+        match &self.stage {
+            Stage::Pending => "pending",
+            Stage::Submitting => "submitting",
+            Stage::Polling { .. } => "polling",
+            Stage::Downloading { .. } => "downloading",
+            Stage::Completed { .. } => "completed",
+            Stage::Failed { .. } => "failed",
+            Stage::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    fn refuse(&self, action: &'static str) -> TransitionError {
+        TransitionError {
+            id: self.id.clone(),
+            action,
+            stage: self.stage_name(),
+        }
+    }
+
+    fn touch(&mut self, now: i64) {
+        self.progress.update_time_ms = now;
+    }
+
+    /// Pending -> submitting: the create is about to be written to the connection. Due again
+    /// at `lease_until`, when a create still unanswered is taken for crashed.
+    pub fn begin_submit(&mut self, now: i64, lease_until: i64) -> Result<Record, TransitionError> {
+        if self.stage != Stage::Pending {
+            return Err(self.refuse("begin a submit"));
+        }
+        self.stage = Stage::Submitting;
+        self.progress.next_action_ms = Some(lease_until);
+        self.touch(now);
+        Ok(Record::Quiet)
+    }
+
+    /// Submitting -> pending: nothing was sent (or upstream certainly did not take it); due
+    /// again at `retry_at`. `failed_attempt` counts it towards the backoff.
+    pub fn submit_not_taken(
+        &mut self,
+        now: i64,
+        retry_at: i64,
+        failed_attempt: bool,
+    ) -> Result<Record, TransitionError> {
+        if self.stage != Stage::Submitting {
+            return Err(self.refuse("take back a submit"));
+        }
+        self.stage = Stage::Pending;
+        if failed_attempt {
+            self.progress.attempts += 1;
+        }
+        self.progress.next_action_ms = Some(retry_at);
+        self.touch(now);
+        Ok(Record::Quiet)
+    }
+
+    /// Submitting -> polling: upstream answered the create with its task id and status word;
+    /// the first poll is due at `first_poll_at`.
+    pub fn submitted(
+        &mut self,
+        now: i64,
+        upstream_id: String,
+        word: String,
+        started: bool,
+        first_poll_at: i64,
+    ) -> Result<Record, TransitionError> {
+        if self.stage != Stage::Submitting {
+            return Err(self.refuse("record a submitted create"));
+        }
+        self.stage = Stage::Polling {
+            upstream_id,
+            started,
+        };
+        self.progress.upstream_status = word;
+        self.progress.attempts = 0;
+        self.progress.next_action_ms = Some(first_poll_at);
+        self.touch(now);
+        Ok(Record::Event)
+    }
+
+    /// A poll's answer while upstream still works: the status word, whether it said
+    /// processing, and its progress. An event only when something a subscriber sees changed.
+    pub fn polled(
+        &mut self,
+        now: i64,
+        word: String,
+        processing: bool,
+        percent: Option<u32>,
+        next_poll_at: i64,
+    ) -> Result<Record, TransitionError> {
+        let Stage::Polling { started, .. } = &mut self.stage else {
+            return Err(self.refuse("record a poll"));
+        };
+        let visible_before = (*started, self.progress.percent);
+        let word_changed = word != self.progress.upstream_status;
+        *started |= processing;
+        let after = (*started, percent.or(self.progress.percent));
+        self.progress.percent = after.1;
+        self.progress.upstream_status = word;
+        self.progress.polls += 1;
+        self.progress.attempts = 0;
+        self.progress.next_action_ms = Some(next_poll_at);
+        self.touch(now);
+        Ok(Record::event_if(word_changed || visible_before != after))
+    }
+
+    /// Polling -> downloading: upstream said completed; the download is due at once.
+    pub fn upstream_completed(
+        &mut self,
+        now: i64,
+        word: String,
+        percent: Option<u32>,
+        last_frame_url: Option<String>,
+    ) -> Result<Record, TransitionError> {
+        let Stage::Polling { upstream_id, .. } = &self.stage else {
+            return Err(self.refuse("start a download"));
+        };
+        let before = (
+            self.status(),
+            self.progress.upstream_status.clone(),
+            self.progress.percent,
+        );
+        self.stage = Stage::Downloading {
+            upstream_id: upstream_id.clone(),
+            last_frame_url,
+        };
+        self.progress.upstream_status = word;
+        self.progress.percent = percent.or(self.progress.percent);
+        self.progress.polls += 1;
+        self.progress.attempts = 0;
+        self.progress.next_action_ms = Some(now);
+        self.touch(now);
+        let after = (
+            self.status(),
+            self.progress.upstream_status.clone(),
+            self.progress.percent,
+        );
+        Ok(Record::event_if(before != after))
+    }
+
+    /// A transient failure of the current step: one more attempt, due again at `retry_at`
+    /// (computed by the caller from `attempts() + 1`).
+    pub fn retry_later(&mut self, now: i64, retry_at: i64) -> Result<Record, TransitionError> {
+        if self.is_terminal() {
+            return Err(self.refuse("schedule a retry"));
+        }
+        self.progress.attempts += 1;
+        self.progress.next_action_ms = Some(retry_at);
+        self.touch(now);
+        Ok(Record::Quiet)
+    }
+
+    /// Downloading -> completed, with the stored video's facts.
+    pub fn complete(&mut self, now: i64, content: ContentFacts) -> Result<Record, TransitionError> {
+        let Stage::Downloading { upstream_id, .. } = &self.stage else {
+            return Err(self.refuse("complete"));
+        };
+        self.stage = Stage::Completed {
+            upstream_id: upstream_id.clone(),
+            content,
+        };
+        self.progress.percent = Some(100);
+        self.finish(now);
+        Ok(Record::Event)
+    }
+
+    /// Any running stage -> failed. The upstream id, if any, is kept for operators.
+    pub fn fail(&mut self, now: i64, error: JobError) -> Result<Record, TransitionError> {
+        if self.is_terminal() {
+            return Err(self.refuse("fail"));
+        }
+        self.stage = Stage::Failed {
+            upstream_id: self.upstream_id().map(str::to_owned),
+            error,
+        };
+        self.finish(now);
+        Ok(Record::Event)
+    }
+
+    /// Any running stage -> cancelled. The upstream id, if any, is kept: the upstream task may
+    /// still run (and be billed).
+    pub fn cancel(&mut self, now: i64) -> Result<Record, TransitionError> {
+        if self.is_terminal() {
+            return Err(self.refuse("cancel"));
+        }
+        self.stage = Stage::Cancelled {
+            upstream_id: self.upstream_id().map(str::to_owned),
+        };
+        self.finish(now);
+        Ok(Record::Event)
+    }
+
+    /// Deleted by its owner: a running job is cancelled first; the idempotency key is freed.
+    /// Returns whether the job was still running.
+    pub fn delete(&mut self, now: i64) -> bool {
+        let was_running = !self.is_terminal();
+        if was_running {
+            self.stage = Stage::Cancelled {
+                upstream_id: self.upstream_id().map(str::to_owned),
+            };
+            self.finish(now);
+        }
+        self.deleted = true;
+        self.request_id = None;
+        self.progress.next_action_ms = None;
+        self.touch(now);
+        was_running
+    }
+
+    /// A finished or deleted job found due: nothing more to do, ever.
+    pub fn settle(&mut self) {
+        self.progress.next_action_ms = None;
+    }
+
+    fn finish(&mut self, now: i64) {
+        self.progress.attempts = 0;
+        self.progress.complete_time_ms = Some(now);
+        self.progress.next_action_ms = None;
+        self.touch(now);
+    }
+}
+
+/// A job as the store keeps it (JSON) and as old data directories hold it: flat fields. Every
+/// stored job is read back through [`Job`]'s checks (`TryFrom`), so a record whose fields
+/// contradict each other (polling without an upstream id) is refused as corrupt instead of
+/// driving the dispatcher. Tests use it to build jobs in any stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// See [`Job::id`].
+    pub id: String,
+    /// See [`Job::tenant`].
+    pub tenant: String,
+    /// See [`Job::request_id`].
+    pub request_id: Option<String>,
+    /// See [`Job::fingerprint`].
+    pub fingerprint: String,
+    /// See [`Job::model`].
+    pub model: String,
+    /// See [`Job::labels`].
+    pub labels: BTreeMap<String, String>,
+    /// See [`Job::request`].
+    #[serde(with = "b64")]
+    pub request: Bytes,
+    /// See [`Job::status`].
+    pub status: JobStatus,
+    /// See [`Job::phase`].
+    pub phase: Phase,
+    /// See [`Job::upstream_status`].
+    pub upstream_status: String,
+    /// See [`Job::upstream_id`].
+    pub upstream_id: Option<String>,
+    /// See [`Job::progress`].
+    pub progress: Option<u32>,
+    /// See [`Job::create_time_ms`].
+    pub create_time_ms: i64,
+    /// See [`Job::update_time_ms`].
+    pub update_time_ms: i64,
+    /// See [`Job::complete_time_ms`].
+    pub complete_time_ms: Option<i64>,
+    /// See [`Job::error`].
+    pub error: Option<JobError>,
+    /// See [`Job::content`].
+    pub content: Option<ContentFacts>,
+    /// See [`Job::version`].
+    pub version: i64,
+    /// See [`Job::last_sequence`].
+    pub last_sequence: i64,
+    /// See [`Job::next_action_ms`].
+    pub next_action_ms: Option<i64>,
+    /// See [`Job::attempts`].
+    pub attempts: u32,
+    /// See [`Job::polls`].
+    pub polls: u32,
+    /// See [`Job::last_frame_url`].
+    #[serde(default)]
+    pub last_frame_url: Option<String>,
+    /// See [`Job::reply_to`].
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// See [`Job::correlation_id`].
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// See [`Job::trace_context`].
+    pub trace_context: Option<String>,
+    /// See [`Job::is_deleted`].
     pub deleted: bool,
+}
+
+/// Why a [`JobRecord`] is not a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {id} is stored {phase:?}/{status:?}, which {why}")]
+pub struct RecordError {
+    /// The job.
+    pub id: String,
+    /// Its stored phase.
+    pub phase: Phase,
+    /// Its stored status.
+    pub status: JobStatus,
+    /// What does not fit.
+    pub why: &'static str,
+}
+
+impl TryFrom<JobRecord> for Job {
+    type Error = RecordError;
+
+    fn try_from(r: JobRecord) -> Result<Self, Self::Error> {
+        let refuse = |why| RecordError {
+            id: r.id.clone(),
+            phase: r.phase,
+            status: r.status,
+            why,
+        };
+        let stage = match (r.phase, r.status) {
+            (Phase::Pending, JobStatus::Queued | JobStatus::Processing) => Stage::Pending,
+            (Phase::Submitting, JobStatus::Queued | JobStatus::Processing) => Stage::Submitting,
+            (Phase::Polling, JobStatus::Queued | JobStatus::Processing) => Stage::Polling {
+                upstream_id: r
+                    .upstream_id
+                    .clone()
+                    .ok_or_else(|| refuse("needs an upstream id"))?,
+                started: r.status == JobStatus::Processing,
+            },
+            (Phase::Downloading, JobStatus::Queued | JobStatus::Processing) => Stage::Downloading {
+                upstream_id: r
+                    .upstream_id
+                    .clone()
+                    .ok_or_else(|| refuse("needs an upstream id"))?,
+                last_frame_url: r.last_frame_url.clone(),
+            },
+            (Phase::Finished, JobStatus::Completed) => Stage::Completed {
+                upstream_id: r
+                    .upstream_id
+                    .clone()
+                    .ok_or_else(|| refuse("needs an upstream id"))?,
+                content: r
+                    .content
+                    .clone()
+                    .ok_or_else(|| refuse("needs its content facts"))?,
+            },
+            (Phase::Finished, JobStatus::Failed) => Stage::Failed {
+                upstream_id: r.upstream_id.clone(),
+                error: r.error.clone().ok_or_else(|| refuse("needs an error"))?,
+            },
+            (Phase::Finished, JobStatus::Cancelled) => Stage::Cancelled {
+                upstream_id: r.upstream_id.clone(),
+            },
+            _ => return Err(refuse("is not a stage a job can be in")),
+        };
+        Ok(Job {
+            id: r.id,
+            tenant: r.tenant,
+            request_id: r.request_id,
+            fingerprint: r.fingerprint,
+            model: r.model,
+            labels: r.labels,
+            request: r.request,
+            create_time_ms: r.create_time_ms,
+            reply_to: r.reply_to,
+            correlation_id: r.correlation_id,
+            trace_context: r.trace_context,
+            version: r.version,
+            last_sequence: r.last_sequence,
+            stage,
+            progress: Progress {
+                upstream_status: r.upstream_status,
+                percent: r.progress,
+                update_time_ms: r.update_time_ms,
+                complete_time_ms: r.complete_time_ms,
+                next_action_ms: r.next_action_ms,
+                attempts: r.attempts,
+                polls: r.polls,
+            },
+            deleted: r.deleted,
+        })
+    }
+}
+
+impl From<Job> for JobRecord {
+    fn from(job: Job) -> Self {
+        let status = job.status();
+        let phase = job.phase();
+        let (upstream_id, error, content, last_frame_url) = match job.stage {
+            Stage::Pending | Stage::Submitting => (None, None, None, None),
+            Stage::Polling { upstream_id, .. } => (Some(upstream_id), None, None, None),
+            Stage::Downloading {
+                upstream_id,
+                last_frame_url,
+            } => (Some(upstream_id), None, None, last_frame_url),
+            Stage::Completed {
+                upstream_id,
+                content,
+            } => (Some(upstream_id), None, Some(content), None),
+            Stage::Failed { upstream_id, error } => (upstream_id, Some(error), None, None),
+            Stage::Cancelled { upstream_id } => (upstream_id, None, None, None),
+        };
+        JobRecord {
+            id: job.id,
+            tenant: job.tenant,
+            request_id: job.request_id,
+            fingerprint: job.fingerprint,
+            model: job.model,
+            labels: job.labels,
+            request: job.request,
+            status,
+            phase,
+            upstream_status: job.progress.upstream_status,
+            upstream_id,
+            progress: job.progress.percent,
+            create_time_ms: job.create_time_ms,
+            update_time_ms: job.progress.update_time_ms,
+            complete_time_ms: job.progress.complete_time_ms,
+            error,
+            content,
+            version: job.version,
+            last_sequence: job.last_sequence,
+            next_action_ms: job.progress.next_action_ms,
+            attempts: job.progress.attempts,
+            polls: job.progress.polls,
+            last_frame_url,
+            reply_to: job.reply_to,
+            correlation_id: job.correlation_id,
+            trace_context: job.trace_context,
+            deleted: job.deleted,
+        }
+    }
+}
+
+impl JobRecord {
+    /// The record of `job`, to change in ways no transition allows (tests, migrations).
+    pub fn of(job: &Job) -> JobRecord {
+        JobRecord::from(job.clone())
+    }
 }
 
 /// A job to insert, with the full request the dispatcher will submit.
@@ -291,13 +924,121 @@ mod tests {
         assert_eq!(JobStatus::parse("done"), None);
     }
 
+    fn accepted_job() -> Job {
+        Job::accepted(
+            Accepted {
+                id: new_job_id(),
+                tenant: "acme".into(),
+                request_id: None,
+                fingerprint: "fp".into(),
+                model: "m".into(),
+                labels: BTreeMap::new(),
+                request: Bytes::new(),
+                reply_to: None,
+                correlation_id: None,
+                trace_context: None,
+            },
+            1_000,
+        )
+    }
+
+    fn error() -> JobError {
+        JobError {
+            reason: FailureReason::UpstreamFailed,
+            message: "m".into(),
+            retryable: true,
+            upstream_message: String::new(),
+            upstream_http_status: None,
+        }
+    }
+
     #[test]
-    fn a_running_status_never_moves_back_from_processing_to_queued() {
-        use JobStatus::*;
-        assert_eq!(Queued.advanced_to(Processing), Processing);
-        assert_eq!(Processing.advanced_to(Queued), Processing);
-        assert_eq!(Queued.advanced_to(Queued), Queued);
-        assert_eq!(Processing.advanced_to(Processing), Processing);
+    fn status_is_derived_and_never_moves_back_from_processing_to_queued() {
+        let mut job = accepted_job();
+        assert_eq!(job.status(), JobStatus::Queued);
+        assert_eq!(job.begin_submit(1_001, 5_000), Ok(Record::Quiet));
+        assert_eq!(job.status(), JobStatus::Queued);
+        // U1: the create answers in_progress ...
+        let r = job.submitted(1_002, "task".into(), "in_progress".into(), true, 1_100);
+        assert_eq!(r, Ok(Record::Event));
+        assert_eq!(job.status(), JobStatus::Processing);
+        // ... and the first poll says queued: the word changes, the status does not.
+        let r = job.polled(1_100, "queued".into(), false, None, 1_200);
+        assert_eq!(r, Ok(Record::Event), "the new word is worth an event");
+        assert_eq!(job.status(), JobStatus::Processing);
+        assert_eq!(job.upstream_status(), "queued");
+        let r = job.polled(1_200, "queued".into(), false, None, 1_300);
+        assert_eq!(r, Ok(Record::Quiet), "nothing a subscriber sees changed");
+        assert_eq!(job.polls(), 2);
+    }
+
+    #[test]
+    fn transitions_are_refused_from_stages_that_do_not_allow_them() {
+        let mut job = accepted_job();
+        assert!(job.polled(1, "x".into(), true, None, 2).is_err());
+        assert!(
+            job.complete(
+                1,
+                ContentFacts {
+                    size_bytes: 1,
+                    sha256: String::new(),
+                    mime_type: String::new(),
+                    duration_seconds: 0.0,
+                    width: 0,
+                    height: 0,
+                    has_audio: false,
+                    has_last_frame: false,
+                    matches_request: true,
+                    mismatch: String::new(),
+                    blob_key: String::new(),
+                    last_frame_key: None,
+                    last_frame_size: None,
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            job.submitted(1, "t".into(), "queued".into(), false, 2)
+                .is_err()
+        );
+        let _ = job.fail(5, error()).expect("a pending job can fail");
+        let err = job.cancel(6).expect_err("a failed job cannot be cancelled");
+        assert_eq!(err.stage, "failed");
+        assert!(job.fail(7, error()).is_err());
+        assert_eq!(job.complete_time_ms(), Some(5));
+    }
+
+    #[test]
+    fn cancel_and_fail_keep_the_upstream_id_for_operators() {
+        let mut job = accepted_job();
+        let _ = job.begin_submit(1, 2).unwrap();
+        let _ = job.submitted(1, "task_7".into(), "queued".into(), false, 2);
+        assert_eq!(job.cancel(3), Ok(Record::Event));
+        assert_eq!(job.status(), JobStatus::Cancelled);
+        assert_eq!(job.upstream_id(), Some("task_7"));
+        assert_eq!(job.next_action_ms(), None);
+    }
+
+    #[test]
+    fn stored_records_round_trip_and_contradictions_are_refused() {
+        let mut job = accepted_job();
+        let _ = job.begin_submit(1, 2).unwrap();
+        let _ = job.submitted(1, "task_7".into(), "in_progress".into(), true, 2);
+        let json = serde_json::to_string(&job).unwrap();
+        let back: Job = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, job);
+
+        let mut record = JobRecord::of(&job);
+        record.upstream_id = None;
+        let err = Job::try_from(record).unwrap_err();
+        assert!(err.to_string().contains("needs an upstream id"), "{err}");
+
+        let mut record = JobRecord::of(&job);
+        record.status = JobStatus::Completed;
+        assert!(
+            Job::try_from(record).is_err(),
+            "completed needs phase finished"
+        );
     }
 
     #[test]

@@ -351,10 +351,15 @@ async fn a_job_found_submitting_after_a_crash_fails_as_outcome_unknown_and_is_ne
     let v = create(&mut t, ACME, veo(&prompt)).await;
     // Simulate "crashed after writing submitting": mark it so directly in the store.
     let store = t.app().store();
-    let mut job = store.get(&v.id).await.unwrap().unwrap();
-    job.phase = vidgate::job::Phase::Submitting;
-    job.next_action_ms = Some(0);
-    store.update(job, false).await.unwrap();
+    let job = store.get(&v.id).await.unwrap().unwrap();
+    let mut record = vidgate::job::JobRecord::of(&job);
+    record.phase = vidgate::job::Phase::Submitting;
+    record.next_action_ms = Some(0);
+    let job = vidgate::job::Job::try_from(record).unwrap();
+    store
+        .update(job, vidgate::job::Record::Quiet)
+        .await
+        .unwrap();
     let mut t = t.restart(|_| {}).await;
     let done = t.drive(ACME, &v.id).await;
     assert_eq!(done.status(), pb::VideoStatus::Failed);

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sqlx::{ConnectOptions, Connection};
 use vidgate::job::{
-    ContentFacts, FailureReason, Job, JobError, JobStatus, NewJob, Phase, new_job_id,
+    ContentFacts, FailureReason, Job, JobError, JobRecord, JobStatus, NewJob, Phase, Record,
+    new_job_id,
 };
 use vidgate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use vidgate::store::{CreateOutcome, EventQuery, JobStore, ListQuery, StoreError, StoredEvent};
@@ -55,7 +56,7 @@ fn new_job(
     create_time_ms: i64,
 ) -> NewJob {
     NewJob {
-        job: Job {
+        job: job_of(JobRecord {
             id: new_job_id(),
             tenant: tenant.to_owned(),
             request_id: request_id.map(str::to_owned),
@@ -83,9 +84,50 @@ fn new_job(
             correlation_id: None,
             trace_context: None,
             deleted: false,
-        },
+        }),
         submission: Bytes::from_static(b"\x0a\x05hello\x12\x03img"),
     }
+}
+
+/// A job from its stored form: tests put jobs in any stage without driving them there.
+fn job_of(record: JobRecord) -> Job {
+    Job::try_from(record).expect("a consistent job record")
+}
+
+/// Upstream has it and is generating.
+fn processing(r: &mut JobRecord) {
+    r.status = JobStatus::Processing;
+    r.phase = Phase::Polling;
+    r.upstream_id = Some("task".into());
+}
+
+/// Done, with a stored video.
+fn completed(r: &mut JobRecord) {
+    r.status = JobStatus::Completed;
+    r.phase = Phase::Finished;
+    r.upstream_id = Some("task".into());
+    r.content = Some(ContentFacts {
+        size_bytes: 1,
+        sha256: "00".repeat(32),
+        mime_type: "video/mp4".into(),
+        duration_seconds: 4.0,
+        width: 1280,
+        height: 720,
+        has_audio: false,
+        has_last_frame: false,
+        matches_request: true,
+        mismatch: String::new(),
+        blob_key: "videos/x.mp4".into(),
+        last_frame_key: None,
+        last_frame_size: None,
+    });
+}
+
+/// `job` with its stored form changed by `change`.
+fn edit(job: &Job, change: impl FnOnce(&mut JobRecord)) -> Job {
+    let mut record = JobRecord::of(job);
+    change(&mut record);
+    job_of(record)
 }
 
 fn created(outcome: Result<CreateOutcome, StoreError>) -> Job {
@@ -110,45 +152,38 @@ async fn create_then_get_round_trips_every_field() {
     let dir = TempDir::new();
     let store = open(&dir.db()).await;
     let mut new = new_job("acme", Some("req-1"), "fp-1", 1_700_000_000_123);
-    let job = &mut new.job;
-    job.labels = BTreeMap::from([
-        ("team".to_owned(), "video".to_owned()),
-        ("env".to_owned(), "prod".to_owned()),
-    ]);
-    job.status = JobStatus::Failed;
-    job.phase = Phase::Finished;
-    job.upstream_status = "FAILED".to_owned();
-    job.upstream_id = Some("task_42".to_owned());
-    job.progress = Some(37);
-    job.update_time_ms = 1_700_000_000_999;
-    job.complete_time_ms = Some(1_700_000_001_000);
-    job.error = Some(JobError {
-        reason: FailureReason::UpstreamFailed,
-        message: "upstream said failed".to_owned(),
-        retryable: true,
-        upstream_message: "moderation".to_owned(),
-        upstream_http_status: Some(200),
+    new.job = edit(&new.job, |r| {
+        r.labels = BTreeMap::from([
+            ("team".to_owned(), "video".to_owned()),
+            ("env".to_owned(), "prod".to_owned()),
+        ]);
+        r.status = JobStatus::Completed;
+        r.phase = Phase::Finished;
+        r.upstream_status = "completed".to_owned();
+        r.upstream_id = Some("task_42".to_owned());
+        r.progress = Some(37);
+        r.update_time_ms = 1_700_000_000_999;
+        r.complete_time_ms = Some(1_700_000_001_000);
+        r.content = Some(ContentFacts {
+            size_bytes: 123_456,
+            sha256: "ab".repeat(32),
+            mime_type: "video/mp4".to_owned(),
+            duration_seconds: 8.0,
+            width: 1280,
+            height: 720,
+            has_audio: true,
+            has_last_frame: true,
+            matches_request: false,
+            mismatch: "duration 8 != 6".to_owned(),
+            blob_key: "acme/vid/video.mp4".to_owned(),
+            last_frame_key: Some("acme/vid/last.png".to_owned()),
+            last_frame_size: Some(999),
+        });
+        r.next_action_ms = Some(1_700_000_005_000);
+        r.attempts = 3;
+        r.polls = 11;
+        r.trace_context = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
     });
-    job.content = Some(ContentFacts {
-        size_bytes: 123_456,
-        sha256: "ab".repeat(32),
-        mime_type: "video/mp4".to_owned(),
-        duration_seconds: 8.0,
-        width: 1280,
-        height: 720,
-        has_audio: true,
-        has_last_frame: true,
-        matches_request: false,
-        mismatch: "duration 8 != 6".to_owned(),
-        blob_key: "acme/vid/video.mp4".to_owned(),
-        last_frame_key: Some("acme/vid/last.png".to_owned()),
-        last_frame_size: Some(999),
-    });
-    job.next_action_ms = Some(1_700_000_005_000);
-    job.attempts = 3;
-    job.polls = 11;
-    job.last_frame_url = Some("https://upstream.example/frames/42.png".into());
-    job.trace_context = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
     let submitted = new.clone();
 
     let job = created(store.create(new).await);
@@ -493,24 +528,54 @@ async fn a_failed_commit_fails_every_caller_of_the_batch_and_publishes_nothing()
 }
 
 #[tokio::test]
+async fn a_failed_job_round_trips_its_error_and_upstream_id() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let mut new = new_job("acme", None, "fp-failed", 1_700_000_000_123);
+    new.job = edit(&new.job, |r| {
+        r.status = JobStatus::Failed;
+        r.phase = Phase::Finished;
+        r.upstream_id = Some("task_43".to_owned());
+        r.complete_time_ms = Some(1_700_000_001_000);
+        r.error = Some(JobError {
+            reason: FailureReason::UpstreamFailed,
+            message: "upstream said failed".to_owned(),
+            retryable: true,
+            upstream_message: "moderation".to_owned(),
+            upstream_http_status: Some(200),
+        });
+    });
+    let job = created(store.create(new).await);
+    let stored = store.get(&job.id).await.expect("get").expect("job exists");
+    assert_eq!(stored, job);
+    assert_eq!(
+        stored.error().map(|e| e.reason),
+        Some(FailureReason::UpstreamFailed)
+    );
+    assert_eq!(stored.upstream_id(), Some("task_43"));
+}
+
+#[tokio::test]
 async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
     let dir = TempDir::new();
     let store = open(&dir.db()).await;
     let job = created(store.create(new_job("acme", None, "fp", 1_000)).await);
 
     let mut next = job.clone();
-    next.status = JobStatus::Processing;
-    next.phase = Phase::Polling;
-    next.upstream_id = Some("task_1".into());
-    next.update_time_ms = 5_000;
+    next = edit(&next, |r| {
+        processing(r);
+        r.upstream_id = Some("task_1".into());
+        r.update_time_ms = 5_000;
+    });
     let updated = store
-        .update(next.clone(), true)
+        .update(next.clone(), Record::Event)
         .await
         .expect("fresh update");
     assert_eq!(updated.version, job.version + 1);
     assert!(updated.last_sequence > job.last_sequence);
     assert_eq!(
-        updated.update_time_ms, 5_000,
+        updated.update_time_ms(),
+        5_000,
         "update_time_ms is kept as given"
     );
     assert_eq!(
@@ -523,7 +588,7 @@ async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
     assert_eq!(events[1].job, updated);
 
     // `next` still carries the version `updated` replaced.
-    match store.update(next, true).await {
+    match store.update(next, Record::Event).await {
         Err(StoreError::VersionConflict { id, expected }) => {
             assert_eq!(id, job.id);
             assert_eq!(expected, job.version);
@@ -534,19 +599,22 @@ async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
     // Without an event: the version moves, the log does not, and the stored last_sequence
     // wins over whatever the caller's copy says.
     let mut quiet = updated.clone();
-    quiet.polls = 7;
+    quiet = edit(&quiet, |r| r.polls = 7);
     quiet.last_sequence = 999;
-    let quiet = store.update(quiet, false).await.expect("quiet update");
+    let quiet = store
+        .update(quiet, Record::Quiet)
+        .await
+        .expect("quiet update");
     assert_eq!(quiet.version, updated.version + 1);
     assert_eq!(quiet.last_sequence, updated.last_sequence);
-    assert_eq!(quiet.polls, 7);
+    assert_eq!(quiet.polls(), 7);
     assert_eq!(store.get(&job.id).await.expect("get"), Some(quiet.clone()));
     assert_eq!(all_events(&store).await.len(), 2);
 
     let mut ghost = quiet.clone();
     ghost.id = "vid_ghost".into();
     assert!(matches!(
-        store.update(ghost, true).await,
+        store.update(ghost, Record::Event).await,
         Err(StoreError::NotFound(id)) if id == "vid_ghost"
     ));
 }
@@ -561,8 +629,8 @@ async fn concurrent_updates_of_one_version_let_exactly_one_win() {
         .map(|i| {
             let store = store.clone();
             let mut job = job.clone();
-            job.polls = i;
-            tokio::spawn(async move { store.update(job, true).await })
+            job = edit(&job, |r| r.polls = i);
+            tokio::spawn(async move { store.update(job, Record::Event).await })
         })
         .collect();
     let mut wins = 0;
@@ -598,7 +666,10 @@ async fn labels_follow_updates() {
 
     let mut relabelled = job.clone();
     relabelled.labels = BTreeMap::from([("team".to_owned(), "b".to_owned())]);
-    store.update(relabelled, false).await.expect("update");
+    store
+        .update(relabelled, Record::Quiet)
+        .await
+        .expect("update");
 
     assert!(
         store
@@ -637,16 +708,16 @@ async fn list_pages_newest_first_each_job_once_with_filters() {
         }
         let mut job = created(store.create(new).await);
         if i % 3 == 0 {
-            job.status = JobStatus::Processing;
-            job = store.update(job, true).await.expect("update");
+            job = edit(&job, processing);
+            job = store.update(job, Record::Event).await.expect("update");
         }
         all.push(job);
     }
     // Noise that no listing below may return: another tenant, and a deleted job.
     created(store.create(new_job("globex", None, "fp", 20_000)).await);
     let mut gone = created(store.create(new_job("acme", None, "fp", 20_000)).await);
-    gone.deleted = true;
-    store.update(gone, true).await.expect("delete");
+    gone = edit(&gone, |r| r.deleted = true);
+    store.update(gone, Record::Event).await.expect("delete");
 
     let pages = |query: ListQuery| {
         let store = &store;
@@ -697,7 +768,7 @@ async fn list_pages_newest_first_each_job_once_with_filters() {
     .await;
     assert_eq!(
         processing.concat(),
-        filtered(&|j| j.status == JobStatus::Processing)
+        filtered(&|j| j.status() == JobStatus::Processing)
     );
     let seedance = pages(ListQuery {
         tenant: "acme".into(),
@@ -722,7 +793,7 @@ async fn list_pages_newest_first_each_job_once_with_filters() {
     })
     .await;
     let expected = filtered(&|j| {
-        j.status == JobStatus::Processing
+        j.status() == JobStatus::Processing
             && j.labels.get("team").map(String::as_str) == Some("red")
             && j.labels.get("env").map(String::as_str) == Some("prod")
     });
@@ -747,15 +818,15 @@ async fn due_returns_only_due_live_jobs_soonest_first() {
     let mut jobs = Vec::new();
     for next_action_ms in schedule {
         let mut new = new_job("acme", None, "fp", 1_000);
-        new.job.next_action_ms = next_action_ms;
+        new.job = edit(&new.job, |r| r.next_action_ms = next_action_ms);
         jobs.push(created(store.create(new).await));
     }
     let mut deleted = jobs[1].clone();
-    deleted.deleted = true;
-    store.update(deleted, true).await.expect("delete");
+    deleted = edit(&deleted, |r| r.deleted = true);
+    store.update(deleted, Record::Event).await.expect("delete");
     let mut earliest_deleted = new_job("acme", None, "fp", 1_000);
-    earliest_deleted.job.next_action_ms = Some(1);
-    earliest_deleted.job.deleted = true;
+    earliest_deleted.job = edit(&earliest_deleted.job, |r| r.next_action_ms = Some(1));
+    earliest_deleted.job = edit(&earliest_deleted.job, |r| r.deleted = true);
     created(store.create(earliest_deleted).await);
 
     let due = store.due(1_000, 10, &HashSet::new()).await.expect("due");
@@ -781,12 +852,12 @@ async fn due_leaves_out_the_skipped_jobs_without_letting_them_crowd_out_others()
     let mut jobs = Vec::new();
     for next_action_ms in [10, 20, 30, 40, 50, 60, 5_000] {
         let mut new = new_job("acme", None, "fp", 1_000);
-        new.job.next_action_ms = Some(next_action_ms);
+        new.job = edit(&new.job, |r| r.next_action_ms = Some(next_action_ms));
         jobs.push(created(store.create(new).await));
     }
     let mut deleted = jobs[3].clone();
-    deleted.deleted = true;
-    store.update(deleted, true).await.expect("delete");
+    deleted = edit(&deleted, |r| r.deleted = true);
+    store.update(deleted, Record::Event).await.expect("delete");
     let ids = |due: &[vidgate::job::Job]| due.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
     // The three soonest are being worked on: the next two due ones come, the deleted one and
     // the one not due yet do not.
@@ -823,11 +894,11 @@ async fn events_after_filters_by_tenant_and_job_from_a_cursor() {
     let b1 = created(store.create(new_job("globex", None, "fp", 1_000)).await);
     let a2 = created(store.create(new_job("acme", None, "fp", 1_000)).await);
     let mut a1_next = a1.clone();
-    a1_next.status = JobStatus::Processing;
-    let a1_next = store.update(a1_next, true).await.expect("update");
+    a1_next = edit(&a1_next, processing);
+    let a1_next = store.update(a1_next, Record::Event).await.expect("update");
     let mut b1_next = b1.clone();
-    b1_next.status = JobStatus::Completed;
-    store.update(b1_next, true).await.expect("update");
+    b1_next = edit(&b1_next, completed);
+    store.update(b1_next, Record::Event).await.expect("update");
 
     let query = |after_sequence, tenant: Option<&str>, job_id: Option<&str>, limit| EventQuery {
         after_sequence,
@@ -883,16 +954,16 @@ async fn subscribers_receive_committed_events_in_order() {
     let a = created(store.create(new_job("acme", Some("a"), "fp", 1_000)).await);
     let b = created(store.create(new_job("globex", None, "fp", 1_000)).await);
     let mut a_next = a.clone();
-    a_next.status = JobStatus::Processing;
-    let a_next = store.update(a_next, true).await.expect("update");
+    a_next = edit(&a_next, processing);
+    let a_next = store.update(a_next, Record::Event).await.expect("update");
     // Writes that commit nothing publish nothing.
     store
         .create(new_job("acme", Some("a"), "fp", 1_000))
         .await
         .expect("retry");
-    assert!(store.update(a.clone(), true).await.is_err());
+    assert!(store.update(a.clone(), Record::Event).await.is_err());
     store
-        .update(a_next.clone(), false)
+        .update(a_next.clone(), Record::Quiet)
         .await
         .expect("quiet update");
 
@@ -969,8 +1040,8 @@ async fn everything_survives_closing_and_reopening() {
             jobs.push(created(store.create(new).await));
         }
         let mut first = jobs[0].clone();
-        first.status = JobStatus::Completed;
-        jobs[0] = store.update(first, true).await.expect("update");
+        first = edit(&first, completed);
+        jobs[0] = store.update(first, Record::Event).await.expect("update");
         let events = all_events(&store).await;
         let latest = store.latest_sequence().await.expect("latest");
         store.close().await;

@@ -70,7 +70,7 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
                     event = rx.recv() => event,
                 };
                 match event {
-                    Ok(event) if event.job.status == JobStatus::Completed => {
+                    Ok(event) if event.job.status() == JobStatus::Completed => {
                         let now = Instant::now();
                         published
                             .lock()

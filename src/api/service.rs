@@ -20,7 +20,7 @@ use crate::convert;
 use crate::dispatcher::Dispatcher;
 use crate::domain::{FieldViolation, ModelCatalog, ValidationError, VideoSpec};
 use crate::events::{Feed, FeedFilter, FeedItem, FeedRequest};
-use crate::job::{Job, JobStatus, NewJob, Phase, new_job_id, now_ms};
+use crate::job::{Accepted, Job, JobStatus, NewJob, Record, new_job_id, now_ms};
 use crate::pb;
 use crate::pb::video_service_server::VideoService;
 use crate::store::{CreateOutcome, JobStore, ListQuery, StoreError};
@@ -101,7 +101,7 @@ impl VideoApi {
     /// A job of this tenant, or NOT_FOUND (also for another tenant's job: never confirm it exists).
     async fn job_of(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
         match self.store.get(id).await? {
-            Some(job) if job.tenant == tenant.0 && !job.deleted => Ok(job),
+            Some(job) if job.tenant == tenant.0 && !job.is_deleted() => Ok(job),
             _ => Err(ApiError::VideoNotFound(id.to_owned())),
         }
     }
@@ -143,38 +143,23 @@ impl VideoApi {
                 .into());
             }
         }
-        let now = now_ms();
-        let job = Job {
-            id: new_job_id(),
-            tenant: tenant.0.clone(),
-            request_id: (!request.request_id.is_empty()).then(|| request.request_id.clone()),
-            fingerprint: convert::fingerprint(&request),
-            model: request.model.clone(),
-            labels: request.labels.clone(),
-            request: convert::strip_inputs(&request).encode_to_vec().into(),
-            status: JobStatus::Queued,
-            phase: Phase::Pending,
-            upstream_status: String::new(),
-            upstream_id: None,
-            progress: None,
-            create_time_ms: now,
-            update_time_ms: now,
-            complete_time_ms: None,
-            error: None,
-            content: None,
-            version: 0,
-            last_sequence: 0,
-            next_action_ms: Some(now),
-            attempts: 0,
-            polls: 0,
-            last_frame_url: None,
-            reply_to: origin.reply_to,
-            correlation_id: origin.correlation_id,
-            // The intake span's own context (a child of the caller's), so every later step of
-            // the job joins this trace; the caller's when no spans are recorded.
-            trace_context: traceparent_of(&tracing::Span::current()).or(origin.trace_context),
-            deleted: false,
-        };
+        let job = Job::accepted(
+            Accepted {
+                id: new_job_id(),
+                tenant: tenant.0.clone(),
+                request_id: (!request.request_id.is_empty()).then(|| request.request_id.clone()),
+                fingerprint: convert::fingerprint(&request),
+                model: request.model.clone(),
+                labels: request.labels.clone(),
+                request: convert::strip_inputs(&request).encode_to_vec().into(),
+                reply_to: origin.reply_to,
+                correlation_id: origin.correlation_id,
+                // The intake span's own context (a child of the caller's), so every later step
+                // of the job joins this trace; the caller's when no spans are recorded.
+                trace_context: traceparent_of(&tracing::Span::current()).or(origin.trace_context),
+            },
+            now_ms(),
+        );
         // The durable insert (database client span, OpenTelemetry conventions).
         let insert = tracing::info_span!(
             "job insert",
@@ -208,14 +193,13 @@ impl VideoApi {
     async fn cancel(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let mut job = self.job_of(tenant, id).await?;
-            if job.status.is_terminal() {
+            if job.cancel(now_ms()).is_err() {
                 return Err(ApiError::VideoAlreadyFinished {
                     id: id.to_owned(),
-                    status: job.status.as_str(),
+                    status: job.status().as_str(),
                 });
             }
-            mark_cancelled(&mut job, now_ms());
-            match self.store.update(job, true).await {
+            match self.store.update(job, Record::Event).await {
                 Ok(job) => {
                     tracing::info!(job_id = %job.id, "video cancelled; the upstream task, if any, may still run");
                     self.metrics.job_finished(&job);
@@ -260,15 +244,6 @@ pub struct IntakeOrigin {
     pub reply_to: Option<String>,
     /// AMQP `correlation_id` for those replies.
     pub correlation_id: Option<String>,
-}
-
-/// Ends a running job as cancelled: the dispatcher will not look at it again.
-fn mark_cancelled(job: &mut Job, now: i64) {
-    job.status = JobStatus::Cancelled;
-    job.phase = Phase::Finished;
-    job.next_action_ms = None;
-    job.complete_time_ms = Some(now);
-    job.update_time_ms = now;
 }
 
 /// Rules of the envelope (not of the upstream contract): request_id and labels.
@@ -458,17 +433,10 @@ impl VideoService for VideoApi {
         let id = request.get_ref().id.clone();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let mut job = self.job_of(&tenant, &id).await?;
-            let was_running = !job.status.is_terminal();
-            if was_running {
-                mark_cancelled(&mut job, now_ms());
-            }
-            job.deleted = true;
             // API.md: keys live as long as their job; a deleted job frees its request_id.
-            job.request_id = None;
-            job.next_action_ms = None;
-            job.update_time_ms = now_ms();
-            let content = job.content.clone();
-            match self.store.update(job, true).await {
+            let was_running = job.delete(now_ms());
+            let content = job.content().cloned();
+            match self.store.update(job, Record::Event).await {
                 Ok(saved) => {
                     if was_running {
                         self.metrics.job_finished(&saved);
@@ -509,12 +477,12 @@ impl VideoService for VideoApi {
             }
             .into());
         }
-        let content = match (&job.content, job.status) {
-            (Some(c), JobStatus::Completed) => c.clone(),
+        let content = match job.content() {
+            Some(c) => c.clone(),
             _ => {
                 return Err(ApiError::VideoNotCompleted {
                     id: job.id.clone(),
-                    status: job.status.as_str(),
+                    status: job.status().as_str(),
                 }
                 .into());
             }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::job::{Job, JobStatus, NewJob};
+use crate::job::{Job, JobStatus, NewJob, Record};
 
 /// One entry of the event log: a job's state as of one committed change.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,10 +115,10 @@ pub trait JobStore: Send + Sync + 'static {
     async fn create(&self, new: NewJob) -> Result<CreateOutcome, StoreError>;
 
     /// Writes `job` if the stored version still equals `job.version`; the stored version
-    /// becomes `job.version + 1` and `update_time_ms` is kept as given. With `event`, appends
-    /// an event in the same commit and sets `last_sequence` to its sequence. Returns the job as
-    /// stored.
-    async fn update(&self, job: Job, event: bool) -> Result<Job, StoreError>;
+    /// becomes `job.version + 1` and `update_time_ms` is kept as given. With
+    /// [`Record::Event`], appends an event in the same commit and sets `last_sequence` to its
+    /// sequence. Returns the job as stored.
+    async fn update(&self, job: Job, record: Record) -> Result<Job, StoreError>;
 
     /// A job by id, deleted or not (callers decide what a deleted job means to them).
     async fn get(&self, id: &str) -> Result<Option<Job>, StoreError>;

@@ -58,7 +58,7 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{CreateOutcome, EventQuery, JobStore, ListQuery, StoreError, StoredEvent};
-use crate::job::{Job, NewJob};
+use crate::job::{Job, NewJob, Record};
 
 /// Most commands committed in one transaction by default. Large enough that a burst of
 /// concurrent creates shares one fsync; small enough that one transaction (and the callers
@@ -420,7 +420,7 @@ enum Write {
     },
     Update {
         job: Job,
-        event: bool,
+        record: Record,
         reply: Reply<Job>,
     },
     /// One step of pruning: deletes events below `below`, at most [`PRUNE_STEP`] sequences.
@@ -684,9 +684,11 @@ async fn apply_one(
         Write::Create { new, .. } => apply_create(conn, new, *next_sequence, now_ms)
             .await
             .map(|(outcome, event)| (Answer::Create(outcome), event)),
-        Write::Update { job, event, .. } => apply_update(conn, job, *event, *next_sequence, now_ms)
-            .await
-            .map(|(job, event)| (Answer::Update(job), event)),
+        Write::Update { job, record, .. } => {
+            apply_update(conn, job, *record, *next_sequence, now_ms)
+                .await
+                .map(|(job, event)| (Answer::Update(job), event))
+        }
         Write::PruneStep { below, .. } => apply_prune_step(conn, *below)
             .await
             .map(|progress| (Answer::Prune(progress), None)),
@@ -867,11 +869,11 @@ async fn apply_creates(
                     .push_bind(job.tenant.as_str())
                     .push_bind(job.request_id.as_deref())
                     .push_bind(job.fingerprint.as_str())
-                    .push_bind(job.status.as_str())
+                    .push_bind(job.status().as_str())
                     .push_bind(job.model.as_str())
                     .push_bind(job.create_time_ms)
-                    .push_bind(job.next_action_ms)
-                    .push_bind(job.deleted)
+                    .push_bind(job.next_action_ms())
+                    .push_bind(job.is_deleted())
                     .push_bind(job.version)
                     .push_bind(job.last_sequence)
                     .push_bind(*json);
@@ -1034,11 +1036,11 @@ async fn apply_create(
     .bind(&job.tenant)
     .bind(&job.request_id)
     .bind(&job.fingerprint)
-    .bind(job.status.as_str())
+    .bind(job.status().as_str())
     .bind(&job.model)
     .bind(job.create_time_ms)
-    .bind(job.next_action_ms)
-    .bind(job.deleted)
+    .bind(job.next_action_ms())
+    .bind(job.is_deleted())
     .bind(job.version)
     .bind(job.last_sequence)
     .bind(&json)
@@ -1061,7 +1063,7 @@ async fn apply_create(
 async fn apply_update(
     conn: &mut SqliteConnection,
     job: &Job,
-    with_event: bool,
+    record: Record,
     sequence: i64,
     now_ms: i64,
 ) -> Result<(Job, Option<StoredEvent>), CommandError> {
@@ -1077,7 +1079,7 @@ async fn apply_update(
     })?;
     // Without an event the job keeps its stored `last_sequence`, whatever the caller's copy
     // says: the SQL patches it into the JSON from the row.
-    let new_sequence = with_event.then_some(sequence);
+    let new_sequence = (record == Record::Event).then_some(sequence);
     if let Some(sequence) = new_sequence {
         job.last_sequence = sequence;
     }
@@ -1094,11 +1096,11 @@ async fn apply_update(
     .bind(&job.tenant)
     .bind(&job.request_id)
     .bind(&job.fingerprint)
-    .bind(job.status.as_str())
+    .bind(job.status().as_str())
     .bind(&job.model)
     .bind(job.create_time_ms)
-    .bind(job.next_action_ms)
-    .bind(job.deleted)
+    .bind(job.next_action_ms())
+    .bind(job.is_deleted())
     .bind(job.version)
     .bind(new_sequence)
     .bind(&json)
@@ -1328,8 +1330,8 @@ impl JobStore for SqliteStore {
             .await
     }
 
-    async fn update(&self, job: Job, event: bool) -> Result<Job, StoreError> {
-        self.write("update", |reply| Write::Update { job, event, reply })
+    async fn update(&self, job: Job, record: Record) -> Result<Job, StoreError> {
+        self.write("update", |reply| Write::Update { job, record, reply })
             .await
     }
 

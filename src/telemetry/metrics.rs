@@ -187,12 +187,8 @@ impl Metrics {
     /// `job` was just committed in an end state.
     pub fn job_finished(&self, job: &Job) {
         let model = self.model_label(&job.model);
-        let outcome = job.status.as_str();
-        let reason = job
-            .error
-            .as_ref()
-            .map(|e| e.reason.as_str())
-            .unwrap_or("none");
+        let outcome = job.status().as_str();
+        let reason = job.error().map(|e| e.reason.as_str()).unwrap_or("none");
         self.inner.jobs_finished.add(
             1,
             &[
@@ -201,7 +197,7 @@ impl Metrics {
                 KeyValue::new("vidgate.job.reason", reason),
             ],
         );
-        let end = job.complete_time_ms.unwrap_or(job.update_time_ms);
+        let end = job.complete_time_ms().unwrap_or(job.update_time_ms());
         let seconds = (end - job.create_time_ms).max(0) as f64 / 1000.0;
         self.inner.job_duration.record(
             seconds,

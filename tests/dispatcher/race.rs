@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use vidgate::blob::BlobStore;
 use vidgate::dispatcher::Dispatcher;
 use vidgate::domain::ModelCatalog;
-use vidgate::job::{Job, NewJob};
+use vidgate::job::{Job, NewJob, Record};
 use vidgate::pb;
 use vidgate::store::{CreateOutcome, EventQuery, JobStore, ListQuery, StoreError, StoredEvent};
 use vidgate::upstream::UpstreamClient;
@@ -36,8 +36,8 @@ impl JobStore for StaleSecondRead {
     async fn create(&self, new: NewJob) -> Result<CreateOutcome, StoreError> {
         self.inner.create(new).await
     }
-    async fn update(&self, job: Job, event: bool) -> Result<Job, StoreError> {
-        self.inner.update(job, event).await
+    async fn update(&self, job: Job, record: Record) -> Result<Job, StoreError> {
+        self.inner.update(job, record).await
     }
     async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
         self.inner.get(id).await

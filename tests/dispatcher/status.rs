@@ -55,7 +55,7 @@ async fn status_never_regresses_in_the_event_log_when_upstream_says_queued_after
         .expect("events");
     let words: Vec<(JobStatus, String)> = events
         .iter()
-        .map(|e| (e.job.status, e.job.upstream_status.clone()))
+        .map(|e| (e.job.status(), e.job.upstream_status().to_owned()))
         .collect();
     assert!(
         words.iter().any(|(_, w)| w == "queued"),
@@ -67,10 +67,10 @@ async fn status_never_regresses_in_the_event_log_when_upstream_says_queued_after
     );
     for pair in events.windows(2) {
         assert!(
-            rank(pair[0].job.status) <= rank(pair[1].job.status),
+            rank(pair[0].job.status()) <= rank(pair[1].job.status()),
             "status went backwards from {:?} to {:?}: {words:?}",
-            pair[0].job.status,
-            pair[1].job.status
+            pair[0].job.status(),
+            pair[1].job.status()
         );
     }
 }

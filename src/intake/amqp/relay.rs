@@ -329,7 +329,7 @@ impl Relay {
                 && let Some(event) = buffer.pop_front()
             {
                 published = event.sequence;
-                if event.job.deleted {
+                if event.job.is_deleted() {
                     // A deleted job's last event: nothing to tell (as the gRPC streams).
                     continue;
                 }
@@ -539,7 +539,7 @@ impl Relay {
 
 /// `<tenant>.video.<status>`, status in lower case (API.md).
 pub fn routing_key(event: &StoredEvent) -> String {
-    format!("{}.video.{}", event.tenant, event.job.status.as_str())
+    format!("{}.video.{}", event.tenant, event.job.status().as_str())
 }
 
 /// The `VideoEvent` of a logged event: the job's state, never its bytes.
@@ -563,7 +563,7 @@ pub fn event_properties(event: &StoredEvent, traceparent: Option<&str>) -> Basic
     }
     BasicProperties::default()
         .with_content_type(short(CONTENT_TYPE_JSON))
-        .with_type(short(&format!("video.{}", event.job.status.as_str())))
+        .with_type(short(&format!("video.{}", event.job.status().as_str())))
         .with_message_id(short(&event.sequence.to_string()))
         .with_delivery_mode(PERSISTENT)
         .with_timestamp(u64::try_from(event.time_ms.div_euclid(1000)).unwrap_or(0))
