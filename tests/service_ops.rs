@@ -502,8 +502,13 @@ async fn sigterm_ends_open_streams_with_their_cursor_exits_within_the_grace_and_
     )
     .unwrap();
 
-    // Arrange: a subscription and a watch, with events flowing.
+    // Arrange: a subscription and a watch, with events flowing. One job first, so the
+    // subscription's first sequence is past 1 and "just before it" is a cursor, not "from now".
     let (mut child, mut client) = serve_child(&config, &data_dir, &sim).await;
+    client
+        .create_video(veo(&unique("before")))
+        .await
+        .expect("create");
     let mut subscription = client
         .subscribe(pb::SubscribeRequest::default())
         .await
