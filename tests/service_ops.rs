@@ -653,3 +653,75 @@ async fn sigterm_ends_open_streams_with_their_cursor_exits_within_the_grace_and_
     let _ = tokio::time::timeout(WAIT, child.wait()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_open_when_stopping_ends_unavailable_naming_the_offset_to_resume_from() {
+    // A 1 MiB video in small chunks through a small receive window: the server cannot have
+    // sent all of it before the stop, whatever the machine's speed.
+    let sim = Simulator::start(
+        SimConfig {
+            content_min_size: 1024 * 1024,
+            ..sim_config()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("simulator starts");
+    let data_dir = temp_dir("download-stop");
+    let mut config = test_config(&data_dir, &sim);
+    config.events.chunk_bytes = 1024;
+    let mut t = start(config, data_dir, sim).await;
+    let v = t
+        .client
+        .create_video(req(ACME, veo(&unique("download when stopping"))))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = t.drive(ACME, &v.id).await;
+    let size = done.content.expect("content").size_bytes;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", t.app().grpc_addr()))
+            .unwrap()
+            .initial_stream_window_size(16 * 1024)
+            .initial_connection_window_size(16 * 1024)
+            .connect()
+            .await
+            .unwrap();
+    assert!(
+        size > 256 * 1024,
+        "the video ({size} bytes) outgrows the buffers"
+    );
+    let mut download = VideoServiceClient::new(channel)
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: v.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = download.message().await.unwrap().expect("a first chunk");
+    let mut received = first.data.len() as i64;
+
+    t.app().begin_shutdown();
+
+    let status = loop {
+        match download.message().await {
+            Ok(Some(chunk)) => {
+                assert_eq!(chunk.offset, received, "chunks in order, none skipped");
+                received += chunk.data.len() as i64;
+            }
+            Ok(None) => panic!("the download ended normally after {received} of {size} bytes"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "SERVER_SHUTTING_DOWN");
+    assert_eq!(info.metadata["next_offset"], received.to_string());
+    assert!((received as u64) < size);
+    let app = t.app.take().expect("app running");
+    assert_eq!(app.shutdown().await, vidgate::app::Stopped::Cleanly);
+}
