@@ -118,6 +118,7 @@ fn watchdog(grace: std::time::Duration) {
         .name("shutdown-watchdog".into())
         .spawn(move || {
             std::thread::sleep(grace);
+            // Straight to stderr: the log pipeline may be part of what is stuck.
             eprintln!(
                 "vidgate: still running {} ms after the stop signal (server.shutdown_grace_ms); exiting, abandoning the rest",
                 grace.as_millis()
