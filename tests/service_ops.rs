@@ -725,3 +725,67 @@ async fn a_download_open_when_stopping_ends_unavailable_naming_the_offset_to_res
     let app = t.app.take().expect("app running");
     assert_eq!(app.shutdown().await, vidgate::app::Stopped::Cleanly);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_grace_what_is_left_is_abandoned_and_the_process_exits_anyway() {
+    // An upstream create that answers only after a minute: the dispatcher's step is in flight
+    // and nothing but the grace ends it.
+    let grace = Duration::from_millis(1_000);
+    let sim = Simulator::start(sim_config(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    sim.set_faults(vec![
+        FaultRule::new(FaultEndpoint::Create, Fault::Delay { ms: 60_000 })
+            .prompt_contains("held upstream"),
+    ]);
+    let dir = temp_dir("abandon");
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let config = dir.join("vidgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshutdown_grace_ms = {}\n\n[dispatcher]\nfirst_poll_after_ms = 10\npoll_interval_ms = 20\npoll_jitter = 0.0\n",
+            grace.as_millis()
+        ),
+    )
+    .unwrap();
+    let (mut child, mut client) = serve_child(&config, &data_dir, &sim).await;
+    client
+        .create_video(veo(&unique("held upstream")))
+        .await
+        .expect("create");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sim.stats().requests.create == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the create never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let pid = child.id().expect("pid").to_string();
+    let stopping = tokio::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let exit = tokio::time::timeout(grace + EXIT_MARGIN, child.wait())
+        .await
+        .expect("vidgate exits within its shutdown grace")
+        .expect("exit status");
+    let took = stopping.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut stderr).await;
+    }
+    eprintln!("vidgate exited {took:?} after SIGTERM with an upstream call in flight");
+    assert!(
+        !exit.success(),
+        "an abandoning stop says so: {exit:?}: {stderr}"
+    );
+    assert!(stderr.contains("abandon"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
