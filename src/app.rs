@@ -1,15 +1,22 @@
 //! One startup path: [`Application::build`] opens the store, starts the upstream (real or the
 //! in-process simulator), the dispatcher and the gRPC server, and returns a handle with the
 //! bound address. `main` and every test use it.
+//!
+//! One stop path too: [`Application::shutdown`] first drains (readiness and gRPC health go
+//! not-serving, new calls are refused, open streams end naming where to resume, AMQP
+//! consumption and the dispatcher stop taking work), then stops the servers and closes the
+//! store, all within `server.shutdown_grace_ms`; past it, whatever is left is abandoned.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::{AuthConfigError, AuthMode, Authenticator};
+use crate::api::health::ReadinessHealth;
 use crate::api::service::VideoApi;
 use crate::blob::{BlobError, BlobStore};
 use crate::config::{Config, SyncMode};
@@ -32,9 +39,13 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use tonic::server::NamedService;
 
-/// How often readiness is re-checked for the gRPC health service (and, with OTLP metrics on,
-/// how often the state gauges are re-read).
+/// How often readiness's asked checks (store, dispatcher) are re-run besides every `/readyz`
+/// (and, with OTLP metrics on, how often the state gauges are re-read). Changes pushed to
+/// readiness (the broker's state, a shutdown) are published at once, not at this pace.
 pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// The part of the shutdown grace kept, after the tasks, for closing the store (its last batch
+/// committed, not cut) and flushing metrics; at most a quarter of the grace.
+pub const CLOSE_RESERVE: Duration = Duration::from_secs(2);
 /// How often old events are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -125,8 +136,25 @@ pub struct Application {
     api: VideoApi,
     simulator: Option<SimHandle>,
     amqp: Option<AmqpHandle>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    readiness: Readiness,
+    grace: Duration,
+    /// Cancelled first on shutdown: stop taking work, end streams.
+    draining: CancellationToken,
+    /// Cancelled once the work has drained: stop the servers.
+    stop: CancellationToken,
+    /// Tasks that do work (dispatcher, AMQP, pruning); they end on `draining`.
+    work_tasks: Vec<JoinHandle<()>>,
+    /// Tasks that serve (gRPC, admin, readiness upkeep); they end on `stop`.
+    serve_tasks: Vec<JoinHandle<()>>,
+}
+
+/// How [`Application::shutdown`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything finished within the grace.
+    Cleanly,
+    /// The grace ran out: this many tasks (or the store's close) were abandoned.
+    Abandoned(usize),
 }
 
 impl Application {
@@ -223,6 +251,8 @@ impl Application {
             )
             .with_metrics(metrics.clone()),
         );
+        let draining = CancellationToken::new();
+        let stop = CancellationToken::new();
         let api = VideoApi::new(
             store_dyn.clone(),
             blobs,
@@ -231,7 +261,8 @@ impl Application {
             auth,
             config.events.chunk_bytes,
         )
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_draining(draining.clone());
 
         let listener = tokio::net::TcpListener::bind(config.server.grpc_listen)
             .await
@@ -244,20 +275,22 @@ impl Application {
             source,
         })?;
 
-        let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let mut work_tasks = Vec::new();
+        let mut serve_tasks = Vec::new();
 
         // AMQP (only with `[amqp] url`): intake and outbox relay. Started before anything is
         // served, so the relay's first cursor is set before the first job can be accepted.
+        // Both stop when draining begins: the consumer is cancelled (deliveries not acked go
+        // back to the queue), the relay saves its cursor and the next process goes on from it.
         let amqp = if config.amqp.enabled() {
             let (handle, amqp_tasks) = amqp::start(
                 config.amqp.clone(),
                 api.clone(),
                 store_dyn.clone(),
-                shutdown.clone(),
+                draining.clone(),
             )
             .await?;
-            tasks.extend(amqp_tasks);
+            work_tasks.extend(amqp_tasks);
             Some(handle)
         } else {
             None
@@ -266,10 +299,26 @@ impl Application {
         let gauges = StateGauges::register(&meter, store_dyn.clone(), amqp.clone());
         let readiness = Readiness::new(
             store_dyn.clone(),
-            amqp.clone(),
+            amqp.is_some(),
             config.dispatcher.enabled.then(|| dispatcher.clone()),
             Duration::from_millis(config.dispatcher.idle_wake_ms),
         );
+        // The broker's state reaches readiness (and so gRPC health) the moment it changes.
+        if let Some(handle) = &amqp {
+            let mut status = handle.watch();
+            let readiness = readiness.clone();
+            let stop = stop.clone();
+            serve_tasks.push(tokio::spawn(async move {
+                loop {
+                    let check = status.borrow_and_update().readiness();
+                    readiness.set_broker(check);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        changed = status.changed() => if changed.is_err() { break },
+                    }
+                }
+            }));
+        }
         let admin_addr = if config.admin.enabled {
             let listener = tokio::net::TcpListener::bind(config.admin.listen)
                 .await
@@ -288,17 +337,18 @@ impl Application {
                 registry,
                 gauges: gauges.clone(),
             };
-            tasks.push(tokio::spawn(admin::serve(
-                listener,
-                state,
-                shutdown.clone(),
-            )));
+            // Served until the work has drained, so `/readyz` says 503 meanwhile.
+            serve_tasks.push(tokio::spawn(admin::serve(listener, state, stop.clone())));
             Some(addr)
         } else {
             None
         };
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_service = ReadinessHealth::server(
+            readiness.clone(),
+            &[<VideoServiceServer<VideoApi> as NamedService>::NAME],
+            stop.clone(),
+        );
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -317,14 +367,17 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(video_service);
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+        // The server stops only once the work has drained: until then health answers
+        // NOT_SERVING and new calls are refused with a reason, rather than connections reset.
+        // Open streams have ended by then, so its own graceful stop does not wait on them.
+        let server_stop = stop.clone();
+        serve_tasks.push(tokio::spawn(async move {
             if let Err(e) = server
                 .serve_with_incoming_shutdown(
                     // Nagle's algorithm on accepted sockets plus the client's delayed ACK
                     // held every unary answer ~40 ms (measured by the benchmark harness).
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stop.cancelled(),
+                    server_stop.cancelled(),
                 )
                 .await
             {
@@ -334,38 +387,31 @@ impl Application {
 
         if config.dispatcher.enabled {
             let d = dispatcher.clone();
-            let stop = shutdown.clone();
-            tasks.push(tokio::spawn(async move { d.run(stop).await }));
+            let draining = draining.clone();
+            work_tasks.push(tokio::spawn(async move { d.run(draining).await }));
         } else {
             tracing::warn!(
                 "dispatcher disabled (dispatcher.enabled = false): jobs are accepted and wait"
             );
         }
 
-        // The gRPC health service reports the same readiness as `/readyz`.
-        let health_readiness = readiness.clone();
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+        // The asked checks are re-run now and then, so a store or dispatcher that stops
+        // working is noticed without a `/readyz` call.
+        let upkeep = readiness.clone();
+        let stop_upkeep = stop.clone();
+        serve_tasks.push(tokio::spawn(async move {
             let mut was_ready = true;
             loop {
                 if otlp.metrics {
                     gauges.refresh().await;
                 }
-                let report = health_readiness.check().await;
-                if was_ready && !report.ready {
+                let report = upkeep.refresh().await;
+                if was_ready && !report.ready && !report.shutting_down {
                     tracing::warn!(store = ?report.store, broker = ?report.broker, dispatcher = ?report.dispatcher, "not ready: reporting NOT_SERVING");
                 }
                 was_ready = report.ready;
-                let status = if report.ready {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tonic_health::ServingStatus::NotServing
-                };
-                for service in ["", <VideoServiceServer<VideoApi> as NamedService>::NAME] {
-                    health_reporter.set_service_status(service, status).await;
-                }
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = stop_upkeep.cancelled() => break,
                     _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
                 }
             }
@@ -380,8 +426,8 @@ impl Application {
             .amqp
             .enabled()
             .then(|| config.amqp.relay_cursor.clone());
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+        let stop_pruning = draining.clone();
+        work_tasks.push(tokio::spawn(async move {
             loop {
                 let before = now_ms() - retention_ms;
                 match prune_events(prune_store.as_ref(), before, relay_cursor.as_deref()).await {
@@ -390,7 +436,7 @@ impl Application {
                     Err(e) => tracing::warn!(error = %e, "event pruning failed; will retry"),
                 }
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = stop_pruning.cancelled() => break,
                     _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
                 }
             }
@@ -406,8 +452,12 @@ impl Application {
             api,
             simulator,
             amqp,
-            shutdown,
-            tasks,
+            readiness,
+            grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            draining,
+            stop,
+            work_tasks,
+            serve_tasks,
         })
     }
 
@@ -446,19 +496,58 @@ impl Application {
         self.simulator.as_ref()
     }
 
-    /// Stops accepting, lets in-flight work finish, closes the store.
-    pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+    /// Readiness, as `/readyz` and gRPC health report it.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// How long [`Application::shutdown`] may take (`server.shutdown_grace_ms`).
+    pub fn shutdown_grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// The first, immediate part of a shutdown (idempotent): readiness and gRPC health go
+    /// not-serving, new calls are refused and open streams end (`UNAVAILABLE`,
+    /// `SERVER_SHUTTING_DOWN`, with where to resume), AMQP consumption and the dispatcher stop
+    /// taking work. The servers keep answering until [`Application::shutdown`] stops them.
+    pub fn begin_shutdown(&self) {
+        self.readiness.shut_down();
+        self.draining.cancel();
+    }
+
+    /// Drains ([`Application::begin_shutdown`]), waits for the work in flight (upstream
+    /// requests, AMQP deliveries), stops the servers and closes the store, all within the
+    /// shutdown grace; tasks still running when it runs out are abandoned (aborted).
+    pub async fn shutdown(self) -> Stopped {
+        let started = Instant::now();
+        let close_by = started + self.grace;
+        let tasks_by = close_by - CLOSE_RESERVE.min(self.grace / 4);
+        self.begin_shutdown();
+        let mut abandoned = join_until(self.work_tasks, tasks_by).await;
+        self.stop.cancel();
+        abandoned += join_until(self.serve_tasks, tasks_by).await;
+        if tokio::time::timeout_at(close_by, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("the store did not close within the shutdown grace");
+            abandoned += 1;
         }
-        self.store.close().await;
-        if let Some(sim) = self.simulator {
-            sim.shutdown().await;
+        if let Some(sim) = self.simulator
+            && tokio::time::timeout_at(close_by, sim.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the upstream simulator did not stop within the shutdown grace");
         }
         // Pushes the last metrics when OTLP is on.
         if let Err(e) = self.meter_provider.shutdown() {
             tracing::debug!(error = %e, "meter provider shutdown");
+        }
+        if abandoned == 0 {
+            Stopped::Cleanly
+        } else {
+            Stopped::Abandoned(abandoned)
         }
     }
 
@@ -467,4 +556,22 @@ impl Application {
     pub fn sqlite_store(&self) -> &Arc<SqliteStore> {
         &self.store
     }
+}
+
+/// Waits for `tasks` until `deadline`, then aborts those still running; returns how many.
+async fn join_until(tasks: Vec<JoinHandle<()>>, deadline: Instant) -> usize {
+    let mut abandoned = 0;
+    for mut task in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            abandoned += 1;
+        }
+    }
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "shutdown grace ran out: tasks still running were abandoned (jobs stay due in the store, unacked deliveries return to the queue)"
+        );
+    }
+    abandoned
 }

@@ -24,6 +24,12 @@ pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_MAX_CREATE_MESSAGE_BYTES: usize = 12 * 1024 * 1024;
 /// HTTP/2 keepalive for long-lived watch streams, so dead clients are noticed.
 pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
+/// How long a stop (SIGTERM, Ctrl-C) may take before whatever is left is abandoned and the
+/// process exits anyway. Orchestrators kill after their own grace period (Kubernetes:
+/// `terminationGracePeriodSeconds`, 30 s by default); 20 s stays well inside it, leaving room
+/// for the signal's delivery and a `preStop` hook, so vidgate ends on its own terms (streams
+/// told where to resume, the store closed) rather than by SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 20_000;
 /// Where the admin HTTP port (`/healthz`, `/readyz`, `/metrics`) listens unless told otherwise
 /// (9464 is the port OpenTelemetry registers for a Prometheus exporter).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
@@ -94,6 +100,8 @@ pub struct ServerConfig {
     pub max_create_message_bytes: usize,
     /// See [`DEFAULT_KEEPALIVE_SECS`].
     pub keepalive_secs: u64,
+    /// See [`DEFAULT_SHUTDOWN_GRACE_MS`].
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +112,7 @@ impl Default for ServerConfig {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_create_message_bytes: DEFAULT_MAX_CREATE_MESSAGE_BYTES,
             keepalive_secs: DEFAULT_KEEPALIVE_SECS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
         }
     }
 }
@@ -386,6 +395,12 @@ impl Config {
             return invalid(
                 "server.max_create_message_bytes",
                 "must be at least 1 MiB".into(),
+            );
+        }
+        if self.server.shutdown_grace_ms == 0 {
+            return invalid(
+                "server.shutdown_grace_ms",
+                "must be at least 1 (milliseconds)".into(),
             );
         }
         if self.storage.max_batch == 0 {

@@ -4,12 +4,14 @@
 //! live broadcast first, then reads the durable log after the caller's cursor, then forwards
 //! live events, skipping what the log already gave: no gap, no repeat. The broadcast ring is
 //! bounded; a producer whose client does not keep up falls behind it and ends the stream with
-//! `SUBSCRIBER_LAGGED`, carrying the last sequence delivered so the client can resume.
+//! `SUBSCRIBER_LAGGED`, carrying the last sequence delivered so the client can resume. When the
+//! server stops, every stream ends the same way with `SERVER_SHUTTING_DOWN` (`UNAVAILABLE`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::error::ApiError;
 use crate::blob::BlobStore;
@@ -82,6 +84,7 @@ pub struct Feed {
     blobs: BlobStore,
     chunk_bytes: usize,
     metrics: Metrics,
+    draining: CancellationToken,
 }
 
 enum Stop {
@@ -99,7 +102,14 @@ impl Feed {
             blobs,
             chunk_bytes: chunk_bytes.clamp(1, MAX_CHUNK_BYTES),
             metrics: Metrics::disabled(),
+            draining: CancellationToken::new(),
         }
+    }
+
+    /// Ends every stream, at once, with `SERVER_SHUTTING_DOWN` when `draining` is cancelled.
+    pub fn with_draining(mut self, draining: CancellationToken) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// Counts live streams and streamed bytes into `metrics`.
@@ -114,8 +124,21 @@ impl Feed {
         let _live = self.metrics.subscriber(rpc_method(&request));
         // Subscribe before reading anything, so nothing committed meanwhile is missed.
         let rx = self.store.subscribe();
-        let mut delivered = request.after_sequence;
-        match self.run(&request, rx, &tx, &mut delivered).await {
+        // "From now" is already fixed for Subscribe: a stream stopped before its first event
+        // must not hand back 0, which would mean "from now" again on the next server.
+        let mut delivered = request.now_sequence.unwrap_or(request.after_sequence);
+        // Whatever the stream is doing (catching up, waiting for a slow client, sending
+        // content), a stop ends it: an open stream must not hold the server's shutdown.
+        let stop = tokio::select! {
+            biased;
+            _ = self.draining.cancelled() => None,
+            stop = self.run(&request, rx, &tx, &mut delivered) => Some(stop),
+        };
+        let stop = stop.unwrap_or(Stop::Error(ApiError::ShuttingDown {
+            last_sequence: Some(delivered),
+            next_offset: None,
+        }));
+        match stop {
             Stop::Done => {}
             Stop::Error(e) => {
                 let _ = tx.send(Err(e.into())).await;
@@ -151,7 +174,6 @@ impl Feed {
                 Err(e) => return Stop::Error(e.into()),
             };
             seen = job.last_sequence;
-            *delivered = job.last_sequence;
             let terminal = job.is_terminal();
             if let Some(stop) = self
                 .send_state(&job, job.last_sequence, job.update_time_ms(), request, tx)
@@ -159,6 +181,8 @@ impl Feed {
             {
                 return stop;
             }
+            // Only once sent: a stream stopped before this resumes with the state again.
+            *delivered = job.last_sequence;
             if terminal && request.until_terminal {
                 return Stop::Done;
             }

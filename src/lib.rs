@@ -9,9 +9,9 @@
 //! | [`events`] | fan-out of the event log to live streams, bounded, resumable by cursor |
 //! | [`domain`] | the model catalog and the validated, provider-neutral [`domain::VideoSpec`]; no I/O |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
-//! | [`api`] | the gRPC service, bearer-token tenants, the one mapping of errors to `Status` |
+//! | [`api`] | the gRPC service, bearer-token tenants, the one mapping of errors to `Status`, gRPC health over readiness |
 //! | [`intake`] | RabbitMQ: job messages into durable jobs (ack after commit, dead letters with reasons), and the outbox relay publishing events |
-//! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything |
+//! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything; and the one bounded stop path (`shutdown`) |
 //! | [`config`] | one typed configuration from a TOML file and a few environment variables |
 //! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, delete) over gRPC |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |

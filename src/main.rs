@@ -94,9 +94,40 @@ async fn serve(config: Option<PathBuf>, no_auth: bool) -> anyhow::Result<()> {
     let app = vidgate::app::Application::build(config).await?;
     tracing::info!(grpc = %app.grpc_addr(), "ready; stop with Ctrl-C or SIGTERM");
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing in-flight work");
-    app.shutdown().await;
-    Ok(())
+    let grace = app.shutdown_grace();
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: refusing new calls, ending streams, finishing in-flight work"
+    );
+    watchdog(grace);
+    match app.shutdown().await {
+        vidgate::app::Stopped::Cleanly => Ok(()),
+        vidgate::app::Stopped::Abandoned(n) => Err(anyhow::anyhow!(
+            "stopped at the end of the shutdown grace ({} ms), abandoning {n} unfinished task(s)",
+            grace.as_millis()
+        )),
+    }
+}
+
+/// Ends the process once `grace` has passed, whatever is still running. The application's own
+/// shutdown keeps within the grace, but what follows it (the runtime waiting for blocking
+/// threads, exporters flushing to an unreachable collector) has no bound of its own, and an
+/// orchestrator's SIGKILL would come anyway.
+fn watchdog(grace: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(grace);
+            // Straight to stderr: the log pipeline may be part of what is stuck.
+            eprintln!(
+                "vidgate: still running {} ms after the stop signal (server.shutdown_grace_ms); exiting, abandoning the rest",
+                grace.as_millis()
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no shutdown watchdog thread; the stop is bounded by the application alone");
+    }
 }
 
 /// The demo's simulator and dispatcher timings: seconds, so a person can watch it happen.

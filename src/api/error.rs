@@ -13,6 +13,10 @@ use crate::store::StoreError;
 pub const ERROR_DOMAIN: &str = "vidgate";
 /// How long a caller should wait before retrying after `STORE_UNAVAILABLE`.
 pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long a caller should wait before reconnecting after `SERVER_SHUTTING_DOWN`: long enough
+/// for a load balancer to have another instance (or a restarted one) ready, short enough that a
+/// resumed stream misses little time.
+pub const SHUTDOWN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything an RPC can refuse with. Messages name the field or the cause; none carries a
 /// secret or a raw internal error.
@@ -94,6 +98,15 @@ pub enum ApiError {
     /// The store cannot be reached.
     #[error("the job store is unavailable; retry shortly")]
     StoreUnavailable,
+    /// The server is stopping: new calls are refused and open streams end, naming where to
+    /// resume (`last_sequence` for event streams, `next_offset` for downloads).
+    #[error("the server is shutting down; reconnect and {}", resume_hint(*.last_sequence, *.next_offset))]
+    ShuttingDown {
+        /// Event streams: the last sequence delivered on this stream.
+        last_sequence: Option<i64>,
+        /// `DownloadVideo`: the offset of the first byte not sent.
+        next_offset: Option<i64>,
+    },
     /// A message too large for its field (e.g. the request as a whole).
     #[error("{0}")]
     MessageTooLarge(String),
@@ -119,6 +132,7 @@ impl ApiError {
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -135,7 +149,7 @@ impl ApiError {
             }
             Self::OffsetOutOfRange { .. } | Self::CursorExpired { .. } => Code::OutOfRange,
             Self::SubscriberLagged { .. } => Code::Aborted,
-            Self::StoreUnavailable => Code::Unavailable,
+            Self::StoreUnavailable | Self::ShuttingDown { .. } => Code::Unavailable,
             Self::MessageTooLarge(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
@@ -147,6 +161,14 @@ impl ApiError {
             Self::InvalidVideoRequest(e) => e.field_violations(),
             _ => Vec::new(),
         }
+    }
+}
+
+fn resume_hint(last_sequence: Option<i64>, next_offset: Option<i64>) -> String {
+    match (last_sequence, next_offset) {
+        (Some(seq), _) => format!("resume with after_sequence = {seq}"),
+        (None, Some(offset)) => format!("resume with read_offset = {offset}"),
+        (None, None) => "retry".to_owned(),
     }
 }
 
@@ -185,8 +207,18 @@ impl From<ApiError> for Status {
         let mut details = ErrorDetails::new();
         let mut metadata = HashMap::new();
         match &e {
-            ApiError::SubscriberLagged { last_sequence } => {
+            ApiError::SubscriberLagged { last_sequence }
+            | ApiError::ShuttingDown {
+                last_sequence: Some(last_sequence),
+                ..
+            } => {
                 metadata.insert("last_sequence".to_owned(), last_sequence.to_string());
+            }
+            ApiError::ShuttingDown {
+                next_offset: Some(offset),
+                ..
+            } => {
+                metadata.insert("next_offset".to_owned(), offset.to_string());
             }
             ApiError::RequestIdReused { existing_id, .. } => {
                 metadata.insert("existing_video_id".to_owned(), existing_id.clone());
@@ -214,8 +246,14 @@ impl From<ApiError> for Status {
         if !violations.is_empty() {
             details.set_bad_request(violations);
         }
-        if matches!(e, ApiError::StoreUnavailable) {
-            details.set_retry_info(Some(STORE_RETRY_AFTER));
+        match &e {
+            ApiError::StoreUnavailable => {
+                details.set_retry_info(Some(STORE_RETRY_AFTER));
+            }
+            ApiError::ShuttingDown { .. } => {
+                details.set_retry_info(Some(SHUTDOWN_RETRY_AFTER));
+            }
+            _ => {}
         }
         Status::with_error_details(e.code(), e.to_string(), details)
     }

@@ -1,5 +1,7 @@
-//! The gRPC API: `vidgate.v1.VideoService`, auth, and the one mapping of errors to `Status`.
+//! The gRPC API: `vidgate.v1.VideoService`, auth, the one mapping of errors to `Status`, and
+//! `grpc.health.v1.Health` over readiness.
 
 pub mod auth;
 pub mod error;
+pub mod health;
 pub mod service;

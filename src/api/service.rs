@@ -11,6 +11,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticator, Tenant};
@@ -62,6 +63,7 @@ pub struct VideoApi {
     feed: Feed,
     chunk_bytes: usize,
     metrics: Metrics,
+    draining: CancellationToken,
 }
 
 impl VideoApi {
@@ -84,7 +86,27 @@ impl VideoApi {
             feed,
             chunk_bytes,
             metrics: Metrics::disabled(),
+            draining: CancellationToken::new(),
         }
+    }
+
+    /// Once `draining` is cancelled, new calls are refused and open streams end, all with
+    /// `UNAVAILABLE` / `SERVER_SHUTTING_DOWN` (streams naming where to resume).
+    pub fn with_draining(mut self, draining: CancellationToken) -> Self {
+        self.feed = self.feed.with_draining(draining.clone());
+        self.draining = draining;
+        self
+    }
+
+    /// Refuses a new call while the server stops. Calls already running finish.
+    fn admit(&self) -> Result<(), ApiError> {
+        if self.draining.is_cancelled() {
+            return Err(ApiError::ShuttingDown {
+                last_sequence: None,
+                next_offset: None,
+            });
+        }
+        Ok(())
     }
 
     /// Records accepted and cancelled jobs, live streams and streamed bytes into `metrics`.
@@ -333,6 +355,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::CreateVideoRequest>,
     ) -> Result<Response<pb::Video>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let (job, _) = self
             .accept(&tenant, request.into_inner(), IntakeOrigin::default())
@@ -344,6 +367,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::GetVideoRequest>,
     ) -> Result<Response<pb::Video>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let job = self.job_of(&tenant, &request.get_ref().id).await?;
         Ok(Response::new(convert::video(&job)))
@@ -353,6 +377,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::ListVideosRequest>,
     ) -> Result<Response<pb::ListVideosResponse>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let req = request.into_inner();
         let page_size = match req.page_size {
@@ -420,6 +445,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::CancelVideoRequest>,
     ) -> Result<Response<pb::Video>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let job = self.cancel(&tenant, &request.get_ref().id).await?;
         Ok(Response::new(convert::video(&job)))
@@ -429,6 +455,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::DeleteVideoRequest>,
     ) -> Result<Response<pb::DeleteVideoResponse>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let id = request.get_ref().id.clone();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
@@ -463,6 +490,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::DownloadVideoRequest>,
     ) -> Result<Response<Self::DownloadVideoStream>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let req = request.into_inner();
         let job = self.job_of(&tenant, &req.id).await?;
@@ -523,24 +551,54 @@ impl VideoService for VideoApi {
                 .await
                 .map_err(blob_status)?;
             let metrics = self.metrics.clone();
+            let draining = self.draining.clone();
             tokio::spawn(async move {
                 let _live = metrics.subscriber("DownloadVideo");
                 let mut at = offset as i64;
-                while let Some(chunk) = chunks.next().await {
-                    let mut sent = 0;
-                    let item = chunk
-                        .map(|data| {
-                            let c = pb::ContentChunk { offset: at, data };
-                            sent = c.data.len();
-                            at += sent as i64;
-                            c
-                        })
-                        .map_err(blob_status);
-                    let stop = item.is_err();
-                    if tx.send(item).await.is_err() || stop {
+                // A stop ends the download where it stands (reading, or waiting for a slow
+                // client), naming the offset to resume from: an open stream must not hold the
+                // server's shutdown.
+                let mut stopped = false;
+                loop {
+                    let chunk = tokio::select! {
+                        biased;
+                        _ = draining.cancelled() => {
+                            stopped = true;
+                            break;
+                        }
+                        chunk = chunks.next() => chunk,
+                    };
+                    let Some(chunk) = chunk else {
+                        break;
+                    };
+                    let (item, len) = match chunk {
+                        Ok(data) => {
+                            let len = data.len();
+                            (Ok(pb::ContentChunk { offset: at, data }), len)
+                        }
+                        Err(e) => (Err(blob_status(e)), 0),
+                    };
+                    let failed = item.is_err();
+                    let sent = tokio::select! {
+                        biased;
+                        _ = draining.cancelled() => {
+                            stopped = true;
+                            break;
+                        }
+                        sent = tx.send(item) => sent.is_ok(),
+                    };
+                    if !sent || failed {
                         break;
                     }
-                    metrics.stream_bytes("DownloadVideo", sent as u64);
+                    at += len as i64;
+                    metrics.stream_bytes("DownloadVideo", len as u64);
+                }
+                if stopped {
+                    let stop = ApiError::ShuttingDown {
+                        last_sequence: None,
+                        next_offset: Some(at),
+                    };
+                    let _ = tx.send(Err(stop.into())).await;
                 }
             });
         }
@@ -553,6 +611,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::WatchVideoRequest>,
     ) -> Result<Response<Self::WatchVideoStream>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let req = request.into_inner();
         // Fail fast (before the stream starts) for an unknown or foreign id.
@@ -585,6 +644,7 @@ impl VideoService for VideoApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.admit()?;
         let tenant = self.tenant(&request)?;
         let req = request.into_inner();
         if req.after_sequence < 0 {

@@ -160,8 +160,8 @@ pub fn rpc_err(call: &'static str) -> impl FnOnce(Status) -> anyhow::Error {
     move |status| RpcError::new(call, status).into()
 }
 
-/// Whether a failure is worth reconnecting for: the server said try again (`UNAVAILABLE`,
-/// `ABORTED` = SUBSCRIBER_LAGGED), or the connection broke underneath the call. A status the
+/// Whether a failure is worth reconnecting for: the server said try again (`UNAVAILABLE`, e.g.
+/// SERVER_SHUTTING_DOWN; `ABORTED` = SUBSCRIBER_LAGGED), or the connection broke underneath the call. A status the
 /// server itself sent has no source; one made from an h2/hyper error does.
 pub fn is_transient(status: &Status) -> bool {
     match status.code() {
@@ -183,8 +183,10 @@ pub fn retry_delay(status: &Status, attempt: u32) -> Duration {
     hinted.unwrap_or(backoff).min(RETRY_MAX_DELAY)
 }
 
-/// The `last_sequence` a lagged subscriber should resume after (`ErrorInfo.metadata`).
-pub fn lagged_last_sequence(status: &Status) -> Option<i64> {
+/// The `last_sequence` an ended event stream should resume after (`ErrorInfo.metadata`): sent
+/// with `SUBSCRIBER_LAGGED` (the client fell behind) and `SERVER_SHUTTING_DOWN` (the server
+/// stopped; `UNAVAILABLE`, so the reconnect finds another instance or the restarted one).
+pub fn resume_sequence(status: &Status) -> Option<i64> {
     status
         .get_details_error_info()
         .and_then(|info| info.metadata.get("last_sequence")?.parse().ok())
@@ -203,5 +205,23 @@ pub enum StreamError {
 impl From<anyhow::Error> for StreamError {
     fn from(e: anyhow::Error) -> Self {
         Self::Local(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::error::{ApiError, SHUTDOWN_RETRY_AFTER};
+
+    #[test]
+    fn a_stream_ended_by_shutdown_is_resumed_from_its_cursor_after_the_servers_hint() {
+        let status: Status = ApiError::ShuttingDown {
+            last_sequence: Some(41),
+            next_offset: None,
+        }
+        .into();
+        assert!(is_transient(&status));
+        assert_eq!(resume_sequence(&status), Some(41));
+        assert_eq!(retry_delay(&status, 1), SHUTDOWN_RETRY_AFTER);
     }
 }

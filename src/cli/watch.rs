@@ -1,6 +1,6 @@
 //! `watch ID`: follows one job's events with a live status line until it ends; with `--output`
 //! the content comes on the same stream (`include_content`) and is checked against
-//! `content_end`. Broken or lagged streams are resumed from the last sequence seen.
+//! `content_end`. Broken, lagged or shut-down streams are resumed from the last sequence seen.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use super::download::{Downloaded, write_downloaded};
 use super::progress::{ByteBar, StatusLine};
 use super::render::{is_terminal, status_name, write_video};
 use super::rpc::{
-    Client, MAX_RECONNECTS, RpcError, StreamError, connect, is_transient, lagged_last_sequence,
+    Client, MAX_RECONNECTS, RpcError, StreamError, connect, is_transient, resume_sequence,
     retry_delay,
 };
 use crate::pb::video_event::Kind;
@@ -172,10 +172,11 @@ fn resume_cursor(p: &Progress, status: &Status) -> i64 {
     {
         return (seq - 1).max(0);
     }
-    // A lagged stream names the last sequence it delivered. Never resume past what we saw
+    // A lagged stream, or one ended by the server's shutdown, names the last sequence it
+    // delivered. Never resume past what we saw
     // ourselves: replaying an event is harmless (each carries the whole state), skipping one
     // is not.
-    match lagged_last_sequence(status) {
+    match resume_sequence(status) {
         Some(delivered) => delivered.min(p.cursor),
         None => p.cursor,
     }

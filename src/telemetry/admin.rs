@@ -52,7 +52,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    let report = state.readiness.check().await;
+    let report = state.readiness.refresh().await;
     let status = if report.ready {
         StatusCode::OK
     } else {

@@ -1,20 +1,26 @@
-//! Readiness: is this process able to do its work right now? One answer for `/readyz` and for
-//! the gRPC health service.
+//! Readiness: is this process able to do its work right now? One shared state, read by
+//! `/readyz` and by the gRPC health service, and updated where it changes.
 //!
 //! - **store**: answers a query (and its writer task is alive);
 //! - **broker** (only with `[amqp]`): the intake consumer is registered and the event relay is
-//!   connected with confirms on;
+//!   connected with confirms on. The AMQP side pushes its state here ([`Readiness::set_broker`])
+//!   when it changes, so this module knows nothing of the intake's types;
 //! - **dispatcher** (only when enabled): its loop has turned recently. A disabled dispatcher
 //!   (`dispatcher.enabled = false`) is reported as such and does not make vidgate unready: jobs
-//!   are accepted and wait, as configured.
+//!   are accepted and wait, as configured;
+//! - **shutting down**: once [`Readiness::shut_down`] is called, never ready again.
+//!
+//! Checks that must be asked (store, dispatcher) run in [`Readiness::refresh`] (every `/readyz`
+//! and a periodic loop); every change is published at once on a [`watch`] channel that the
+//! gRPC health service follows, so the two can never disagree.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::{Mutex, watch};
 
 use crate::dispatcher::Dispatcher;
-use crate::intake::amqp::AmqpHandle;
 use crate::job::now_ms;
 use crate::store::JobStore;
 
@@ -39,8 +45,10 @@ pub enum Check {
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadinessReport {
-    /// Every enabled check is `Ok`.
+    /// Every enabled check is `Ok` and the process is not shutting down.
     pub ready: bool,
+    /// The process is stopping (SIGTERM): it finishes what it has and takes nothing new.
+    pub shutting_down: bool,
     /// The job store.
     pub store: Check,
     /// RabbitMQ (intake and relay).
@@ -49,32 +57,69 @@ pub struct ReadinessReport {
     pub dispatcher: Check,
 }
 
-/// What readiness looks at.
+impl ReadinessReport {
+    fn settle(&mut self) {
+        self.ready = !self.shutting_down
+            && [&self.store, &self.broker, &self.dispatcher]
+                .iter()
+                .all(|c| !matches!(c, Check::Failing(_)));
+    }
+}
+
+/// The shared readiness state and what it looks at. Clones share the state.
 #[derive(Clone)]
 pub struct Readiness {
     store: Arc<dyn JobStore>,
-    amqp: Option<AmqpHandle>,
     dispatcher: Option<(Arc<Dispatcher>, Duration)>,
+    state: Arc<watch::Sender<ReadinessReport>>,
+    /// One refresh at a time, so an older result is never published over a newer one.
+    refreshing: Arc<Mutex<()>>,
 }
 
 impl Readiness {
-    /// `dispatcher` only when it runs; `idle_wake` is its configured idle turn.
+    /// `broker`: whether a broker is part of readiness (it starts failing until the AMQP side
+    /// reports in); `dispatcher` only when it runs, `idle_wake` its configured idle turn.
+    /// Not ready until the first [`Readiness::refresh`].
     pub fn new(
         store: Arc<dyn JobStore>,
-        amqp: Option<AmqpHandle>,
+        broker: bool,
         dispatcher: Option<Arc<Dispatcher>>,
         idle_wake: Duration,
     ) -> Self {
         let stall = (idle_wake * 10).max(MIN_DISPATCHER_STALL);
+        let unchecked = || Check::Failing("not checked yet".into());
+        let initial = ReadinessReport {
+            ready: false,
+            shutting_down: false,
+            store: unchecked(),
+            broker: if broker { unchecked() } else { Check::Disabled },
+            dispatcher: if dispatcher.is_some() {
+                unchecked()
+            } else {
+                Check::Disabled
+            },
+        };
         Self {
             store,
-            amqp,
             dispatcher: dispatcher.map(|d| (d, stall)),
+            state: Arc::new(watch::Sender::new(initial)),
+            refreshing: Arc::new(Mutex::new(())),
         }
     }
 
-    /// Runs every check now.
-    pub async fn check(&self) -> ReadinessReport {
+    /// The state as last published (no check runs).
+    pub fn current(&self) -> ReadinessReport {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the state.
+    pub fn subscribe(&self) -> watch::Receiver<ReadinessReport> {
+        self.state.subscribe()
+    }
+
+    /// Runs the store and dispatcher checks now, publishes the result and returns it.
+    pub async fn refresh(&self) -> ReadinessReport {
+        let _one = self.refreshing.lock().await;
         let store = match tokio::time::timeout(STORE_CHECK_TIMEOUT, self.store.health()).await {
             Ok(Ok(())) => Check::Ok,
             Ok(Err(e)) => Check::Failing(e.to_string()),
@@ -82,23 +127,6 @@ impl Readiness {
                 "the store did not answer within {} ms",
                 STORE_CHECK_TIMEOUT.as_millis()
             )),
-        };
-        let broker = match &self.amqp {
-            None => Check::Disabled,
-            Some(amqp) => {
-                let s = amqp.status();
-                match (s.consuming, s.relay_connected) {
-                    (true, true) => Check::Ok,
-                    (false, _) => Check::Failing(format!(
-                        "the AMQP intake is not consuming{}",
-                        reason(&s.intake_error)
-                    )),
-                    (true, false) => Check::Failing(format!(
-                        "the AMQP event relay is not connected{}",
-                        reason(&s.relay_error)
-                    )),
-                }
-            }
         };
         let dispatcher = match &self.dispatcher {
             None => Check::Disabled,
@@ -114,22 +142,58 @@ impl Readiness {
                 }
             }
         };
-        let ready = [&store, &broker, &dispatcher]
-            .iter()
-            .all(|c| !matches!(c, Check::Failing(_)));
-        ReadinessReport {
-            ready,
-            store,
-            broker,
-            dispatcher,
-        }
+        self.update(|r| {
+            r.store = store;
+            r.dispatcher = dispatcher;
+        })
+    }
+
+    /// The broker's state, pushed by the AMQP side whenever it changes.
+    pub fn set_broker(&self, broker: Check) {
+        self.update(|r| r.broker = broker);
+    }
+
+    /// From now on not ready (idempotent): the process is stopping.
+    pub fn shut_down(&self) {
+        self.update(|r| r.shutting_down = true);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ReadinessReport)) -> ReadinessReport {
+        let mut out = None;
+        self.state.send_if_modified(|r| {
+            let before = r.clone();
+            change(r);
+            r.settle();
+            out = Some(r.clone());
+            *r != before
+        });
+        out.unwrap_or_else(|| self.current())
     }
 }
 
-fn reason(error: &str) -> String {
-    if error.is_empty() {
-        String::new()
-    } else {
-        format!(": {error}")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(store: Check, broker: Check) -> ReadinessReport {
+        let mut r = ReadinessReport {
+            ready: false,
+            shutting_down: false,
+            store,
+            broker,
+            dispatcher: Check::Disabled,
+        };
+        r.settle();
+        r
+    }
+
+    #[test]
+    fn ready_means_nothing_failing_and_not_shutting_down() {
+        assert!(report(Check::Ok, Check::Disabled).ready);
+        assert!(!report(Check::Ok, Check::Failing("down".into())).ready);
+        let mut r = report(Check::Ok, Check::Ok);
+        r.shutting_down = true;
+        r.settle();
+        assert!(!r.ready);
     }
 }

@@ -76,6 +76,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::service::VideoApi;
 use crate::store::{JobStore, StoreError};
+use crate::telemetry::readiness::Check;
 
 pub use config::AmqpConfig;
 
@@ -119,6 +120,31 @@ pub struct AmqpStatus {
     pub relay_confirmed: i64,
     /// Publishes of events the broker confirmed (reply_to copies included; re-sends too).
     pub relay_published: u64,
+}
+
+impl AmqpStatus {
+    /// This side's part of readiness: the intake consumes and the relay is connected.
+    pub fn readiness(&self) -> Check {
+        match (self.consuming, self.relay_connected) {
+            (true, true) => Check::Ok,
+            (false, _) => Check::Failing(format!(
+                "the AMQP intake is not consuming{}",
+                reason(&self.intake_error)
+            )),
+            (true, false) => Check::Failing(format!(
+                "the AMQP event relay is not connected{}",
+                reason(&self.relay_error)
+            )),
+        }
+    }
+}
+
+fn reason(error: &str) -> String {
+    if error.is_empty() {
+        String::new()
+    } else {
+        format!(": {error}")
+    }
 }
 
 /// A handle on the running AMQP side.
