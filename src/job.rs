@@ -119,6 +119,31 @@ pub struct JobError {
     pub upstream_http_status: Option<u16>,
 }
 
+/// An earlier attempt of a job that `RetryVideo` sent again (`vidgate.v1.VideoAttempt`): kept
+/// so an operator can still find, and be billed for, the task it may have left upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Upstream's task id of that attempt; `None` when its create got no answer (the task may
+    /// still exist upstream).
+    pub upstream_id: Option<String>,
+    /// Why that attempt ended.
+    pub error: Option<JobError>,
+    /// Unix milliseconds of that attempt's end.
+    pub complete_time_ms: Option<i64>,
+    /// Unix milliseconds of the retry that ended its life as the current attempt.
+    pub retry_time_ms: i64,
+}
+
+/// Why a job may not be sent again ([`Job::reopen_for_retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefusal {
+    /// The job did not fail: it is still running, completed or cancelled.
+    NotFailed(JobStatus),
+    /// It failed for a reason that the same request sent again cannot cure
+    /// (`JobError::retryable` is false), or without a recorded reason (`None`).
+    NotRetryable(Option<FailureReason>),
+}
+
 /// Facts about the stored video (`vidgate.v1.VideoContent`) and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContentFacts {
@@ -214,6 +239,53 @@ pub struct Job {
     pub trace_context: Option<String>,
     /// Deleted by the caller: hidden from every read, kept only until pruned.
     pub deleted: bool,
+    /// Earlier attempts, oldest first; empty unless the job was retried. `default` because
+    /// jobs stored before retries existed have no such field.
+    #[serde(default)]
+    pub previous_attempts: Vec<Attempt>,
+}
+
+impl Job {
+    /// Why this job may not be sent again, or `None` when it may: only a failed job whose
+    /// failure says the same request could succeed.
+    pub fn retry_refusal(&self) -> Option<RetryRefusal> {
+        if self.status != JobStatus::Failed {
+            return Some(RetryRefusal::NotFailed(self.status));
+        }
+        match &self.error {
+            Some(e) if e.retryable => None,
+            other => Some(RetryRefusal::NotRetryable(other.as_ref().map(|e| e.reason))),
+        }
+    }
+
+    /// Puts a retryable failed job back to the start (queued, `Pending`, due at `now`), as if
+    /// just accepted, keeping its id, request and history. The ended attempt moves into
+    /// [`Job::previous_attempts`]; its upstream id must leave `upstream_id`, or the
+    /// dispatcher would poll the old task instead of submitting a new one.
+    pub fn reopen_for_retry(&mut self, now: i64) -> Result<(), RetryRefusal> {
+        if let Some(refusal) = self.retry_refusal() {
+            return Err(refusal);
+        }
+        self.previous_attempts.push(Attempt {
+            upstream_id: self.upstream_id.take(),
+            error: self.error.take(),
+            complete_time_ms: self.complete_time_ms.take(),
+            retry_time_ms: now,
+        });
+        self.status = JobStatus::Queued;
+        self.phase = Phase::Pending;
+        // Everything the dispatcher learnt from the old task goes, so nothing of it leaks into
+        // the new attempt's view or steps.
+        self.upstream_status.clear();
+        self.progress = None;
+        self.content = None;
+        self.last_frame_url = None;
+        self.attempts = 0;
+        self.polls = 0;
+        self.next_action_ms = Some(now);
+        self.update_time_ms = now;
+        Ok(())
+    }
 }
 
 /// A job to insert, with the full request the dispatcher will submit.

@@ -26,8 +26,9 @@ use vidgate::pb::video_service_server::{VideoService, VideoServiceServer};
 use vidgate::pb::{
     CancelVideoRequest, ContentChunk, ContentEnd, ContentItem, CreateVideoRequest,
     DeleteVideoRequest, DeleteVideoResponse, DownloadVideoRequest, GetVideoRequest, InputImage,
-    ListVideosRequest, ListVideosResponse, MediaRef, SeedanceParams, SubscribeRequest, VeoParams,
-    Video, VideoContent, VideoError, VideoEvent, VideoStatus, WatchVideoRequest,
+    ListVideosRequest, ListVideosResponse, MediaRef, RetryVideoRequest, SeedanceParams,
+    SubscribeRequest, VeoParams, Video, VideoAttempt, VideoContent, VideoError, VideoEvent,
+    VideoStatus, WatchVideoRequest,
 };
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -45,6 +46,7 @@ struct Seen {
     lists: Vec<ListVideosRequest>,
     downloads: Vec<DownloadVideoRequest>,
     watches: Vec<WatchVideoRequest>,
+    retries: Vec<RetryVideoRequest>,
 }
 
 /// Canned behaviour of the fake.
@@ -223,6 +225,26 @@ impl VideoService for Fake {
             VideoStatus::Cancelled,
             7,
         )))
+    }
+
+    async fn retry_video(
+        &self,
+        request: Request<RetryVideoRequest>,
+    ) -> Result<Response<Video>, Status> {
+        self.record(&request)
+            .retries
+            .push(request.get_ref().clone());
+        let mut video = self.video(&request.get_ref().id, VideoStatus::Queued, 8);
+        video.previous_attempts = vec![VideoAttempt {
+            upstream_id: "task_earlier".to_owned(),
+            error: Some(VideoError {
+                reason: "UPSTREAM_OUTCOME_UNKNOWN".to_owned(),
+                retryable: true,
+                ..VideoError::default()
+            }),
+            ..VideoAttempt::default()
+        }];
+        Ok(Response::new(video))
     }
 
     async fn delete_video(
