@@ -352,6 +352,114 @@ mod tests {
         assert_eq!(JobStatus::parse("done"), None);
     }
 
+    fn failed_job(reason: FailureReason, retryable: bool) -> Job {
+        Job {
+            id: new_job_id(),
+            tenant: "acme".into(),
+            request_id: None,
+            fingerprint: "f".into(),
+            model: "turing/veo-3.1-generate".into(),
+            labels: BTreeMap::new(),
+            request: Bytes::from_static(b"\x0a\x01m"),
+            status: JobStatus::Failed,
+            phase: Phase::Finished,
+            upstream_status: "failed".into(),
+            upstream_id: Some("task_1".into()),
+            progress: Some(40),
+            create_time_ms: 1_000,
+            update_time_ms: 2_000,
+            complete_time_ms: Some(2_000),
+            error: Some(JobError {
+                reason,
+                message: "m".into(),
+                retryable,
+                upstream_message: String::new(),
+                upstream_http_status: None,
+            }),
+            content: None,
+            version: 3,
+            last_sequence: 7,
+            next_action_ms: None,
+            attempts: 2,
+            polls: 5,
+            last_frame_url: Some("https://example.com/f.png".into()),
+            reply_to: None,
+            correlation_id: None,
+            trace_context: None,
+            deleted: false,
+            previous_attempts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reopening_for_retry_moves_the_attempt_aside_and_starts_the_job_over() {
+        let mut job = failed_job(FailureReason::UpstreamFailed, true);
+        job.reopen_for_retry(3_000).unwrap();
+        assert_eq!(
+            (job.status, job.phase, job.next_action_ms),
+            (JobStatus::Queued, Phase::Pending, Some(3_000))
+        );
+        // Without this the dispatcher would poll the old task instead of submitting again.
+        assert_eq!(job.upstream_id, None);
+        assert_eq!((job.error.as_ref(), job.complete_time_ms), (None, None));
+        assert_eq!((job.attempts, job.polls, job.progress), (0, 0, None));
+        assert!(job.upstream_status.is_empty() && job.last_frame_url.is_none());
+        assert_eq!((job.create_time_ms, job.update_time_ms), (1_000, 3_000));
+        let [earlier] = job.previous_attempts.as_slice() else {
+            panic!("one earlier attempt: {:?}", job.previous_attempts)
+        };
+        assert_eq!(earlier.upstream_id.as_deref(), Some("task_1"));
+        assert_eq!(
+            earlier.error.as_ref().map(|e| e.reason),
+            Some(FailureReason::UpstreamFailed)
+        );
+        assert_eq!(
+            (earlier.complete_time_ms, earlier.retry_time_ms),
+            (Some(2_000), 3_000)
+        );
+    }
+
+    #[test]
+    fn only_a_failed_job_with_a_retryable_error_can_be_reopened() {
+        let mut done = failed_job(FailureReason::UpstreamFailed, true);
+        done.status = JobStatus::Completed;
+        done.error = None;
+        assert_eq!(
+            done.clone().reopen_for_retry(3_000),
+            Err(RetryRefusal::NotFailed(JobStatus::Completed))
+        );
+        let mut missing = failed_job(FailureReason::ContentMissing, false);
+        assert_eq!(
+            missing.reopen_for_retry(3_000),
+            Err(RetryRefusal::NotRetryable(Some(
+                FailureReason::ContentMissing
+            )))
+        );
+        assert_eq!(
+            missing,
+            failed_job_like(&missing),
+            "a refusal changes nothing"
+        );
+        let unknown = failed_job(FailureReason::UpstreamOutcomeUnknown, true);
+        assert_eq!(unknown.retry_refusal(), None);
+    }
+
+    fn failed_job_like(job: &Job) -> Job {
+        Job {
+            id: job.id.clone(),
+            ..failed_job(FailureReason::ContentMissing, false)
+        }
+    }
+
+    #[test]
+    fn a_job_stored_before_retries_existed_reads_with_no_earlier_attempts() {
+        let job = failed_job(FailureReason::UpstreamOutcomeUnknown, true);
+        let mut json = serde_json::to_value(&job).unwrap();
+        json.as_object_mut().unwrap().remove("previous_attempts");
+        let read: Job = serde_json::from_value(json).unwrap();
+        assert_eq!(read, job);
+    }
+
     #[test]
     fn job_ids_are_prefixed_unique_and_time_ordered() {
         let a = new_job_id();

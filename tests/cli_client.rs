@@ -1063,6 +1063,65 @@ async fn token_is_sent_as_bearer_authorization_on_every_call() -> anyhow::Result
 }
 
 #[tokio::test]
+async fn retry_asks_for_the_duplicate_charge_flag_then_prints_the_requeued_video()
+-> anyhow::Result<()> {
+    let fake = Fake::new();
+    let addr = serve(fake.clone()).await?;
+
+    let (refused, refused_out) = vidgate(&addr, &["retry", VIDEO_ID]).await?;
+    let (text, text_out) = vidgate(
+        &addr,
+        &["retry", VIDEO_ID, "--accept-possible-duplicate-charge"],
+    )
+    .await?;
+    let (json, json_out) = vidgate(
+        &addr,
+        &[
+            "--json",
+            "retry",
+            VIDEO_ID,
+            "--accept-possible-duplicate-charge",
+        ],
+    )
+    .await?;
+
+    let message = format!(
+        "{:#}",
+        refused
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("retried without the flag"))?
+    );
+    for needle in [
+        "--accept-possible-duplicate-charge",
+        "may bill a second generation",
+        "UPSTREAM_OUTCOME_UNKNOWN",
+    ] {
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+    assert!(refused_out.is_empty());
+    text?;
+    assert!(text_out.contains("status:      QUEUED"), "{text_out}");
+    assert!(
+        text_out.contains("attempt 1:   task_earlier, UPSTREAM_OUTCOME_UNKNOWN"),
+        "{text_out}"
+    );
+    json?;
+    let video: Video = serde_json::from_str(&json_out)?;
+    assert_eq!(video.previous_attempts.len(), 1);
+    let consented = RetryVideoRequest {
+        id: VIDEO_ID.to_owned(),
+        accept_possible_duplicate_charge: true,
+    };
+    let seen = seen(&fake);
+    assert_eq!(
+        seen.retries,
+        [consented.clone(), consented],
+        "nothing was sent without the flag"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn not_found_names_the_call_and_exits_with_an_error() -> anyhow::Result<()> {
     let fake = Fake::new();
     let addr = serve(fake.clone()).await?;
