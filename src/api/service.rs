@@ -257,6 +257,11 @@ impl VideoApi {
             let status = job.status.as_str();
             job.reopen_for_retry(now)
                 .map_err(|refusal| not_retryable(id, status, refusal))?;
+            // The new attempt's steps join the trace of the call that asked for it; the
+            // creating call's trace ended with the failure.
+            if let Some(context) = traceparent_of(&tracing::Span::current()) {
+                job.trace_context = Some(context);
+            }
             match self.store.update(job, true).await {
                 Ok(job) => {
                     let earlier = job.previous_attempts.last();
