@@ -329,7 +329,7 @@ fn not_retryable(id: &str, status: &'static str, refusal: RetryRefusal) -> ApiEr
         RetryRefusal::NotRetryable(Some(reason)) => (
             Some(reason.as_str()),
             format!(
-                "it failed with {}, which is not retryable: the same request would fail the same way",
+                "it failed with {}, which is not retryable (its error.retryable is false)",
                 reason.as_str()
             ),
         ),
