@@ -639,6 +639,13 @@ impl VideoService for Noop {
         Err(Status::unimplemented("baseline"))
     }
 
+    async fn retry_video(
+        &self,
+        _: Request<pb::RetryVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
     async fn delete_video(
         &self,
         _: Request<pb::DeleteVideoRequest>,

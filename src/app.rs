@@ -261,6 +261,7 @@ impl Application {
             auth,
             config.events.chunk_bytes,
         )
+        .with_job_max_age_ms(config.dispatcher.max_age_ms)
         .with_metrics(metrics.clone())
         .with_draining(draining.clone());
 

@@ -8,7 +8,7 @@ use crate::domain::{
     ContentItem, ContentKind, FieldViolation, GenericParams, InputImage, MediaRef, MediaSource,
     Params, SeedanceParams, ValidationError, VeoParams, VideoRequest,
 };
-use crate::job::{Job, JobStatus};
+use crate::job::{Job, JobError, JobStatus};
 use crate::pb;
 
 /// Rule id for a message whose shape is wrong before any contract rule applies (a `oneof` left
@@ -205,13 +205,7 @@ pub fn video(job: &Job) -> pb::Video {
         complete_time: job.complete_time_ms().map(timestamp),
         upstream_id: job.upstream_id().unwrap_or_default().to_owned(),
         request,
-        error: job.error().map(|e| pb::VideoError {
-            reason: e.reason.as_str().to_owned(),
-            message: e.message.clone(),
-            retryable: e.retryable,
-            upstream_message: e.upstream_message.clone(),
-            upstream_http_status: e.upstream_http_status.map(u32::from).unwrap_or(0),
-        }),
+        error: job.error().map(video_error),
         content: job.content().map(|c| pb::VideoContent {
             size_bytes: c.size_bytes,
             sha256: c.sha256.clone(),
@@ -225,6 +219,26 @@ pub fn video(job: &Job) -> pb::Video {
             mismatch: c.mismatch.clone(),
         }),
         last_sequence: job.last_sequence,
+        previous_attempts: job
+            .previous_attempts()
+            .iter()
+            .map(|a| pb::VideoAttempt {
+                upstream_id: a.upstream_id.clone().unwrap_or_default(),
+                error: a.error.as_ref().map(video_error),
+                complete_time: a.complete_time_ms.map(timestamp),
+                retry_time: Some(timestamp(a.retry_time_ms)),
+            })
+            .collect(),
+    }
+}
+
+fn video_error(e: &JobError) -> pb::VideoError {
+    pb::VideoError {
+        reason: e.reason.as_str().to_owned(),
+        message: e.message.clone(),
+        retryable: e.retryable,
+        upstream_message: e.upstream_message.clone(),
+        upstream_http_status: e.upstream_http_status.map(u32::from).unwrap_or(0),
     }
 }
 

@@ -119,6 +119,31 @@ pub struct JobError {
     pub upstream_http_status: Option<u16>,
 }
 
+/// An earlier attempt of a job that `RetryVideo` sent again (`vidgate.v1.VideoAttempt`): kept
+/// so an operator can still find, and be billed for, the task it may have left upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Upstream's task id of that attempt; `None` when its create got no answer (the task may
+    /// still exist upstream).
+    pub upstream_id: Option<String>,
+    /// Why that attempt ended.
+    pub error: Option<JobError>,
+    /// Unix milliseconds of that attempt's end.
+    pub complete_time_ms: Option<i64>,
+    /// Unix milliseconds of the retry that ended its life as the current attempt.
+    pub retry_time_ms: i64,
+}
+
+/// Why a job may not be sent again ([`Job::reopen_for_retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefusal {
+    /// The job did not fail: it is still running, completed or cancelled.
+    NotFailed(JobStatus),
+    /// It failed for a reason that the same request sent again cannot cure
+    /// (`JobError::retryable` is false).
+    NotRetryable(FailureReason),
+}
+
 /// Facts about the stored video (`vidgate.v1.VideoContent`) and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContentFacts {
@@ -190,6 +215,7 @@ pub struct Job {
     stage: Stage,
     progress: Progress,
     deleted: bool,
+    previous_attempts: Vec<Attempt>,
 }
 
 /// Where a job is. Each variant carries what that stage needs, so "polling without an upstream
@@ -314,6 +340,7 @@ impl Job {
                 ..Progress::default()
             },
             deleted: false,
+            previous_attempts: Vec::new(),
         }
     }
 
@@ -424,6 +451,11 @@ impl Job {
     /// Deleted by the caller: hidden from every read, kept only until pruned.
     pub fn is_deleted(&self) -> bool {
         self.deleted
+    }
+
+    /// Earlier attempts, oldest first; empty unless the job was retried.
+    pub fn previous_attempts(&self) -> &[Attempt] {
+        &self.previous_attempts
     }
 
     fn stage_name(&self) -> &'static str {
@@ -635,6 +667,41 @@ impl Job {
         was_running
     }
 
+    /// Why this job may not be sent again, or `None` when it may: only a failed job whose
+    /// failure says the same request could succeed.
+    pub fn retry_refusal(&self) -> Option<RetryRefusal> {
+        match &self.stage {
+            Stage::Failed { error, .. } if error.retryable => None,
+            Stage::Failed { error, .. } => Some(RetryRefusal::NotRetryable(error.reason)),
+            _ => Some(RetryRefusal::NotFailed(self.status())),
+        }
+    }
+
+    /// Failed (retryable) -> pending, as if just accepted, keeping its id, request and history:
+    /// the ended attempt moves into [`Job::previous_attempts`], and everything learnt from the
+    /// old task goes, so the dispatcher submits a new one instead of polling the old.
+    pub fn reopen_for_retry(&mut self, now: i64) -> Result<Record, RetryRefusal> {
+        if let Some(refusal) = self.retry_refusal() {
+            return Err(refusal);
+        }
+        let ended = std::mem::replace(&mut self.stage, Stage::Pending);
+        let Stage::Failed { upstream_id, error } = ended else {
+            return Err(RetryRefusal::NotFailed(self.status()));
+        };
+        self.previous_attempts.push(Attempt {
+            upstream_id,
+            error: Some(error),
+            complete_time_ms: self.progress.complete_time_ms,
+            retry_time_ms: now,
+        });
+        self.progress = Progress {
+            update_time_ms: now,
+            next_action_ms: Some(now),
+            ..Progress::default()
+        };
+        Ok(Record::Event)
+    }
+
     /// A finished or deleted job found due: nothing more to do, ever.
     pub fn settle(&mut self) {
         self.progress.next_action_ms = None;
@@ -712,6 +779,9 @@ pub struct JobRecord {
     pub trace_context: Option<String>,
     /// See [`Job::is_deleted`].
     pub deleted: bool,
+    /// See [`Job::previous_attempts`]; absent in jobs stored before retries existed.
+    #[serde(default)]
+    pub previous_attempts: Vec<Attempt>,
 }
 
 /// Why a [`JobRecord`] is not a job.
@@ -799,6 +869,7 @@ impl TryFrom<JobRecord> for Job {
                 polls: r.polls,
             },
             deleted: r.deleted,
+            previous_attempts: r.previous_attempts,
         })
     }
 }
@@ -849,6 +920,7 @@ impl From<Job> for JobRecord {
             correlation_id: job.correlation_id,
             trace_context: job.trace_context,
             deleted: job.deleted,
+            previous_attempts: job.previous_attempts,
         }
     }
 }
@@ -1039,6 +1111,83 @@ mod tests {
             Job::try_from(record).is_err(),
             "completed needs phase finished"
         );
+    }
+
+    fn failed_job(reason: FailureReason, retryable: bool) -> Job {
+        let mut job = accepted_job();
+        let _ = job.begin_submit(1_000, 2_000).unwrap();
+        let _ = job
+            .submitted(1_000, "task_1".into(), "queued".into(), false, 1_500)
+            .unwrap();
+        let _ = job
+            .polled(1_500, "in_progress".into(), true, Some(40), 1_800)
+            .unwrap();
+        let _ = job
+            .fail(
+                2_000,
+                JobError {
+                    reason,
+                    retryable,
+                    ..error()
+                },
+            )
+            .unwrap();
+        job
+    }
+
+    #[test]
+    fn reopening_for_retry_moves_the_attempt_aside_and_starts_the_job_over() {
+        let mut job = failed_job(FailureReason::UpstreamFailed, true);
+        assert_eq!(job.reopen_for_retry(3_000), Ok(Record::Event));
+        assert_eq!(
+            (job.status(), job.phase(), job.next_action_ms()),
+            (JobStatus::Queued, Phase::Pending, Some(3_000))
+        );
+        // Without this the dispatcher would poll the old task instead of submitting again.
+        assert_eq!(job.upstream_id(), None);
+        assert_eq!((job.error(), job.complete_time_ms()), (None, None));
+        assert_eq!((job.attempts(), job.polls(), job.progress()), (0, 0, None));
+        assert!(job.upstream_status().is_empty());
+        assert_eq!((job.create_time_ms, job.update_time_ms()), (1_000, 3_000));
+        let [earlier] = job.previous_attempts() else {
+            panic!("one earlier attempt: {:?}", job.previous_attempts())
+        };
+        assert_eq!(earlier.upstream_id.as_deref(), Some("task_1"));
+        assert_eq!(
+            earlier.error.as_ref().map(|e| e.reason),
+            Some(FailureReason::UpstreamFailed)
+        );
+        assert_eq!(
+            (earlier.complete_time_ms, earlier.retry_time_ms),
+            (Some(2_000), 3_000)
+        );
+    }
+
+    #[test]
+    fn only_a_failed_job_with_a_retryable_error_can_be_reopened() {
+        let mut running = accepted_job();
+        assert_eq!(
+            running.reopen_for_retry(3_000),
+            Err(RetryRefusal::NotFailed(JobStatus::Queued))
+        );
+        let mut missing = failed_job(FailureReason::ContentMissing, false);
+        let before = missing.clone();
+        assert_eq!(
+            missing.reopen_for_retry(3_000),
+            Err(RetryRefusal::NotRetryable(FailureReason::ContentMissing))
+        );
+        assert_eq!(missing, before, "a refusal changes nothing");
+        let unknown = failed_job(FailureReason::UpstreamOutcomeUnknown, true);
+        assert_eq!(unknown.retry_refusal(), None);
+    }
+
+    #[test]
+    fn a_job_stored_before_retries_existed_reads_with_no_earlier_attempts() {
+        let job = failed_job(FailureReason::UpstreamOutcomeUnknown, true);
+        let mut json = serde_json::to_value(&job).unwrap();
+        json.as_object_mut().unwrap().remove("previous_attempts");
+        let read: Job = serde_json::from_value(json).unwrap();
+        assert_eq!(read, job);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! | [`intake`] | RabbitMQ: job messages into durable jobs (ack after commit, dead letters with reasons), and the outbox relay publishing events |
 //! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything; and the one bounded stop path (`shutdown`) |
 //! | [`config`] | one typed configuration from a TOML file and a few environment variables |
-//! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, delete) over gRPC |
+//! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, retry, delete) over gRPC |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
 //! | [`job`] | the durable job record, its statuses, phases and failure reasons |
 //! | [`store`] | jobs, idempotency keys and the event log behind [`store::JobStore`]; SQLite embedded |

@@ -26,8 +26,9 @@ use vidgate::pb::video_service_server::{VideoService, VideoServiceServer};
 use vidgate::pb::{
     CancelVideoRequest, ContentChunk, ContentEnd, ContentItem, CreateVideoRequest,
     DeleteVideoRequest, DeleteVideoResponse, DownloadVideoRequest, GetVideoRequest, InputImage,
-    ListVideosRequest, ListVideosResponse, MediaRef, SeedanceParams, SubscribeRequest, VeoParams,
-    Video, VideoContent, VideoError, VideoEvent, VideoStatus, WatchVideoRequest,
+    ListVideosRequest, ListVideosResponse, MediaRef, RetryVideoRequest, SeedanceParams,
+    SubscribeRequest, VeoParams, Video, VideoAttempt, VideoContent, VideoError, VideoEvent,
+    VideoStatus, WatchVideoRequest,
 };
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -45,6 +46,7 @@ struct Seen {
     lists: Vec<ListVideosRequest>,
     downloads: Vec<DownloadVideoRequest>,
     watches: Vec<WatchVideoRequest>,
+    retries: Vec<RetryVideoRequest>,
 }
 
 /// Canned behaviour of the fake.
@@ -223,6 +225,26 @@ impl VideoService for Fake {
             VideoStatus::Cancelled,
             7,
         )))
+    }
+
+    async fn retry_video(
+        &self,
+        request: Request<RetryVideoRequest>,
+    ) -> Result<Response<Video>, Status> {
+        self.record(&request)
+            .retries
+            .push(request.get_ref().clone());
+        let mut video = self.video(&request.get_ref().id, VideoStatus::Queued, 8);
+        video.previous_attempts = vec![VideoAttempt {
+            upstream_id: "task_earlier".to_owned(),
+            error: Some(VideoError {
+                reason: "UPSTREAM_OUTCOME_UNKNOWN".to_owned(),
+                retryable: true,
+                ..VideoError::default()
+            }),
+            ..VideoAttempt::default()
+        }];
+        Ok(Response::new(video))
     }
 
     async fn delete_video(
@@ -1037,6 +1059,65 @@ async fn token_is_sent_as_bearer_authorization_on_every_call() -> anyhow::Result
     let video: Video = serde_json::from_str(&out)?;
     assert_eq!(video.id, VIDEO_ID);
     assert_eq!(deleted.trim(), "deleted vid_1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn retry_asks_for_the_duplicate_charge_flag_then_prints_the_requeued_video()
+-> anyhow::Result<()> {
+    let fake = Fake::new();
+    let addr = serve(fake.clone()).await?;
+
+    let (refused, refused_out) = vidgate(&addr, &["retry", VIDEO_ID]).await?;
+    let (text, text_out) = vidgate(
+        &addr,
+        &["retry", VIDEO_ID, "--accept-possible-duplicate-charge"],
+    )
+    .await?;
+    let (json, json_out) = vidgate(
+        &addr,
+        &[
+            "--json",
+            "retry",
+            VIDEO_ID,
+            "--accept-possible-duplicate-charge",
+        ],
+    )
+    .await?;
+
+    let message = format!(
+        "{:#}",
+        refused
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("retried without the flag"))?
+    );
+    for needle in [
+        "--accept-possible-duplicate-charge",
+        "may bill a second generation",
+        "UPSTREAM_OUTCOME_UNKNOWN",
+    ] {
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+    assert!(refused_out.is_empty());
+    text?;
+    assert!(text_out.contains("status:      QUEUED"), "{text_out}");
+    assert!(
+        text_out.contains("attempt 1:   task_earlier, UPSTREAM_OUTCOME_UNKNOWN"),
+        "{text_out}"
+    );
+    json?;
+    let video: Video = serde_json::from_str(&json_out)?;
+    assert_eq!(video.previous_attempts.len(), 1);
+    let consented = RetryVideoRequest {
+        id: VIDEO_ID.to_owned(),
+        accept_possible_duplicate_charge: true,
+    };
+    let seen = seen(&fake);
+    assert_eq!(
+        seen.retries,
+        [consented.clone(), consented],
+        "nothing was sent without the flag"
+    );
     Ok(())
 }
 

@@ -776,3 +776,286 @@ async fn upstream_faults_end_in_correct_results() {
         }
     }
 }
+
+async fn retry(
+    t: &mut TestApp,
+    token: &str,
+    id: &str,
+    accept_possible_duplicate_charge: bool,
+) -> Result<pb::Video, tonic::Status> {
+    t.client
+        .retry_video(req(
+            token,
+            pb::RetryVideoRequest {
+                id: id.into(),
+                accept_possible_duplicate_charge,
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Statuses of one job's events after `after_sequence`, up to the first terminal one.
+async fn watched_statuses(
+    t: &mut TestApp,
+    id: &str,
+    after_sequence: i64,
+) -> Vec<(pb::VideoStatus, usize)> {
+    let mut watch = t
+        .client
+        .watch_video(req(
+            ACME,
+            pb::WatchVideoRequest {
+                id: id.into(),
+                after_sequence,
+                include_content: false,
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(ev) = watch.next().await {
+            let ev = ev.expect("event");
+            assert_eq!(ev.video_id, id);
+            if let Some(pb::video_event::Kind::Video(v)) = ev.kind {
+                out.push((v.status(), v.previous_attempts.len()));
+            }
+        }
+    };
+    tokio::time::timeout(DRIVE_DEADLINE, read)
+        .await
+        .expect("the watch ends after its terminal event");
+    out
+}
+
+fn creates_of(t: &TestApp, prompt: &str) -> u32 {
+    t.sim
+        .stats()
+        .creates_by_prompt
+        .get(prompt)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn retry_after_an_unknown_outcome_needs_consent_then_sends_once_more_on_the_same_id() {
+    let mut t = spawn_app().await;
+    let prompt = unique("retry after reset");
+    // The first create is taken upstream, then the connection is reset: outcome unknown.
+    t.sim.set_faults(vec![
+        FaultRule::new(FaultEndpoint::Create, Fault::Reset)
+            .prompt_contains(prompt.clone())
+            .times(1),
+    ]);
+    let v = create(&mut t, ACME, veo(&prompt)).await;
+    let failed = t.drive(ACME, &v.id).await;
+    assert_eq!(failed.status(), pb::VideoStatus::Failed, "{failed:?}");
+    assert_eq!(
+        failed.error.as_ref().map(|e| e.reason.as_str()),
+        Some("UPSTREAM_OUTCOME_UNKNOWN")
+    );
+    assert!(failed.upstream_id.is_empty(), "the reset create got no id");
+    let creates_before = creates_of(&t, &prompt);
+
+    let e = retry(&mut t, ACME, &v.id, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(error_reason(&e), "DUPLICATE_CHARGE_NOT_ACCEPTED");
+    for needle in [
+        "accept_possible_duplicate_charge",
+        "UPSTREAM_OUTCOME_UNKNOWN",
+    ] {
+        assert!(e.message().contains(needle), "{needle}: {}", e.message());
+    }
+    let info = e.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.domain, "vidgate");
+    assert_eq!(info.metadata["video_reason"], "UPSTREAM_OUTCOME_UNKNOWN");
+    t.app().dispatcher().step().await.unwrap();
+    assert_eq!(creates_of(&t, &prompt), creates_before, "refused: not sent");
+
+    let queued = retry(&mut t, ACME, &v.id, true).await.expect("retry");
+    assert_eq!(queued.id, v.id);
+    assert_eq!(queued.status(), pb::VideoStatus::Queued);
+    assert_eq!((queued.error, queued.complete_time), (None, None));
+    assert_eq!(
+        queued.create_time, v.create_time,
+        "the same job, not a new one"
+    );
+    assert!(
+        queued.last_sequence > failed.last_sequence,
+        "one event appended"
+    );
+    let [earlier] = queued.previous_attempts.as_slice() else {
+        panic!("one earlier attempt: {:?}", queued.previous_attempts)
+    };
+    assert_eq!(earlier.upstream_id, "");
+    assert_eq!(
+        earlier.error.as_ref().map(|e| e.reason.as_str()),
+        Some("UPSTREAM_OUTCOME_UNKNOWN")
+    );
+    assert_eq!(earlier.complete_time, failed.complete_time);
+
+    // Queued again, it is no longer a failed job: a second retry is refused, not applied twice.
+    let again = retry(&mut t, ACME, &v.id, true).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&again), "VIDEO_NOT_RETRYABLE");
+
+    let done = t.drive(ACME, &v.id).await;
+    assert_eq!(done.status(), pb::VideoStatus::Completed, "{done:?}");
+    assert!(!done.upstream_id.is_empty());
+    assert_eq!(done.previous_attempts.len(), 1);
+    assert_eq!(
+        creates_of(&t, &prompt),
+        creates_before + 1,
+        "exactly one more create"
+    );
+    assert_eq!(download_all(&mut t, ACME, &v.id, 0).await.len() as u64, {
+        done.content.as_ref().map_or(0, |c| c.size_bytes)
+    });
+
+    // The event log of the one id: ... FAILED, then QUEUED (the retry) ... COMPLETED.
+    let first = watched_statuses(&mut t, &v.id, v.last_sequence).await;
+    assert_eq!(
+        first.last(),
+        Some(&(pb::VideoStatus::Failed, 0)),
+        "{first:?}"
+    );
+    let second = watched_statuses(&mut t, &v.id, failed.last_sequence).await;
+    assert_eq!(
+        second.first(),
+        Some(&(pb::VideoStatus::Queued, 1)),
+        "{second:?}"
+    );
+    assert_eq!(
+        second.last(),
+        Some(&(pb::VideoStatus::Completed, 1)),
+        "{second:?}"
+    );
+}
+
+#[tokio::test]
+async fn retry_of_an_upstream_failure_keeps_the_earlier_upstream_id_and_submits_a_new_task() {
+    let mut t = spawn_app().await;
+    let prompt = unique("retry after upstream failure");
+    t.sim.set_faults(vec![
+        FaultRule::new(
+            FaultEndpoint::Create,
+            Fault::FailTask {
+                code: "internal_error".into(),
+                message: "generation crashed".into(),
+            },
+        )
+        .prompt_contains(prompt.clone())
+        .times(1),
+    ]);
+    let v = create(&mut t, ACME, veo(&prompt)).await;
+    let failed = t.drive(ACME, &v.id).await;
+    let error = failed.error.clone().expect("error");
+    assert_eq!(
+        (error.reason.as_str(), error.retryable),
+        ("UPSTREAM_FAILED", true)
+    );
+    assert!(!failed.upstream_id.is_empty());
+
+    let queued = retry(&mut t, ACME, &v.id, true).await.expect("retry");
+    assert_eq!(
+        queued.upstream_id, "",
+        "cleared, or the old task would be polled"
+    );
+    assert_eq!(queued.upstream_status, "");
+    let done = t.drive(ACME, &v.id).await;
+    assert_eq!(done.status(), pb::VideoStatus::Completed, "{done:?}");
+    assert_ne!(done.upstream_id, failed.upstream_id, "a new upstream task");
+    let [earlier] = done.previous_attempts.as_slice() else {
+        panic!("one earlier attempt: {:?}", done.previous_attempts)
+    };
+    assert_eq!(earlier.upstream_id, failed.upstream_id);
+    assert_eq!(earlier.error.as_ref(), Some(&error));
+    assert_eq!(creates_of(&t, &prompt), 2);
+}
+
+#[tokio::test]
+async fn retry_is_refused_for_completed_cancelled_unretryable_too_old_and_foreign_videos() {
+    let mut t = spawn_app().await;
+    let no_content = unique("retry refused no content");
+    let reset = unique("retry refused reset");
+    t.sim.set_faults(vec![
+        FaultRule::new(FaultEndpoint::Create, Fault::CompletedWithoutContent)
+            .prompt_contains(no_content.clone()),
+        FaultRule::new(FaultEndpoint::Create, Fault::Reset).prompt_contains(reset.clone()),
+    ]);
+    let completed = create(&mut t, ACME, veo(&unique("retry refused done"))).await;
+    let completed = t.drive(ACME, &completed.id).await;
+    assert_eq!(completed.status(), pb::VideoStatus::Completed);
+    let cancelled = create(&mut t, ACME, veo(&unique("retry refused cancel"))).await;
+    t.client
+        .cancel_video(req(
+            ACME,
+            pb::CancelVideoRequest {
+                id: cancelled.id.clone(),
+            },
+        ))
+        .await
+        .expect("cancel");
+    let missing = create(&mut t, ACME, veo(&no_content)).await;
+    let missing = t.drive(ACME, &missing.id).await;
+    assert_eq!(
+        missing
+            .error
+            .as_ref()
+            .map(|e| (e.reason.as_str(), e.retryable)),
+        Some(("CONTENT_MISSING", false))
+    );
+    let unknown = create(&mut t, ACME, veo(&reset)).await;
+    let unknown = t.drive(ACME, &unknown.id).await;
+    assert_eq!(
+        unknown.error.as_ref().map(|e| e.reason.as_str()),
+        Some("UPSTREAM_OUTCOME_UNKNOWN")
+    );
+
+    for (id, names) in [
+        (&completed.id, "completed"),
+        (&cancelled.id, "cancelled"),
+        (&missing.id, "CONTENT_MISSING"),
+    ] {
+        // With the flag or without: the state decides first.
+        for accept in [true, false] {
+            let e = retry(&mut t, ACME, id, accept).await.unwrap_err();
+            assert_eq!(e.code(), Code::FailedPrecondition, "{names}: {e:?}");
+            assert_eq!(error_reason(&e), "VIDEO_NOT_RETRYABLE", "{names}");
+            for needle in [names, "accept_possible_duplicate_charge"] {
+                assert!(e.message().contains(needle), "{needle}: {}", e.message());
+            }
+        }
+    }
+
+    // Another tenant's retryable video, with consent, and an unknown id: NOT_FOUND.
+    for (token, id) in [(GLOBEX, unknown.id.as_str()), (ACME, "vid_missing")] {
+        let e = retry(&mut t, token, id, true).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert_eq!(error_reason(&e), "VIDEO_NOT_FOUND");
+    }
+
+    // Past the maximum age the dispatcher would fail it again at once: refused, saying so.
+    let mut t = t.restart(|c| c.dispatcher.max_age_ms = 1).await;
+    let e = retry(&mut t, ACME, &unknown.id, true).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(error_reason(&e), "VIDEO_NOT_RETRYABLE");
+    assert!(e.message().contains("JOB_MAX_AGE"), "{}", e.message());
+
+    let unchanged = t
+        .client
+        .get_video(req(
+            ACME,
+            pb::GetVideoRequest {
+                id: unknown.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unchanged, unknown, "every refusal left the video as it was");
+    assert_eq!(creates_of(&t, &no_content), 1);
+    assert_eq!(creates_of(&t, &reset), 1);
+}

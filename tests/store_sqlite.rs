@@ -84,6 +84,7 @@ fn new_job(
             correlation_id: None,
             trace_context: None,
             deleted: false,
+            previous_attempts: Vec::new(),
         }),
         submission: Bytes::from_static(b"\x0a\x05hello\x12\x03img"),
     }

@@ -68,6 +68,34 @@ pub enum ApiError {
         /// Its status.
         status: &'static str,
     },
+    /// Retry of a video that did not fail, or failed for a reason that sending the same request
+    /// again cannot cure.
+    #[error(
+        "video {id} cannot be retried: {why}. RetryVideo sends again only a FAILED video whose error is retryable (such as UPSTREAM_OUTCOME_UNKNOWN), with accept_possible_duplicate_charge = true"
+    )]
+    VideoNotRetryable {
+        /// The video.
+        id: String,
+        /// Its status.
+        status: &'static str,
+        /// Its failure reason, if it failed.
+        video_reason: Option<&'static str>,
+        /// What stands in the way, for people.
+        why: String,
+    },
+    /// Retry without the caller's consent to a possible second charge.
+    #[error(
+        "video {id} failed with {video_reason}: its earlier attempt may exist upstream and be billed, so sending it again may bill a second generation; set accept_possible_duplicate_charge = true to accept that and retry"
+    )]
+    DuplicateChargeNotAccepted {
+        /// The video.
+        id: String,
+        /// Its failure reason.
+        video_reason: &'static str,
+    },
+    /// The video changed under a write twice in a row (a bounded re-check, not a loop).
+    #[error("video {0} changed while this request was applied; read it again and decide anew")]
+    VideoChanged(String),
     /// `read_offset` past the end.
     #[error("read_offset {offset} is past the end of the content ({size} bytes)")]
     OffsetOutOfRange {
@@ -127,6 +155,9 @@ impl ApiError {
             Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Self::VideoNotCompleted { .. } => "VIDEO_NOT_COMPLETED",
             Self::VideoAlreadyFinished { .. } => "VIDEO_ALREADY_FINISHED",
+            Self::VideoNotRetryable { .. } => "VIDEO_NOT_RETRYABLE",
+            Self::DuplicateChargeNotAccepted { .. } => "DUPLICATE_CHARGE_NOT_ACCEPTED",
+            Self::VideoChanged(_) => "VIDEO_CHANGED",
             Self::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
             Self::LastFrameNotAvailable(_) => "LAST_FRAME_NOT_AVAILABLE",
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
@@ -144,11 +175,12 @@ impl ApiError {
             Self::MissingCredentials | Self::InvalidCredentials => Code::Unauthenticated,
             Self::VideoNotFound(_) | Self::LastFrameNotAvailable(_) => Code::NotFound,
             Self::RequestIdReused { .. } => Code::AlreadyExists,
-            Self::VideoNotCompleted { .. } | Self::VideoAlreadyFinished { .. } => {
-                Code::FailedPrecondition
-            }
+            Self::VideoNotCompleted { .. }
+            | Self::VideoAlreadyFinished { .. }
+            | Self::VideoNotRetryable { .. }
+            | Self::DuplicateChargeNotAccepted { .. } => Code::FailedPrecondition,
             Self::OffsetOutOfRange { .. } | Self::CursorExpired { .. } => Code::OutOfRange,
-            Self::SubscriberLagged { .. } => Code::Aborted,
+            Self::SubscriberLagged { .. } | Self::VideoChanged(_) => Code::Aborted,
             Self::StoreUnavailable | Self::ShuttingDown { .. } => Code::Unavailable,
             Self::MessageTooLarge(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
@@ -225,6 +257,23 @@ impl From<ApiError> for Status {
             }
             ApiError::CursorExpired { first_kept, .. } => {
                 metadata.insert("first_kept_sequence".to_owned(), first_kept.to_string());
+            }
+            ApiError::VideoNotRetryable {
+                status,
+                video_reason,
+                ..
+            } => {
+                metadata.insert("video_status".to_owned(), (*status).to_owned());
+                if let Some(reason) = video_reason {
+                    metadata.insert("video_reason".to_owned(), (*reason).to_owned());
+                }
+            }
+            ApiError::DuplicateChargeNotAccepted { video_reason, .. } => {
+                metadata.insert("video_reason".to_owned(), (*video_reason).to_owned());
+                metadata.insert(
+                    "required_field".to_owned(),
+                    "accept_possible_duplicate_charge".to_owned(),
+                );
             }
             _ => {}
         }

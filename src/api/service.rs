@@ -18,10 +18,10 @@ use super::auth::{Authenticator, Tenant};
 use super::error::ApiError;
 use crate::blob::{BlobError, BlobStore};
 use crate::convert;
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::{DEFAULT_MAX_AGE_MS, Dispatcher};
 use crate::domain::{FieldViolation, ModelCatalog, ValidationError, VideoSpec};
 use crate::events::{Feed, FeedFilter, FeedItem, FeedRequest};
-use crate::job::{Accepted, Job, JobStatus, NewJob, Record, new_job_id, now_ms};
+use crate::job::{Accepted, Job, JobStatus, NewJob, Record, RetryRefusal, new_job_id, now_ms};
 use crate::pb;
 use crate::pb::video_service_server::VideoService;
 use crate::store::{CreateOutcome, JobStore, ListQuery, StoreError};
@@ -51,6 +51,10 @@ pub const STREAM_BUFFER: usize = 32;
 pub const CONTENT_STREAM_BUFFER: usize = 2;
 /// Attempts of a read-modify-write (cancel, delete) that races the dispatcher.
 const MAX_UPDATE_ATTEMPTS: u32 = 8;
+/// Reads of a job by one `RetryVideo`: the first, and one more after a concurrent change. A
+/// failed job has no owner racing it, so a conflict means another caller retried or deleted it;
+/// judging it once more answers that caller's change (refused, or NOT_FOUND) instead of looping.
+const RETRY_VIDEO_READS: u32 = 2;
 
 /// The service.
 #[derive(Clone)]
@@ -64,6 +68,7 @@ pub struct VideoApi {
     chunk_bytes: usize,
     metrics: Metrics,
     draining: CancellationToken,
+    job_max_age_ms: u64,
 }
 
 impl VideoApi {
@@ -86,6 +91,7 @@ impl VideoApi {
             feed,
             chunk_bytes,
             metrics: Metrics::disabled(),
+            job_max_age_ms: DEFAULT_MAX_AGE_MS,
             draining: CancellationToken::new(),
         }
     }
@@ -107,6 +113,13 @@ impl VideoApi {
             });
         }
         Ok(())
+    }
+
+    /// The dispatcher's maximum job age (0 = none). A job past it is not retried: the
+    /// dispatcher measures age from creation and would fail it again at once (`JOB_MAX_AGE`).
+    pub fn with_job_max_age_ms(mut self, max_age_ms: u64) -> Self {
+        self.job_max_age_ms = max_age_ms;
+        self
     }
 
     /// Records accepted and cancelled jobs, live streams and streamed bytes into `metrics`.
@@ -232,6 +245,106 @@ impl VideoApi {
             }
         }
         Err(ApiError::StoreUnavailable)
+    }
+
+    /// `RetryVideo`: puts a retryable failed job back to pending on its id and stored request,
+    /// in one conditional write (with one event) on the version read.
+    async fn retry(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        accept_possible_duplicate_charge: bool,
+    ) -> Result<Job, ApiError> {
+        for _ in 0..RETRY_VIDEO_READS {
+            let mut job = self.job_of(tenant, id).await?;
+            let now = now_ms();
+            self.check_retry(&job, accept_possible_duplicate_charge, now)?;
+            let status = job.status().as_str();
+            let record = job
+                .reopen_for_retry(now)
+                .map_err(|refusal| not_retryable(id, status, refusal))?;
+            // The new attempt's steps join the trace of the call that asked for it; the
+            // creating call's trace ended with the failure.
+            if let Some(context) = traceparent_of(&tracing::Span::current()) {
+                job.trace_context = Some(context);
+            }
+            match self.store.update(job, record).await {
+                Ok(job) => {
+                    let earlier = job.previous_attempts().last();
+                    tracing::warn!(
+                        job_id = %job.id,
+                        attempt = job.previous_attempts().len() + 1,
+                        earlier_upstream_id = earlier.and_then(|a| a.upstream_id.as_deref()).unwrap_or(""),
+                        earlier_reason = earlier.and_then(|a| a.error.as_ref()).map_or("", |e| e.reason.as_str()),
+                        "video sent again at the caller's request; the earlier attempt may also be billed"
+                    );
+                    self.dispatcher.wake();
+                    return Ok(job);
+                }
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::VideoChanged(id.to_owned()))
+    }
+
+    /// Everything that stands between `job` and a retry: its state and reason, its age, then
+    /// the caller's consent (asked last, so it is asked only when it is the one thing missing).
+    fn check_retry(
+        &self,
+        job: &Job,
+        accept_possible_duplicate_charge: bool,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let status = job.status().as_str();
+        if let Some(refusal) = job.retry_refusal() {
+            return Err(not_retryable(&job.id, status, refusal));
+        }
+        let video_reason = job.error().map(|e| e.reason.as_str());
+        let age_ms = now.saturating_sub(job.create_time_ms);
+        if self.job_max_age_ms > 0 && age_ms > self.job_max_age_ms as i64 {
+            return Err(ApiError::VideoNotRetryable {
+                id: job.id.clone(),
+                status,
+                video_reason,
+                why: format!(
+                    "it failed with {} but is {} min old, past the maximum job age ({} min), so the dispatcher would fail it again at once with JOB_MAX_AGE; create a new video with the same request instead",
+                    video_reason.unwrap_or("no recorded reason"),
+                    age_ms / 60_000,
+                    self.job_max_age_ms / 60_000
+                ),
+            });
+        }
+        if !accept_possible_duplicate_charge {
+            return Err(ApiError::DuplicateChargeNotAccepted {
+                id: job.id.clone(),
+                video_reason: video_reason.unwrap_or("no recorded reason"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The refusal of a retry, in the API's words.
+fn not_retryable(id: &str, status: &'static str, refusal: RetryRefusal) -> ApiError {
+    let (video_reason, why) = match refusal {
+        RetryRefusal::NotFailed(s @ (JobStatus::Completed | JobStatus::Cancelled)) => {
+            (None, format!("it is {}", s.as_str()))
+        }
+        RetryRefusal::NotFailed(s) => (None, format!("it is {}, not failed", s.as_str())),
+        RetryRefusal::NotRetryable(reason) => (
+            Some(reason.as_str()),
+            format!(
+                "it failed with {}, which is not retryable (its error.retryable is false)",
+                reason.as_str()
+            ),
+        ),
+    };
+    ApiError::VideoNotRetryable {
+        id: id.to_owned(),
+        status,
+        video_reason,
+        why,
     }
 }
 
@@ -448,6 +561,18 @@ impl VideoService for VideoApi {
         self.admit()?;
         let tenant = self.tenant(&request)?;
         let job = self.cancel(&tenant, &request.get_ref().id).await?;
+        Ok(Response::new(convert::video(&job)))
+    }
+
+    async fn retry_video(
+        &self,
+        request: Request<pb::RetryVideoRequest>,
+    ) -> Result<Response<pb::Video>, Status> {
+        let tenant = self.tenant(&request)?;
+        let req = request.get_ref();
+        let job = self
+            .retry(&tenant, &req.id, req.accept_possible_duplicate_charge)
+            .await?;
         Ok(Response::new(convert::video(&job)))
     }
 

@@ -1,5 +1,5 @@
 //! The client half of the `vidgate` binary: `create`, `get`, `list`, `watch`, `download`,
-//! `cancel` and `delete`, each one or a few gRPC calls to a running `vidgate serve`.
+//! `cancel`, `retry` and `delete`, each one or a few gRPC calls to a running `vidgate serve`.
 //!
 //! Results go to stdout (a readable summary, or proto3 JSON with `--json`); progress goes to
 //! stderr, animated on a terminal and as plain lines otherwise. Every failure is an
@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`rpc`] | connecting with the bearer token, retry/backoff decisions, rendering a `Status` |
 //! | `create` | flags (or a JSON file) to a `CreateVideoRequest`, then optionally wait and download |
-//! | `query` | `get`, `list`, `cancel`, `delete` |
+//! | `query` | `get`, `list`, `cancel`, `retry`, `delete` |
 //! | `watch` | following one job's events, optionally saving its content from the stream |
 //! | `download` | resumable `DownloadVideo` into `FILE.part`, verified, then renamed |
 //! | `content` | the file a download or watch writes: offsets, hashing, verification |
@@ -30,7 +30,7 @@ use std::io::Write;
 
 pub use create::CreateArgs;
 pub use download::DownloadArgs;
-pub use query::{GetArgs, IdArgs, ListArgs};
+pub use query::{GetArgs, IdArgs, ListArgs, RetryArgs};
 pub use rpc::RpcError;
 pub use watch::WatchArgs;
 
@@ -67,6 +67,8 @@ pub enum ClientCommand {
     Download(DownloadArgs),
     /// Cancel a job (vidgate stops polling; the upstream task may still run)
     Cancel(IdArgs),
+    /// Send a failed job again (e.g. after UPSTREAM_OUTCOME_UNKNOWN), accepting a possible second charge
+    Retry(RetryArgs),
     /// Delete a job and its stored content
     Delete(IdArgs),
 }
@@ -90,6 +92,7 @@ pub async fn run_with_output(
         ClientCommand::Watch(args) => watch::run(&opts, args, out).await,
         ClientCommand::Download(args) => download::run(&opts, args, out).await,
         ClientCommand::Cancel(args) => query::cancel(&opts, args, out).await,
+        ClientCommand::Retry(args) => query::retry(&opts, args, out).await,
         ClientCommand::Delete(args) => query::delete(&opts, args, out).await,
     }
 }

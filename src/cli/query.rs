@@ -1,4 +1,4 @@
-//! `get`, `list`, `cancel` and `delete`: one call each (`list --all` one per page).
+//! `get`, `list`, `cancel`, `retry` and `delete`: one call each (`list --all` one per page).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -10,7 +10,7 @@ use super::rpc::{connect, rpc_err};
 use super::{ClientOpts, parse_key_value};
 use crate::pb::{
     CancelVideoRequest, DeleteVideoRequest, DeleteVideoResponse, GetVideoRequest,
-    ListVideosRequest, ListVideosResponse, VideoStatus,
+    ListVideosRequest, ListVideosResponse, RetryVideoRequest, VideoStatus,
 };
 
 /// Pages `list --all` follows at most, so a server that keeps handing out tokens cannot keep
@@ -29,6 +29,17 @@ pub struct GetArgs {
 pub struct IdArgs {
     /// Video id
     pub id: String,
+}
+
+/// Arguments of `retry`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetryArgs {
+    /// Video id
+    pub id: String,
+    /// Accept that a second generation may be billed: the failed attempt may exist upstream
+    /// (and be billed) although vidgate never heard back from it
+    #[arg(long)]
+    pub accept_possible_duplicate_charge: bool,
 }
 
 /// Arguments of `list`.
@@ -88,6 +99,34 @@ pub async fn cancel(
         .cancel_video(CancelVideoRequest { id: args.id })
         .await
         .map_err(rpc_err("CancelVideo"))?
+        .into_inner();
+    write_video(out, opts.json, &video)
+}
+
+pub async fn retry(
+    opts: &ClientOpts,
+    args: RetryArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    // Consent is asked for before any call: the server would refuse without it anyway, and
+    // here the reason can be said in the terms of this command.
+    if !args.accept_possible_duplicate_charge {
+        bail!(
+            "retry sends video {} to the upstream again. Its failed attempt may exist upstream \
+             (UPSTREAM_OUTCOME_UNKNOWN means vidgate never heard back from it) and may be billed, \
+             so a retry may bill a second generation. Run again with \
+             --accept-possible-duplicate-charge to accept that",
+            args.id
+        );
+    }
+    let mut client = connect(opts).await?;
+    let video = client
+        .retry_video(RetryVideoRequest {
+            id: args.id,
+            accept_possible_duplicate_charge: true,
+        })
+        .await
+        .map_err(rpc_err("RetryVideo"))?
         .into_inner();
     write_video(out, opts.json, &video)
 }

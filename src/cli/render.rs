@@ -89,6 +89,15 @@ pub fn video_summary(video: &Video) -> String {
             );
         }
     }
+    for (n, a) in video.previous_attempts.iter().enumerate() {
+        let upstream = if a.upstream_id.is_empty() {
+            "no upstream id"
+        } else {
+            a.upstream_id.as_str()
+        };
+        let reason = a.error.as_ref().map_or("-", |e| e.reason.as_str());
+        let _ = writeln!(s, "attempt {}:   {upstream}, {reason}", n + 1);
+    }
     if let Some(c) = &video.content {
         let _ = write!(s, "content:     {} bytes", c.size_bytes);
         if !c.mime_type.is_empty() {
