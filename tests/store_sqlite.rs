@@ -6,7 +6,7 @@
 //! default): there, tasks spawned together all send their command before the writer task runs
 //! again, so they deterministically share a batch without any timing assumption.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +17,10 @@ use vidgate::job::{
     new_job_id,
 };
 use vidgate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
-use vidgate::store::{CreateOutcome, EventQuery, JobStore, ListQuery, StoreError, StoredEvent};
+use vidgate::store::{
+    CreateOutcome, EventQuery, JobStore, Lease, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
+    StoreError, StoredEvent,
+};
 
 /// A directory under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);
@@ -812,7 +815,7 @@ async fn list_pages_newest_first_each_job_once_with_filters() {
 }
 
 #[tokio::test]
-async fn due_returns_only_due_live_jobs_soonest_first() {
+async fn claim_due_takes_only_due_live_jobs_soonest_first() {
     let dir = TempDir::new();
     let store = open(&dir.db()).await;
     let schedule = [Some(300), Some(100), None, Some(5_000), Some(200)];
@@ -830,53 +833,229 @@ async fn due_returns_only_due_live_jobs_soonest_first() {
     earliest_deleted.job = edit(&earliest_deleted.job, |r| r.deleted = true);
     created(store.create(earliest_deleted).await);
 
-    let due = store.due(1_000, 10, &HashSet::new()).await.expect("due");
-    let due_ids: Vec<&str> = due.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(due_ids, [jobs[4].id.as_str(), jobs[0].id.as_str()]);
-    let first = store.due(1_000, 1, &HashSet::new()).await.expect("due");
-    assert_eq!(first.len(), 1);
-    assert_eq!(first[0].id, jobs[4].id);
     assert!(
         store
-            .due(150, 10, &HashSet::new())
+            .claim_due(150, 10_000, 10)
             .await
-            .expect("due")
+            .expect("claim")
+            .1
             .is_empty()
     );
     assert_eq!(store.next_due_ms().await.expect("next"), Some(200));
+    let (_, first) = store.claim_due(1_000, 10_000, 1).await.expect("claim");
+    assert_eq!(ids(&first), [jobs[4].id.clone()]);
+    let (_, rest) = store.claim_due(1_000, 10_000, 10).await.expect("claim");
+    assert_eq!(
+        ids(&rest),
+        [jobs[0].id.clone()],
+        "a claimed job is not claimed again"
+    );
+}
+
+fn ids(jobs: &[Job]) -> Vec<String> {
+    jobs.iter().map(|j| j.id.clone()).collect()
+}
+
+/// A job created due at `due`, then claimed with a lease ending at `until`.
+async fn claimed(store: &SqliteStore, due: i64, until: i64) -> (Lease, Job) {
+    let mut new = new_job("acme", None, "fp", 1_000);
+    new.job = edit(&new.job, |r| r.next_action_ms = Some(due));
+    let job = created(store.create(new).await);
+    let (lease, jobs) = store.claim_due(due, until, 1).await.expect("claim");
+    let [claimed] = jobs.as_slice() else {
+        panic!("one job claimed, got {jobs:?}")
+    };
+    assert_eq!(claimed.id, job.id);
+    (lease, claimed.clone())
 }
 
 #[tokio::test]
-async fn due_leaves_out_the_skipped_jobs_without_letting_them_crowd_out_others() {
+async fn a_lease_holds_a_job_until_it_ends_and_then_another_claim_takes_it() {
     let dir = TempDir::new();
     let store = open(&dir.db()).await;
-    let mut jobs = Vec::new();
-    for next_action_ms in [10, 20, 30, 40, 50, 60, 5_000] {
-        let mut new = new_job("acme", None, "fp", 1_000);
-        new.job = edit(&new.job, |r| r.next_action_ms = Some(next_action_ms));
-        jobs.push(created(store.create(new).await));
-    }
-    let mut deleted = jobs[3].clone();
-    deleted = edit(&deleted, |r| r.deleted = true);
-    store.update(deleted, Record::Event).await.expect("delete");
-    let ids = |due: &[vidgate::job::Job]| due.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
-    // The three soonest are being worked on: the next two due ones come, the deleted one and
-    // the one not due yet do not.
-    let skip: HashSet<String> = jobs[..3].iter().map(|j| j.id.clone()).collect();
-    let due = store.due(1_000, 2, &skip).await.expect("due");
-    assert_eq!(ids(&due), [jobs[4].id.clone(), jobs[5].id.clone()]);
-    let due = store.due(1_000, 10, &skip).await.expect("due");
-    assert_eq!(ids(&due), [jobs[4].id.clone(), jobs[5].id.clone()]);
-    // Nothing skipped: the soonest due ones.
-    let none = HashSet::new();
+    // next_due_ms reads the clock: this test's times are around now.
+    let now = vidgate::job::now_ms();
+    let (first, job) = claimed(&store, now - 1_000, now + 60_000).await;
+    let (_, none) = store
+        .claim_due(now + 59_999, now + 90_000, 10)
+        .await
+        .expect("claim");
+    assert!(none.is_empty());
     assert_eq!(
-        ids(&store.due(1_000, 4, &none).await.expect("due")),
-        [&jobs[0], &jobs[1], &jobs[2], &jobs[4]].map(|j| j.id.clone())
+        store.next_due_ms().await.expect("next"),
+        Some(now + 60_000),
+        "the lease's end"
     );
-    assert!(store.due(1_000, 0, &none).await.expect("due").is_empty());
-    // Everything due is skipped.
-    let all: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
-    assert!(store.due(1_000, 5, &all).await.expect("due").is_empty());
+    let (second, again) = store
+        .claim_due(now + 60_001, now + 90_000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&again), vec![job.id.clone()]);
+    assert_ne!(first.token, second.token, "every claim is a new owner");
+}
+
+#[tokio::test]
+async fn a_paused_owner_whose_lease_was_taken_over_cannot_write() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let (paused, job) = claimed(&store, 100, 1_000).await;
+    let (owner, _) = store.claim_due(2_000, 9_000, 1).await.expect("takeover");
+
+    let mut stale = job.clone();
+    let _ = stale.retry_later(2_100, 3_000).expect("a retry");
+    assert!(matches!(
+        store.save(&paused, stale.clone(), Record::Quiet, LeaseEnd::Release).await,
+        Err(StoreError::LeaseLost(id)) if id == job.id
+    ));
+    assert!(matches!(
+        store.renew(&job.id, &paused, 5_000).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let saved = store
+        .save(&owner, stale, Record::Quiet, LeaseEnd::Release)
+        .await
+        .expect("the new owner writes");
+    assert_eq!(saved.job.attempts(), 1);
+    assert_eq!(saved.applied, None);
+    // Released: due again at its own time, claimable by anyone.
+    let (_, again) = store.claim_due(3_000, 9_000, 1).await.expect("claim");
+    assert_eq!(ids(&again), vec![job.id.clone()]);
+}
+
+#[tokio::test]
+async fn a_cancel_of_an_unowned_job_applies_at_once_and_an_owned_one_waits_for_its_owner() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let free = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    match store
+        .request(&free.id, "acme", OwnerRequest::Cancel, 1_500)
+        .await
+        .expect("request")
+    {
+        RequestOutcome::Applied(job) => {
+            assert_eq!(job.status(), JobStatus::Cancelled);
+            assert_eq!(job.version, free.version + 1);
+        }
+        other => panic!("expected Applied, got {other:?}"),
+    }
+    assert!(matches!(
+        store.request(&free.id, "acme", OwnerRequest::Cancel, 1_600).await,
+        Ok(RequestOutcome::Refused(job)) if job.status() == JobStatus::Cancelled
+    ));
+    assert!(
+        matches!(
+            store
+                .request(&free.id, "globex", OwnerRequest::Cancel, 1_600)
+                .await,
+            Err(StoreError::NotFound(_))
+        ),
+        "another tenant's job does not exist for this caller"
+    );
+
+    let (lease, owned) = claimed(&store, 100, 10_000).await;
+    match store
+        .request(&owned.id, "acme", OwnerRequest::Cancel, 2_000)
+        .await
+        .expect("request")
+    {
+        RequestOutcome::Recorded {
+            job,
+            lease_until_ms,
+        } => {
+            assert_eq!(lease_until_ms, 10_000);
+            assert_eq!(
+                job.status(),
+                JobStatus::Queued,
+                "not applied behind the owner"
+            );
+        }
+        other => panic!("expected Recorded, got {other:?}"),
+    }
+    assert_eq!(
+        store.renew(&owned.id, &lease, 12_000).await.expect("renew"),
+        Some(OwnerRequest::Cancel),
+        "the owner learns of it while it works"
+    );
+    let before = store.latest_sequence().await.expect("latest");
+    let mut step = owned.clone();
+    let _ = step.retry_later(2_100, 3_000).expect("a retry");
+    let saved = store
+        .save(&lease, step, Record::Quiet, LeaseEnd::Keep)
+        .await
+        .expect("owner's save");
+    assert_eq!(saved.applied, Some(OwnerRequest::Cancel));
+    assert_eq!(saved.job.status(), JobStatus::Cancelled);
+    assert_eq!(
+        saved.job.attempts(),
+        0,
+        "the owner's change is in, then the cancel"
+    );
+    let events = all_events(&store).await;
+    assert_eq!(events.last().map(|e| e.sequence), Some(before + 1));
+    assert_eq!(store.get(&owned.id).await.expect("get"), Some(saved.job));
+    // A finished job has no owner any more: the lease ended with it.
+    assert!(
+        store
+            .claim_due(20_000, 30_000, 10)
+            .await
+            .expect("claim")
+            .1
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_racing_a_completion_ends_in_exactly_one_outcome() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let mut new = new_job("acme", None, "fp", 1_000);
+    new.job = edit(&new.job, |r| {
+        r.status = JobStatus::Processing;
+        r.phase = Phase::Downloading;
+        r.upstream_id = Some("task_9".into());
+        r.next_action_ms = Some(100);
+    });
+    created(store.create(new).await);
+    let (lease, jobs) = store.claim_due(100, 10_000, 1).await.expect("claim");
+    let downloading = jobs.into_iter().next().expect("claimed");
+    assert!(matches!(
+        store
+            .request(&downloading.id, "acme", OwnerRequest::Cancel, 200)
+            .await,
+        Ok(RequestOutcome::Recorded { .. })
+    ));
+    let mut done = downloading.clone();
+    let _ = done
+        .complete(
+            300,
+            edit(&downloading, completed)
+                .content()
+                .cloned()
+                .expect("facts"),
+        )
+        .expect("complete");
+    let saved = store
+        .save(&lease, done, Record::Event, LeaseEnd::Release)
+        .await
+        .expect("completion");
+    assert_eq!(
+        saved.job.status(),
+        JobStatus::Completed,
+        "the completion won"
+    );
+    assert_eq!(saved.applied, None, "the cancel did not take");
+    assert!(matches!(
+        store.request(&downloading.id, "acme", OwnerRequest::Cancel, 400).await,
+        Ok(RequestOutcome::Refused(job)) if job.status() == JobStatus::Completed
+    ));
+    match store
+        .request(&downloading.id, "acme", OwnerRequest::Delete, 500)
+        .await
+        .expect("delete")
+    {
+        RequestOutcome::Applied(job) => assert!(job.is_deleted()),
+        other => panic!("expected Applied, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -135,6 +135,17 @@ pub enum ApiError {
         /// `DownloadVideo`: the offset of the first byte not sent.
         next_offset: Option<i64>,
     },
+    /// A cancel or delete is recorded, but the job's owner did not apply it in time (it will):
+    /// asking again is harmless.
+    #[error(
+        "the {request} of video {id} is recorded and will be applied by the dispatcher step that holds the video; call again to learn the outcome"
+    )]
+    RequestPending {
+        /// The video.
+        id: String,
+        /// `cancel` or `delete`.
+        request: &'static str,
+    },
     /// A message too large for its field (e.g. the request as a whole).
     #[error("{0}")]
     MessageTooLarge(String),
@@ -164,6 +175,7 @@ impl ApiError {
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
+            Self::RequestPending { .. } => "REQUEST_PENDING",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -181,7 +193,9 @@ impl ApiError {
             | Self::DuplicateChargeNotAccepted { .. } => Code::FailedPrecondition,
             Self::OffsetOutOfRange { .. } | Self::CursorExpired { .. } => Code::OutOfRange,
             Self::SubscriberLagged { .. } | Self::VideoChanged(_) => Code::Aborted,
-            Self::StoreUnavailable | Self::ShuttingDown { .. } => Code::Unavailable,
+            Self::StoreUnavailable | Self::ShuttingDown { .. } | Self::RequestPending { .. } => {
+                Code::Unavailable
+            }
             Self::MessageTooLarge(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
@@ -296,7 +310,7 @@ impl From<ApiError> for Status {
             details.set_bad_request(violations);
         }
         match &e {
-            ApiError::StoreUnavailable => {
+            ApiError::StoreUnavailable | ApiError::RequestPending { .. } => {
                 details.set_retry_info(Some(STORE_RETRY_AFTER));
             }
             ApiError::ShuttingDown { .. } => {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,10 +22,10 @@ use crate::convert;
 use crate::dispatcher::{DEFAULT_MAX_AGE_MS, Dispatcher};
 use crate::domain::{FieldViolation, ModelCatalog, ValidationError, VideoSpec};
 use crate::events::{Feed, FeedFilter, FeedItem, FeedRequest};
-use crate::job::{Accepted, Job, JobStatus, NewJob, Record, RetryRefusal, new_job_id, now_ms};
+use crate::job::{Accepted, Job, JobStatus, NewJob, RetryRefusal, new_job_id, now_ms};
 use crate::pb;
 use crate::pb::video_service_server::VideoService;
-use crate::store::{CreateOutcome, JobStore, ListQuery, StoreError};
+use crate::store::{CreateOutcome, JobStore, ListQuery, OwnerRequest, RequestOutcome, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::propagation::traceparent_of;
 use tracing::Instrument;
@@ -49,8 +50,10 @@ pub const STREAM_BUFFER: usize = 32;
 /// 4, ~95 MB; with 2, ~70 MB at the same throughput, since chunks in the page cache are read
 /// without a thread hop (the benchmark harness's `watch` scenario, BENCHMARKS.md).
 pub const CONTENT_STREAM_BUFFER: usize = 2;
-/// Attempts of a read-modify-write (cancel, delete) that races the dispatcher.
-const MAX_UPDATE_ATTEMPTS: u32 = 8;
+/// Longest wait of `CancelVideo`/`DeleteVideo` for a job's owner to apply the request. The
+/// owner learns of it within [`crate::dispatcher::MAX_RENEW_INTERVAL_MS`]; past this the request stays recorded and
+/// the caller gets `UNAVAILABLE` with a retry delay.
+pub const REQUEST_WAIT: Duration = Duration::from_secs(30);
 /// Reads of a job by one `RetryVideo`: the first, and one more after a concurrent change. A
 /// failed job has no owner racing it, so a conflict means another caller retried or deleted it;
 /// judging it once more answers that caller's change (refused, or NOT_FOUND) instead of looping.
@@ -225,26 +228,104 @@ impl VideoApi {
         }
     }
 
+    /// `CancelVideo`: one outcome, and the caller is told which: the job cancelled, or
+    /// `VIDEO_ALREADY_FINISHED` naming how it ended first.
     async fn cancel(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
-        for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let mut job = self.job_of(tenant, id).await?;
-            if job.cancel(now_ms()).is_err() {
-                return Err(ApiError::VideoAlreadyFinished {
-                    id: id.to_owned(),
-                    status: job.status().as_str(),
-                });
-            }
-            match self.store.update(job, Record::Event).await {
-                Ok(job) => {
-                    tracing::info!(job_id = %job.id, "video cancelled; the upstream task, if any, may still run");
-                    self.metrics.job_finished(&job);
-                    return Ok(job);
+        let (job, applied) = self.request(tenant, id, OwnerRequest::Cancel).await?;
+        if !applied {
+            return Err(ApiError::VideoAlreadyFinished {
+                id: id.to_owned(),
+                status: job.status().as_str(),
+            });
+        }
+        Ok(job)
+    }
+
+    /// `DeleteVideo`: the job (cancelled first if it runs) leaves every listing, its key is
+    /// freed, and its stored content is removed.
+    async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), ApiError> {
+        let (job, _) = self.request(tenant, id, OwnerRequest::Delete).await?;
+        if let Some(c) = job.content() {
+            for key in std::iter::once(c.blob_key.as_str()).chain(c.last_frame_key.as_deref()) {
+                if let Err(e) = self.blobs.delete(key).await {
+                    tracing::warn!(job_id = %id, error = %e, "stored content not removed");
                 }
-                Err(StoreError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::StoreUnavailable)
+        Ok(())
+    }
+
+    /// Records `request` for the job's owner in one write, or applies it at once when nobody
+    /// owns the job, and returns the job as the request left it (or as it ended first) with
+    /// whether the request took. While
+    /// the job is owned, waits for the owner to apply it (it does at its next write, at most
+    /// [`crate::dispatcher::MAX_RENEW_INTERVAL_MS`] away) or for its lease to end (then applies it itself); at
+    /// most [`REQUEST_WAIT`], after which the request stays recorded and the caller is told to
+    /// retry (asking again is harmless).
+    async fn request(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        request: OwnerRequest,
+    ) -> Result<(Job, bool), ApiError> {
+        // Subscribed before the request, so the owner's event cannot be missed.
+        let mut events = self.store.subscribe();
+        let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
+        loop {
+            let lease_until_ms = match self.store.request(id, &tenant.0, request, now_ms()).await? {
+                RequestOutcome::Applied(job) => {
+                    tracing::info!(job_id = %job.id, request = request.as_str(), "request applied; the upstream task, if any, may still run");
+                    if job.is_terminal() {
+                        self.metrics.job_finished(&job);
+                    }
+                    return Ok((job, true));
+                }
+                RequestOutcome::Refused(job) => return Ok((job, false)),
+                RequestOutcome::Recorded { lease_until_ms, .. } => lease_until_ms,
+            };
+            // Until the owner applies it (its event), or its lease ends.
+            let lease_end = tokio::time::Instant::now()
+                + Duration::from_millis(u64::try_from(lease_until_ms - now_ms()).unwrap_or(0));
+            let wait_until = lease_end.min(deadline);
+            loop {
+                let settled = tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(event) if event.job_id == id => resolves(&event.job, request),
+                        Ok(_) => false,
+                        // Fell behind the broadcast: read the job itself below.
+                        Err(_) => {
+                            events = self.store.subscribe();
+                            true
+                        }
+                    },
+                    _ = tokio::time::sleep_until(wait_until) => true,
+                };
+                if !settled {
+                    continue;
+                }
+                let job = match self.store.get(id).await? {
+                    Some(job) if job.tenant == tenant.0 => job,
+                    _ => return Err(ApiError::VideoNotFound(id.to_owned())),
+                };
+                if resolves(&job, request) {
+                    // Applied by the owner, unless the job ended some other way first.
+                    let applied = match request {
+                        OwnerRequest::Cancel => job.status() == JobStatus::Cancelled,
+                        OwnerRequest::Delete => true,
+                    };
+                    return Ok((job, applied));
+                }
+                if tokio::time::Instant::now() >= wait_until {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::RequestPending {
+                    id: id.to_owned(),
+                    request: request.as_str(),
+                });
+            }
+        }
     }
 
     /// `RetryVideo`: puts a retryable failed job back to pending on its id and stored request,
@@ -345,6 +426,15 @@ fn not_retryable(id: &str, status: &'static str, refusal: RetryRefusal) -> ApiEr
         status,
         video_reason,
         why,
+    }
+}
+
+/// Whether `job` shows `request` settled: a cancel by any end of the job (cancelled, or
+/// finished first), a delete by the job's deletion.
+fn resolves(job: &Job, request: OwnerRequest) -> bool {
+    match request {
+        OwnerRequest::Cancel => job.is_terminal(),
+        OwnerRequest::Delete => job.is_deleted(),
     }
 }
 
@@ -582,31 +672,8 @@ impl VideoService for VideoApi {
     ) -> Result<Response<pb::DeleteVideoResponse>, Status> {
         self.admit()?;
         let tenant = self.tenant(&request)?;
-        let id = request.get_ref().id.clone();
-        for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let mut job = self.job_of(&tenant, &id).await?;
-            // API.md: keys live as long as their job; a deleted job frees its request_id.
-            let was_running = job.delete(now_ms());
-            let content = job.content().cloned();
-            match self.store.update(job, Record::Event).await {
-                Ok(saved) => {
-                    if was_running {
-                        self.metrics.job_finished(&saved);
-                    }
-                    if let Some(c) = content {
-                        for key in std::iter::once(c.blob_key).chain(c.last_frame_key) {
-                            if let Err(e) = self.blobs.delete(&key).await {
-                                tracing::warn!(job_id = %id, error = %e, "stored content not removed");
-                            }
-                        }
-                    }
-                    return Ok(Response::new(pb::DeleteVideoResponse {}));
-                }
-                Err(StoreError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from(e).into()),
-            }
-        }
-        Err(ApiError::StoreUnavailable.into())
+        self.delete(&tenant, &request.get_ref().id).await?;
+        Ok(Response::new(pb::DeleteVideoResponse {}))
     }
 
     type DownloadVideoStream = ApiStream<pb::ContentChunk>;

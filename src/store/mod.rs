@@ -7,7 +7,7 @@
 
 pub mod sqlite;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -72,6 +72,97 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
+/// A claim on a job's progress: whoever holds it is the job's one writer until it ends. Every
+/// write of the holder is fenced by the token, so a holder that paused past its lease (GC,
+/// SIGSTOP, a partition) and lost the job to a new claim cannot write over the new owner's
+/// work. Ownership is a property of the stored job, not of a process's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Unique per claim (not per process): a second claim by the same process is another owner.
+    pub token: String,
+    /// Unix milliseconds after which the job may be claimed by someone else.
+    pub until_ms: i64,
+}
+
+/// What an owner's write does to its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// The step goes on; the lease keeps its expiry.
+    Keep,
+    /// The step goes on for longer (a create on the wire): the lease now ends at this time.
+    Extend(i64),
+    /// The step is over: the job is free for the next claim when it is due.
+    Release,
+}
+
+/// What the job's owner, or the API for a job nobody owns, is asked to do on the owner's
+/// behalf. Recorded in the store while the job is owned, applied by the owner's next write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerRequest {
+    /// `CancelVideo`.
+    Cancel,
+    /// `DeleteVideo` (a running job is cancelled first).
+    Delete,
+}
+
+impl OwnerRequest {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// Reads [`OwnerRequest::as_str`] back.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cancel" => Some(Self::Cancel),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+
+    /// Applies the request to `job` at `now`: the transition and whether it took. A cancel of a
+    /// finished job does not take (the caller is told how it finished); a delete always does.
+    pub fn apply(self, job: &mut Job, now: i64) -> bool {
+        match self {
+            Self::Cancel => job.cancel(now).is_ok(),
+            Self::Delete => {
+                job.delete(now);
+                true
+            }
+        }
+    }
+}
+
+/// What [`JobStore::request`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutcome {
+    /// Nobody owned the job: the request was applied at once, with its event. The job as
+    /// stored.
+    Applied(Job),
+    /// The job is owned: the request is recorded and its owner applies it with its next
+    /// write, at the latest before `lease_until_ms`. The job as it was.
+    Recorded {
+        /// The job as it was when the request was recorded.
+        job: Job,
+        /// When the owner's lease ends (after which the request can be applied without it).
+        lease_until_ms: i64,
+    },
+    /// The request cannot apply (a cancel of a finished job): the job as it is.
+    Refused(Job),
+}
+
+/// What an owner's write stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    /// The job as stored, after any request recorded for it was applied.
+    pub job: Job,
+    /// The request this write applied (recorded while the owner worked), if any.
+    pub applied: Option<OwnerRequest>,
+}
+
 /// Store failures. Messages never contain request bodies or secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,6 +187,10 @@ pub enum StoreError {
     /// The job does not exist.
     #[error("job {0} does not exist")]
     NotFound(String),
+    /// The writer's lease on the job ended and someone else claimed it (or it was released):
+    /// the write is refused so it cannot overwrite the new owner's work.
+    #[error("job {0} is no longer owned by this writer (its lease ended); nothing was written")]
+    LeaseLost(String),
     /// The database cannot be reached or failed; the operation may be retried.
     #[error("the job store is unavailable: {0}")]
     Unavailable(String),
@@ -129,17 +224,51 @@ pub trait JobStore: Send + Sync + 'static {
     /// A page of a tenant's jobs, newest first, deleted ones left out.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
 
-    /// Jobs whose `next_action_ms` is at or before `now_ms`, soonest first, at most `limit`,
-    /// leaving out those in `skip` (the ones being worked on) without letting them crowd out
-    /// other due jobs. A store may leave the skipped jobs' rows unread.
-    async fn due(
+    /// Claims jobs that are due (`next_action_ms` at or before `now_ms`, not deleted) and that
+    /// nobody owns (no lease, or one that ended before `now_ms`), soonest first, at most
+    /// `limit`, with one new lease ending at `until_ms`, in one write. A job is claimed by one
+    /// caller at a time, also across processes sharing the store.
+    async fn claim_due(
         &self,
         now_ms: i64,
+        until_ms: i64,
         limit: u32,
-        skip: &HashSet<String>,
-    ) -> Result<Vec<Job>, StoreError>;
+    ) -> Result<(Lease, Vec<Job>), StoreError>;
 
-    /// The earliest `next_action_ms` of any job, if one has something to do.
+    /// An owner's write: like [`JobStore::update`], and also refused with
+    /// [`StoreError::LeaseLost`] unless `lease` still holds the job. A request recorded while
+    /// the owner worked ([`JobStore::request`]) is applied in the same commit, after the
+    /// owner's change, with its own event. `end` says what becomes of the lease.
+    async fn save(
+        &self,
+        lease: &Lease,
+        job: Job,
+        record: Record,
+        end: LeaseEnd,
+    ) -> Result<Saved, StoreError>;
+
+    /// Moves the end of `lease` on `id` to `until_ms` while a long step runs (a download, a
+    /// wait at the rate limit). Returns a request recorded for the job, so the owner can stop
+    /// early; [`StoreError::LeaseLost`] when the lease no longer holds the job.
+    async fn renew(
+        &self,
+        id: &str,
+        lease: &Lease,
+        until_ms: i64,
+    ) -> Result<Option<OwnerRequest>, StoreError>;
+
+    /// Cancel or delete `id` for `tenant`, in one write: applied at once when nobody owns the
+    /// job, recorded for the owner otherwise. Another tenant's job, or a deleted one, is
+    /// [`StoreError::NotFound`].
+    async fn request(
+        &self,
+        id: &str,
+        tenant: &str,
+        request: OwnerRequest,
+        now_ms: i64,
+    ) -> Result<RequestOutcome, StoreError>;
+
+    /// The earliest time at which a job will be due and unowned, if one has something to do.
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
 
     /// Logged events after a cursor, in sequence order.

@@ -42,7 +42,7 @@
 //! writer and see every committed batch, so a caller that got its answer from `create` can read
 //! the job back at once.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +57,10 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{CreateOutcome, EventQuery, JobStore, ListQuery, StoreError, StoredEvent};
+use super::{
+    CreateOutcome, EventQuery, JobStore, Lease, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
+    Saved, StoreError, StoredEvent,
+};
 use crate::job::{Job, NewJob, Record};
 
 /// Most commands committed in one transaction by default. Large enough that a burst of
@@ -233,6 +236,15 @@ impl SqliteStore {
                 _ => StoreError::Unavailable(message),
             }
         })?;
+        // The embedded store serves one process: leases left by a previous one (a crash, a
+        // kill -9) end now rather than at their expiry, so its jobs resume at once. A job that
+        // was `submitting` then is still an unknown outcome when it is next claimed.
+        sqlx::query(
+            "UPDATE jobs SET lease_token = NULL, lease_until = NULL WHERE lease_token IS NOT NULL",
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(|e| open_error(&config.path, e))?;
         // WAL is what lets readers run beside the writer; some file systems (network shares)
         // cannot do it, and SQLite then silently keeps the old mode. Refuse rather than run
         // with readers and writer blocking each other.
@@ -384,6 +396,15 @@ async fn read_settings(conn: &mut SqliteConnection) -> Result<WriterSettings, sq
     })
 }
 
+/// The condition of a due job, up to the bound `now_ms` that follows it: the agenda index's
+/// own condition, so that reading due ids needs the index alone. A macro so that the queries
+/// built from it stay `&'static str`.
+macro_rules! due_up_to {
+    () => {
+        "next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= "
+    };
+}
+
 /// A caller's answer slot: filled while the batch runs, sent once the batch is decided.
 struct Reply<T> {
     tx: oneshot::Sender<Result<T, StoreError>>,
@@ -418,10 +439,34 @@ enum Write {
         new: NewJob,
         reply: Reply<CreateOutcome>,
     },
+    /// An update; with a fence, an owner's save (fenced by its lease, applying a recorded
+    /// request in the same commit).
     Update {
         job: Job,
         record: Record,
-        reply: Reply<Job>,
+        fence: Option<(Lease, LeaseEnd)>,
+        reply: Reply<Saved>,
+    },
+    /// Claims due, unowned jobs with one new lease.
+    Claim {
+        now_ms: i64,
+        lease: Lease,
+        limit: u32,
+        reply: Reply<Vec<Job>>,
+    },
+    /// Moves a lease's end; answers a recorded request.
+    Renew {
+        id: String,
+        lease: Lease,
+        reply: Reply<Option<OwnerRequest>>,
+    },
+    /// A cancel or delete: applied when the job is unowned, recorded otherwise.
+    Request {
+        id: String,
+        tenant: String,
+        request: OwnerRequest,
+        now_ms: i64,
+        reply: Reply<RequestOutcome>,
     },
     /// One step of pruning: deletes events below `below`, at most [`PRUNE_STEP`] sequences.
     PruneStep {
@@ -440,7 +485,11 @@ impl Write {
     fn op(&self) -> &'static str {
         match self {
             Self::Create { .. } => "create",
-            Self::Update { .. } => "update",
+            Self::Update { fence: None, .. } => "update",
+            Self::Update { fence: Some(_), .. } => "save",
+            Self::Claim { .. } => "claim_due",
+            Self::Renew { .. } => "renew",
+            Self::Request { .. } => "request",
             Self::PruneStep { .. } => "prune_events",
             Self::SaveCursor { .. } => "save_cursor",
         }
@@ -452,6 +501,9 @@ impl Write {
         match self {
             Self::Create { reply, .. } => reply.committed(op),
             Self::Update { reply, .. } => reply.committed(op),
+            Self::Claim { reply, .. } => reply.committed(op),
+            Self::Renew { reply, .. } => reply.committed(op),
+            Self::Request { reply, .. } => reply.committed(op),
             Self::PruneStep { reply, .. } => reply.committed(op),
             Self::SaveCursor { reply, .. } => reply.committed(op),
         }
@@ -462,6 +514,9 @@ impl Write {
         match self {
             Self::Create { reply, .. } => reply.failed(op, why),
             Self::Update { reply, .. } => reply.failed(op, why),
+            Self::Claim { reply, .. } => reply.failed(op, why),
+            Self::Renew { reply, .. } => reply.failed(op, why),
+            Self::Request { reply, .. } => reply.failed(op, why),
             Self::PruneStep { reply, .. } => reply.failed(op, why),
             Self::SaveCursor { reply, .. } => reply.failed(op, why),
         }
@@ -683,26 +738,46 @@ async fn apply_one(
     let outcome = match write {
         Write::Create { new, .. } => apply_create(conn, new, *next_sequence, now_ms)
             .await
-            .map(|(outcome, event)| (Answer::Create(outcome), event)),
-        Write::Update { job, record, .. } => {
-            apply_update(conn, job, *record, *next_sequence, now_ms)
-                .await
-                .map(|(job, event)| (Answer::Update(job), event))
-        }
+            .map(|(outcome, event)| (Answer::Create(outcome), event.into_iter().collect())),
+        Write::Update {
+            job, record, fence, ..
+        } => apply_save(conn, job, *record, fence.as_ref(), *next_sequence, now_ms)
+            .await
+            .map(|(saved, events)| (Answer::Update(saved), events)),
+        Write::Claim {
+            now_ms: at,
+            lease,
+            limit,
+            ..
+        } => apply_claim(conn, *at, lease, *limit)
+            .await
+            .map(|jobs| (Answer::Claim(jobs), Vec::new())),
+        Write::Renew { id, lease, .. } => apply_renew(conn, id, lease)
+            .await
+            .map(|request| (Answer::Renew(request), Vec::new())),
+        Write::Request {
+            id,
+            tenant,
+            request,
+            now_ms: at,
+            ..
+        } => apply_request(conn, id, tenant, *request, *at, *next_sequence, now_ms)
+            .await
+            .map(|(outcome, events)| (Answer::Request(outcome), events)),
         Write::PruneStep { below, .. } => apply_prune_step(conn, *below)
             .await
-            .map(|progress| (Answer::Prune(progress), None)),
+            .map(|progress| (Answer::Prune(progress), Vec::new())),
         Write::SaveCursor { name, sequence, .. } => apply_save_cursor(conn, name, *sequence)
             .await
-            .map(|()| (Answer::Cursor, None)),
+            .map(|()| (Answer::Cursor, Vec::new())),
     };
     match outcome {
-        Ok((answer, event)) => {
+        Ok((answer, written)) => {
             sqlx::query("RELEASE command").execute(&mut *conn).await?;
-            if let Some(event) = event {
-                *next_sequence = event.sequence + 1;
-                events.push(event);
+            if let Some(last) = written.last() {
+                *next_sequence = last.sequence + 1;
             }
+            events.extend(written);
             answer.fill(write);
         }
         Err(CommandError::Refused(e)) => {
@@ -950,7 +1025,10 @@ async fn apply_creates(
 /// A successful command's answer, to put in its reply slot.
 enum Answer {
     Create(CreateOutcome),
-    Update(Job),
+    Update(Saved),
+    Claim(Vec<Job>),
+    Renew(Option<OwnerRequest>),
+    Request(RequestOutcome),
     Prune(PruneProgress),
     Cursor,
 }
@@ -960,6 +1038,9 @@ impl Answer {
         match (self, write) {
             (Self::Create(value), Write::Create { reply, .. }) => reply.result = Some(Ok(value)),
             (Self::Update(value), Write::Update { reply, .. }) => reply.result = Some(Ok(value)),
+            (Self::Claim(value), Write::Claim { reply, .. }) => reply.result = Some(Ok(value)),
+            (Self::Renew(value), Write::Renew { reply, .. }) => reply.result = Some(Ok(value)),
+            (Self::Request(value), Write::Request { reply, .. }) => reply.result = Some(Ok(value)),
             (Self::Prune(value), Write::PruneStep { reply, .. }) => reply.result = Some(Ok(value)),
             (Self::Cursor, Write::SaveCursor { reply, .. }) => reply.result = Some(Ok(())),
             // Each arm of `apply_in_transaction` builds the answer of its own command, so a
@@ -973,6 +1054,9 @@ fn fill_error(write: &mut Write, error: StoreError) {
     match write {
         Write::Create { reply, .. } => reply.result = Some(Err(error)),
         Write::Update { reply, .. } => reply.result = Some(Err(error)),
+        Write::Claim { reply, .. } => reply.result = Some(Err(error)),
+        Write::Renew { reply, .. } => reply.result = Some(Err(error)),
+        Write::Request { reply, .. } => reply.result = Some(Err(error)),
         Write::PruneStep { reply, .. } => reply.result = Some(Err(error)),
         Write::SaveCursor { reply, .. } => reply.result = Some(Err(error)),
     }
@@ -1060,13 +1144,65 @@ async fn apply_create(
     Ok((CreateOutcome::Created(job), Some(event)))
 }
 
+/// An update, or an owner's save (`fence`): the owner's change, then a request recorded while
+/// it worked, each with its event when it has one.
+async fn apply_save(
+    conn: &mut SqliteConnection,
+    job: &Job,
+    record: Record,
+    fence: Option<&(Lease, LeaseEnd)>,
+    sequence: i64,
+    now_ms: i64,
+) -> Result<(Saved, Vec<StoredEvent>), CommandError> {
+    let (job, event, requested) = apply_update(conn, job, record, fence, sequence, now_ms).await?;
+    let mut events: Vec<StoredEvent> = event.into_iter().collect();
+    let Some(request) = requested.as_deref().and_then(OwnerRequest::parse) else {
+        return Ok((Saved { job, applied: None }, events));
+    };
+    // The owner's write is in; the request it carried is applied on top, in the same commit.
+    let next = events.last().map_or(sequence, |e| e.sequence + 1);
+    let mut changed = job.clone();
+    let took = request.apply(&mut changed, now_ms);
+    let job = if took {
+        let (job, event, _) =
+            apply_update(conn, &changed, Record::Event, None, next, now_ms).await?;
+        events.extend(event);
+        job
+    } else {
+        job
+    };
+    // A finished job needs no owner: its lease ends with the request.
+    let release = job.is_terminal() || job.is_deleted();
+    sqlx::query(
+        "UPDATE jobs SET requested = NULL,
+                lease_token = CASE WHEN ?2 THEN NULL ELSE lease_token END,
+                lease_until = CASE WHEN ?2 THEN NULL ELSE lease_until END
+         WHERE id = ?1",
+    )
+    .bind(&job.id)
+    .bind(release)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| CommandError::Db("save", e))?;
+    Ok((
+        Saved {
+            job,
+            applied: took.then_some(request),
+        },
+        events,
+    ))
+}
+
+/// Writes `job` on its version (and, with `fence`, on the owner's lease). Returns the job as
+/// stored, its event, and the request recorded for it (only read when fenced).
 async fn apply_update(
     conn: &mut SqliteConnection,
     job: &Job,
     record: Record,
+    fence: Option<&(Lease, LeaseEnd)>,
     sequence: i64,
     now_ms: i64,
-) -> Result<(Job, Option<StoredEvent>), CommandError> {
+) -> Result<(Job, Option<StoredEvent>, Option<String>), CommandError> {
     const OP: &str = "update";
     let db = |e| CommandError::Db(OP, e);
     let expected = job.version;
@@ -1084,14 +1220,28 @@ async fn apply_update(
         job.last_sequence = sequence;
     }
     let json = encode_job(OP, &job).map_err(CommandError::Refused)?;
-    let stored: Option<i64> = sqlx::query_scalar(
+    // Unfenced writes (`update`) leave the lease alone; an owner's save must still hold it and
+    // says what becomes of it.
+    let (token, lease_sql) = match fence {
+        None => (None, 0),
+        Some((lease, LeaseEnd::Keep)) => (Some(lease.token.as_str()), 0),
+        Some((lease, LeaseEnd::Extend(_))) => (Some(lease.token.as_str()), 1),
+        Some((lease, LeaseEnd::Release)) => (Some(lease.token.as_str()), 2),
+    };
+    let extend_to = match fence {
+        Some((_, LeaseEnd::Extend(until))) => Some(*until),
+        _ => None,
+    };
+    let stored: Option<(i64, Option<String>)> = sqlx::query_as(
         "UPDATE jobs SET tenant = ?1, request_id = ?2, fingerprint = ?3, status = ?4, model = ?5,
                 create_time_ms = ?6, next_action_ms = ?7, deleted = ?8, version = ?9,
                 last_sequence = COALESCE(?10, last_sequence),
                 job = CASE WHEN ?10 IS NULL THEN json_set(?11, '$.last_sequence', last_sequence)
-                           ELSE ?11 END
-         WHERE id = ?12 AND version = ?13
-         RETURNING last_sequence",
+                           ELSE ?11 END,
+                lease_token = CASE ?15 WHEN 2 THEN NULL ELSE lease_token END,
+                lease_until = CASE ?15 WHEN 2 THEN NULL WHEN 1 THEN ?16 ELSE lease_until END
+         WHERE id = ?12 AND version = ?13 AND (?14 IS NULL OR lease_token = ?14)
+         RETURNING last_sequence, CASE WHEN ?14 IS NULL THEN NULL ELSE requested END",
     )
     .bind(&job.tenant)
     .bind(&job.request_id)
@@ -1106,21 +1256,28 @@ async fn apply_update(
     .bind(&json)
     .bind(&job.id)
     .bind(expected)
+    .bind(token)
+    .bind(lease_sql)
+    .bind(extend_to)
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    let Some(last_sequence) = stored else {
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?")
-            .bind(&job.id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?;
-        return Err(CommandError::Refused(match exists {
+    let Some((last_sequence, requested)) = stored else {
+        let found: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT version, lease_token FROM jobs WHERE id = ?")
+                .bind(&job.id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?;
+        return Err(CommandError::Refused(match found {
+            None => StoreError::NotFound(job.id),
+            Some((_, holder)) if token.is_some() && holder.as_deref() != token => {
+                StoreError::LeaseLost(job.id)
+            }
             Some(_) => StoreError::VersionConflict {
                 id: job.id,
                 expected,
             },
-            None => StoreError::NotFound(job.id),
         }));
     };
     job.last_sequence = last_sequence;
@@ -1148,7 +1305,128 @@ async fn apply_update(
         Some(_) => Some(insert_event(conn, &job, &json, now_ms).await.map_err(db)?),
         None => None,
     };
-    Ok((job, event))
+    Ok((job, event, requested))
+}
+
+/// Claims up to `limit` due jobs nobody owns (no lease, or an ended one) with `lease`.
+async fn apply_claim(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+    lease: &Lease,
+    limit_to: u32,
+) -> Result<Vec<Job>, CommandError> {
+    const OP: &str = "claim_due";
+    let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+        "UPDATE jobs SET lease_token = ?1, lease_until = ?2 WHERE id IN (
+             SELECT id FROM jobs WHERE ",
+        due_up_to!(),
+        "?3 AND (lease_until IS NULL OR lease_until < ?3)
+             ORDER BY next_action_ms, id LIMIT ?4)
+         RETURNING id, job"
+    ))
+    .bind(&lease.token)
+    .bind(lease.until_ms)
+    .bind(now_ms)
+    .bind(limit(limit_to))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| CommandError::Db(OP, e))?;
+    let mut jobs = rows
+        .iter()
+        .map(|(id, json)| decode_job(OP, id, json))
+        .collect::<Result<Vec<Job>, _>>()
+        .map_err(CommandError::Refused)?;
+    jobs.sort_by(|a, b| (a.next_action_ms(), &a.id).cmp(&(b.next_action_ms(), &b.id)));
+    Ok(jobs)
+}
+
+/// Moves the end of `lease` on `id`; answers the request recorded for the job, if any.
+async fn apply_renew(
+    conn: &mut SqliteConnection,
+    id: &str,
+    lease: &Lease,
+) -> Result<Option<OwnerRequest>, CommandError> {
+    let renewed: Option<Option<String>> = sqlx::query_scalar(
+        "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND lease_token = ?3 RETURNING requested",
+    )
+    .bind(lease.until_ms)
+    .bind(id)
+    .bind(&lease.token)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| CommandError::Db("renew", e))?;
+    match renewed {
+        Some(requested) => Ok(requested.as_deref().and_then(OwnerRequest::parse)),
+        None => Err(CommandError::Refused(StoreError::LeaseLost(id.to_owned()))),
+    }
+}
+
+/// A cancel or delete for `tenant`'s job `id` at `at`: applied when nobody owns the job,
+/// recorded for its owner otherwise.
+async fn apply_request(
+    conn: &mut SqliteConnection,
+    id: &str,
+    tenant: &str,
+    request: OwnerRequest,
+    at: i64,
+    sequence: i64,
+    now_ms: i64,
+) -> Result<(RequestOutcome, Vec<StoredEvent>), CommandError> {
+    const OP: &str = "request";
+    let db = |e| CommandError::Db(OP, e);
+    let row: Option<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT job, CASE WHEN lease_token IS NOT NULL THEN lease_until END FROM jobs WHERE id = ?1",
+    )
+    .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+    let Some((json, lease_until)) = row else {
+        return Err(CommandError::Refused(StoreError::NotFound(id.to_owned())));
+    };
+    let job = decode_job(OP, id, &json).map_err(CommandError::Refused)?;
+    // Another tenant's job does not exist for this caller, nor does a deleted one.
+    if job.tenant != tenant || job.is_deleted() {
+        return Err(CommandError::Refused(StoreError::NotFound(id.to_owned())));
+    }
+    match lease_until.filter(|until| *until >= at) {
+        Some(lease_until_ms) => {
+            if request == OwnerRequest::Cancel && job.is_terminal() {
+                return Ok((RequestOutcome::Refused(job), Vec::new()));
+            }
+            sqlx::query("UPDATE jobs SET requested = ?1 WHERE id = ?2")
+                .bind(request.as_str())
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+            Ok((
+                RequestOutcome::Recorded {
+                    job,
+                    lease_until_ms,
+                },
+                Vec::new(),
+            ))
+        }
+        None => {
+            let mut changed = job.clone();
+            if !request.apply(&mut changed, at) {
+                return Ok((RequestOutcome::Refused(job), Vec::new()));
+            }
+            let (job, event, _) =
+                apply_update(conn, &changed, Record::Event, None, sequence, now_ms).await?;
+            // An ended lease and any request recorded under it are settled by this write.
+            sqlx::query(
+                "UPDATE jobs SET requested = NULL, lease_token = NULL, lease_until = NULL
+                 WHERE id = ?1",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+            Ok((RequestOutcome::Applied(job), event.into_iter().collect()))
+        }
+    }
 }
 
 async fn insert_labels(
@@ -1310,15 +1588,6 @@ fn now_ms() -> i64 {
 }
 
 /// Converts a caller's limit for SQLite, whose `LIMIT` takes a signed integer.
-/// The condition of a due job, up to the bound `now_ms` that follows it: the agenda index's
-/// own condition, so that reading due ids needs the index alone. A macro so that the queries
-/// built from it stay `&'static str`.
-macro_rules! due_up_to {
-    () => {
-        "next_action_ms IS NOT NULL AND deleted = 0 AND next_action_ms <= "
-    };
-}
-
 fn limit(value: u32) -> i64 {
     i64::from(value)
 }
@@ -1331,8 +1600,86 @@ impl JobStore for SqliteStore {
     }
 
     async fn update(&self, job: Job, record: Record) -> Result<Job, StoreError> {
-        self.write("update", |reply| Write::Update { job, record, reply })
+        self.write("update", |reply| Write::Update {
+            job,
+            record,
+            fence: None,
+            reply,
+        })
+        .await
+        .map(|saved| saved.job)
+    }
+
+    async fn save(
+        &self,
+        lease: &Lease,
+        job: Job,
+        record: Record,
+        end: LeaseEnd,
+    ) -> Result<Saved, StoreError> {
+        let fence = Some((lease.clone(), end));
+        self.write("save", |reply| Write::Update {
+            job,
+            record,
+            fence,
+            reply,
+        })
+        .await
+    }
+
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        until_ms: i64,
+        limit: u32,
+    ) -> Result<(Lease, Vec<Job>), StoreError> {
+        let lease = Lease {
+            token: uuid::Uuid::now_v7().simple().to_string(),
+            until_ms,
+        };
+        let claimed = lease.clone();
+        let jobs = self
+            .write("claim_due", |reply| Write::Claim {
+                now_ms,
+                lease: claimed,
+                limit,
+                reply,
+            })
+            .await?;
+        Ok((lease, jobs))
+    }
+
+    async fn renew(
+        &self,
+        id: &str,
+        lease: &Lease,
+        until_ms: i64,
+    ) -> Result<Option<OwnerRequest>, StoreError> {
+        let lease = Lease {
+            token: lease.token.clone(),
+            until_ms,
+        };
+        let id = id.to_owned();
+        self.write("renew", |reply| Write::Renew { id, lease, reply })
             .await
+    }
+
+    async fn request(
+        &self,
+        id: &str,
+        tenant: &str,
+        request: OwnerRequest,
+        now_ms: i64,
+    ) -> Result<RequestOutcome, StoreError> {
+        let (id, tenant) = (id.to_owned(), tenant.to_owned());
+        self.write("request", |reply| Write::Request {
+            id,
+            tenant,
+            request,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -1403,57 +1750,26 @@ impl JobStore for SqliteStore {
     /// ones not skipped: the dispatcher skips the jobs it is working on, up to
     /// `dispatcher.max_concurrent_jobs` of them on every turn, and decoding their JSON each
     /// time would cost more than the rest of the read.
-    async fn due(
-        &self,
-        now_ms: i64,
-        limit_to: u32,
-        skip: &HashSet<String>,
-    ) -> Result<Vec<Job>, StoreError> {
-        let widened = limit_to.saturating_add(u32::try_from(skip.len()).unwrap_or(u32::MAX));
-        let ids: Vec<String> = sqlx::query_scalar(concat!(
-            "SELECT id FROM jobs WHERE ",
-            due_up_to!(),
-            "? ORDER BY next_action_ms, id LIMIT ?"
-        ))
-        .bind(now_ms)
-        .bind(limit(widened))
-        .fetch_all(&self.reads)
-        .await
-        .map_err(|e| db_error("due", e))?;
-        let wanted: Vec<String> = ids
-            .into_iter()
-            .filter(|id| !skip.contains(id))
-            .take(usize::try_from(limit_to).unwrap_or(usize::MAX))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Still due when read: a job cancelled or deleted since the id read is left out.
-        let mut sql =
-            QueryBuilder::<Sqlite>::new(concat!("SELECT id, job FROM jobs WHERE ", due_up_to!()));
-        sql.push_bind(now_ms).push(" AND id IN (");
-        let mut ids = sql.separated(", ");
-        for id in &wanted {
-            ids.push_bind(id.as_str());
-        }
-        sql.push(") ORDER BY next_action_ms, id");
-        let rows: Vec<(String, String)> = sql
-            .build_query_as()
-            .fetch_all(&self.reads)
-            .await
-            .map_err(|e| db_error("due", e))?;
-        rows.iter()
-            .map(|(id, json)| decode_job("due", id, json))
-            .collect()
-    }
-
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT MIN(next_action_ms) FROM jobs WHERE next_action_ms IS NOT NULL AND deleted = 0",
+        // The soonest due job nobody owns (the agenda index, stopping at the first unowned
+        // row), or the soonest end of a lease, after which its job may be claimed again.
+        let now = now_ms();
+        let (unowned, lease_end): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT next_action_ms FROM jobs
+                      WHERE next_action_ms IS NOT NULL AND deleted = 0
+                        AND (lease_until IS NULL OR lease_until < ?1)
+                      ORDER BY next_action_ms LIMIT 1),
+                    (SELECT MIN(lease_until) FROM jobs WHERE lease_until IS NOT NULL
+                        AND next_action_ms IS NOT NULL AND deleted = 0)",
         )
+        .bind(now)
         .fetch_one(&self.reads)
         .await
-        .map_err(|e| db_error("next_due_ms", e))
+        .map_err(|e| db_error("next_due_ms", e))?;
+        Ok(match (unowned, lease_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     async fn events_after(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {

@@ -65,7 +65,7 @@ poll_jitter = 0.0
 backoff_min_ms = 10
 backoff_max_ms = 50
 idle_wake_ms = 50
-submit_lease_ms = 200
+submit_lease_ms = 5000
 "#,
             data = data_dir.display(),
             base = sim.base_url(),

@@ -1,0 +1,416 @@
+//! The dispatcher owns job progress: it submits each accepted job once, polls it on a polite
+//! schedule, downloads and verifies the result once, and records every outcome in the store.
+//!
+//! Everything is driven from the store: a job's `next_action_ms` says when to look at it next,
+//! so a restart resumes exactly where the last process stopped. Tests drive it with
+//! [`Dispatcher::step`]; production runs [`Dispatcher::run`].
+
+mod config;
+mod download;
+mod poll;
+mod schedule;
+mod submit;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::blob::BlobStore;
+use crate::convert;
+use crate::domain::{ModelCatalog, VideoSpec};
+use crate::job::{FailureReason, Job, JobError, Phase, Record, TransitionError, now_ms};
+use crate::pb;
+use crate::store::{JobStore, Lease, LeaseEnd, OwnerRequest, Saved, StoreError};
+use crate::telemetry::Metrics;
+use crate::telemetry::propagation::set_parent_traceparent;
+use crate::upstream::{UpstreamClient, UpstreamError};
+
+pub use config::{
+    DEFAULT_BACKOFF_MAX_MS, DEFAULT_BACKOFF_MIN_MS, DEFAULT_BATCH, DEFAULT_FIRST_POLL_AFTER_MS,
+    DEFAULT_IDLE_WAKE_MS, DEFAULT_LEASE_MS, DEFAULT_MAX_AGE_MS, DEFAULT_MAX_CONCURRENT_JOBS,
+    DEFAULT_POLL_INTERVAL_MS, DEFAULT_POLL_JITTER, DEFAULT_SUBMIT_LEASE_MS, DispatcherConfig,
+    MAX_RENEW_INTERVAL_MS, UnknownCreatePolicy,
+};
+pub use download::MAX_LAST_FRAME_BYTES;
+pub use schedule::{backoff_ms, jitter};
+
+/// What one [`Dispatcher::step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Jobs advanced.
+    pub advanced: usize,
+}
+
+/// The dispatcher. Cheap to share (`Arc`).
+pub struct Dispatcher {
+    store: Arc<dyn JobStore>,
+    client: UpstreamClient,
+    blobs: BlobStore,
+    catalog: Arc<ModelCatalog>,
+    config: DispatcherConfig,
+    slots: Arc<Semaphore>,
+    wake: Notify,
+    metrics: Metrics,
+    /// When the run loop last turned (ms since the epoch; 0 = never): readiness.
+    last_turn_ms: AtomicI64,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A step's hold on its job: the lease that fences its writes, and a signal that a cancel or
+/// delete was recorded for the job (or the lease was lost): the step stops where it safely
+/// can, and its next write applies the request.
+struct Owned {
+    lease: Lease,
+    stop: CancellationToken,
+}
+
+/// Why a step of one job stopped early; the job stays due and is tried again.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("{0}")]
+    Local(String),
+}
+
+impl Dispatcher {
+    /// Builds a dispatcher; nothing runs until [`Dispatcher::run`] or [`Dispatcher::step`].
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        client: UpstreamClient,
+        blobs: BlobStore,
+        catalog: Arc<ModelCatalog>,
+        config: DispatcherConfig,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1)));
+        Self {
+            store,
+            client,
+            blobs,
+            catalog,
+            config,
+            slots,
+            wake: Notify::new(),
+            metrics: Metrics::disabled(),
+            last_turn_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// Records into `metrics` (finished jobs, retries).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// When [`Dispatcher::run`]'s loop last turned (ms since the epoch; 0 if it never ran).
+    pub fn last_turn_ms(&self) -> i64 {
+        self.last_turn_ms.load(Ordering::Relaxed)
+    }
+
+    /// The upstream client (tests read its limiter).
+    pub fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    /// Tells the run loop there is new work (a job was accepted or cancelled).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Advances every job that is due now, once, and waits for all of them. Deterministic for
+    /// tests: no timers, no background work.
+    pub async fn step(self: &Arc<Self>) -> Result<StepReport, StoreError> {
+        let mut tasks = JoinSet::new();
+        let advanced = self.spawn_due(&mut tasks).await?;
+        while tasks.join_next().await.is_some() {}
+        Ok(StepReport { advanced })
+    }
+
+    /// Runs until `shutdown` is cancelled; in-flight steps finish first.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        loop {
+            self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+            let spawned = match self.spawn_due(&mut tasks).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatcher could not read due jobs; retrying");
+                    0
+                }
+            };
+            let now = now_ms();
+            let idle = Duration::from_millis(self.config.idle_wake_ms.max(1));
+            let sleep = match self.store.next_due_ms().await {
+                Ok(Some(due)) if due > now => idle.min(Duration::from_millis((due - now) as u64)),
+                // Something is due but every due job is already being worked on (or no slot
+                // is free): wait for a task to finish rather than spin.
+                Ok(Some(_)) if spawned == 0 => idle,
+                Ok(Some(_)) => Duration::ZERO,
+                Ok(None) | Err(_) => idle,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Claims due jobs nobody owns (at most the free slots) and starts a step for each. The
+    /// claim is in the store, so the same job is never advanced twice at once, by this process
+    /// or another.
+    async fn spawn_due(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
+        let free = u32::try_from(self.slots.available_permits()).unwrap_or(u32::MAX);
+        if free == 0 {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let (lease, due) = self
+            .store
+            .claim_due(
+                now,
+                now + self.config.lease_ms as i64,
+                free.min(self.config.batch),
+            )
+            .await?;
+        let mut spawned = 0;
+        for job in due {
+            // Only this loop takes slots, and it claimed no more than were free.
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                tracing::warn!(job_id = %job.id, "no free slot for a claimed job; it is taken again when its lease ends");
+                continue;
+            };
+            spawned += 1;
+            let this = Arc::clone(self);
+            let owned = Owned {
+                lease: lease.clone(),
+                stop: CancellationToken::new(),
+            };
+            // One span per step, a child of the job's intake span: the job's whole life is one
+            // trace, also across restarts (the context is stored with the job).
+            let span = tracing::info_span!(
+                "vidgate.step",
+                otel.name = step_name(job.phase()),
+                otel.kind = "internal",
+                vidgate.job.id = %job.id,
+                vidgate.model = %job.model,
+                vidgate.job.attempts = job.attempts(),
+            );
+            set_parent_traceparent(&span, job.trace_context.as_deref());
+            tasks.spawn(
+                async move {
+                    let id = job.id.clone();
+                    let step = this.advance(job, &owned);
+                    let renewal = this.renew_while_running(&id, &owned);
+                    let result = tokio::select! {
+                        result = step => result,
+                        never = renewal => match never {},
+                    };
+                    if let Err(e) = result {
+                        // Its lease is left to end: the job is taken again after it, which is
+                        // also the backoff of a step that failed for a local reason.
+                        tracing::warn!(job_id = %id, error = %e, "dispatcher step stopped; the job is taken again when its lease ends");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        Ok(spawned)
+    }
+
+    /// Keeps a running step's lease alive, and signals the step when a cancel or delete is
+    /// recorded for its job or the lease is lost. Runs until the step ends (it is dropped then).
+    async fn renew_while_running(&self, id: &str, owned: &Owned) -> std::convert::Infallible {
+        let every =
+            Duration::from_millis((self.config.lease_ms / 3).clamp(1, MAX_RENEW_INTERVAL_MS));
+        loop {
+            tokio::time::sleep(every).await;
+            let until = now_ms() + self.config.lease_ms as i64;
+            match self.store.renew(id, &owned.lease, until).await {
+                Ok(None) => {}
+                Ok(Some(request)) => {
+                    tracing::debug!(job_id = %id, request = request.as_str(), "a request was recorded for a running step");
+                    owned.stop.cancel();
+                }
+                Err(StoreError::LeaseLost(_)) => owned.stop.cancel(),
+                Err(e) => {
+                    tracing::warn!(job_id = %id, error = %e, "could not renew the lease of a running step");
+                }
+            }
+        }
+    }
+
+    async fn advance(&self, job: Job, owned: &Owned) -> Result<(), StepError> {
+        if job.is_deleted() || job.is_terminal() {
+            let mut job = job;
+            job.settle();
+            self.save(owned, job, Record::Quiet, LeaseEnd::Release)
+                .await?;
+            return Ok(());
+        }
+        let now = now_ms();
+        if self.config.max_age_ms > 0 && now - job.create_time_ms > self.config.max_age_ms as i64 {
+            let age_min = (now - job.create_time_ms) / 60_000;
+            let msg = format!(
+                "the job is {age_min} min old, past the configured maximum age ({} min); vidgate stopped following it{}",
+                self.config.max_age_ms / 60_000,
+                if job.upstream_id().is_some() {
+                    ". The upstream task may still finish and be billed"
+                } else {
+                    ""
+                }
+            );
+            self.fail(owned, job, FailureReason::JobMaxAge, msg, true, None)
+                .await?;
+            return Ok(());
+        }
+        match job.phase() {
+            Phase::Pending => self.submit(job, owned).await,
+            Phase::Submitting => {
+                self.unknown_create(
+                    owned,
+                    job,
+                    "vidgate stopped while the create request was in flight (crash or restart)"
+                        .into(),
+                    None,
+                )
+                .await
+            }
+            Phase::Polling => self.poll(job, owned).await,
+            Phase::Downloading => self.download(job, owned).await,
+            Phase::Finished => Ok(()),
+        }
+    }
+
+    async fn spec_of(&self, job: &Job) -> Result<Result<VideoSpec, String>, StepError> {
+        let submission = self
+            .store
+            .submission(&job.id)
+            .await?
+            .ok_or_else(|| StepError::Local(format!("job {} has no stored request", job.id)))?;
+        let request = pb::CreateVideoRequest::decode(submission.as_ref()).map_err(|e| {
+            StepError::Local(format!("stored request of {} is unreadable: {e}", job.id))
+        })?;
+        Ok(convert::to_domain(&request)
+            .and_then(|r| VideoSpec::parse(r, &self.catalog))
+            .map_err(|e| e.to_string()))
+    }
+
+    async fn fail(
+        &self,
+        owned: &Owned,
+        job: Job,
+        reason: FailureReason,
+        message: String,
+        retryable: bool,
+        err: Option<&UpstreamError>,
+    ) -> Result<Job, StepError> {
+        let error = JobError {
+            reason,
+            message,
+            retryable,
+            upstream_message: err
+                .and_then(|e| e.upstream_message())
+                .unwrap_or_default()
+                .to_owned(),
+            upstream_http_status: err.and_then(|e| e.http_status()),
+        };
+        self.fail_with(owned, job, error).await
+    }
+
+    async fn fail_with(&self, owned: &Owned, job: Job, error: JobError) -> Result<Job, StepError> {
+        let mut job = job;
+        tracing::info!(job_id = %job.id, reason = error.reason.as_str(), message = %error.message, "job failed");
+        let record = job.fail(now_ms(), error)?;
+        Ok(self.save(owned, job, record, LeaseEnd::Release).await?.job)
+    }
+
+    /// The owner's write of `job`, fenced by its lease. A cancel or delete recorded while the
+    /// step ran is applied in the same commit: the returned job says how it ended.
+    async fn save(
+        &self,
+        owned: &Owned,
+        job: Job,
+        record: Record,
+        end: LeaseEnd,
+    ) -> Result<Saved, StoreError> {
+        let ends = record == Record::Event && job.is_terminal();
+        // The end of the job: its own span, and the finished-job metrics once committed.
+        let span = if ends {
+            tracing::info_span!(
+                "vidgate.complete",
+                otel.kind = "internal",
+                vidgate.job.id = %job.id,
+                vidgate.job.outcome = job.status().as_str(),
+                vidgate.job.reason = job.error().map_or("none", |e| e.reason.as_str()),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let saved = self
+            .store
+            .save(&owned.lease, job, record, end)
+            .instrument(span)
+            .await?;
+        if let Some(request) = saved.applied {
+            tracing::info!(job_id = %saved.job.id, request = request.as_str(), status = saved.job.status().as_str(), "request applied by the job's owner");
+            if request == OwnerRequest::Delete {
+                self.delete_content(&saved.job).await;
+            }
+        }
+        if ends || (saved.applied.is_some() && saved.job.is_terminal()) {
+            self.metrics.job_finished(&saved.job);
+        }
+        Ok(saved)
+    }
+
+    /// Removes a deleted job's stored video and last frame (a failure is logged: the job is
+    /// deleted either way).
+    async fn delete_content(&self, job: &Job) {
+        if let Some(c) = job.content() {
+            for key in std::iter::once(c.blob_key.as_str()).chain(c.last_frame_key.as_deref()) {
+                if let Err(e) = self.blobs.delete(key).await {
+                    tracing::warn!(job_id = %job.id, error = %e, "stored content not removed");
+                }
+            }
+        }
+    }
+}
+
+/// A step asked of a job whose stage cannot do it (a stored record the checks let through).
+fn job_refused(job: &Job, action: &'static str) -> StepError {
+    StepError::Local(format!(
+        "job {} cannot {action} in phase {:?}",
+        job.id,
+        job.phase()
+    ))
+}
+
+/// The span name of a step in `phase`.
+fn step_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "vidgate.submit",
+        Phase::Submitting => "vidgate.resolve_unknown_create",
+        Phase::Polling => "vidgate.poll",
+        Phase::Downloading => "vidgate.download",
+        Phase::Finished => "vidgate.finish",
+    }
+}
