@@ -1,0 +1,354 @@
+//! Downloading a finished video once: streamed into the blob store while hashing, resumed with
+//! `Range` after a break, checked to be a usable MP4; and the last frame's copy (S10).
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Dispatcher, StepError, job_refused};
+use crate::job::{ContentFacts, FailureReason, Job, JobError, now_ms};
+use crate::media;
+use crate::upstream::{ContentStart, UpstreamError};
+
+/// The largest last-frame image copied (S10); a PNG frame is well under this.
+pub const MAX_LAST_FRAME_BYTES: u64 = 50 * 1024 * 1024;
+
+impl Dispatcher {
+    pub(super) async fn download(&self, job: Job) -> Result<(), StepError> {
+        let upstream_id = job
+            .upstream_id()
+            .ok_or_else(|| job_refused(&job, "download"))?
+            .to_owned();
+        let name = format!("{}.mp4.part", job.id);
+        let path = self.blobs.partial_path(&name);
+        let (have, mut hasher) = resume_state(&path).await.map_err(|e| {
+            StepError::Local(format!("reading partial download {}: {e}", path.display()))
+        })?;
+        let stream = match self.client.content(&upstream_id, have).await {
+            Ok(s) => s,
+            Err(UpstreamError::NotFound { message, .. }) => {
+                let msg = format!(
+                    "upstream reported task {upstream_id} completed but has no content for it (HTTP 404): this is how a moderation refusal looks, and upstream may still bill it"
+                );
+                self.fail_with(
+                    job,
+                    JobError {
+                        reason: FailureReason::ContentMissing,
+                        message: msg,
+                        retryable: false,
+                        upstream_message: message,
+                        upstream_http_status: Some(404),
+                    },
+                )
+                .await?;
+                return Ok(());
+            }
+            Err(UpstreamError::RangeNotSatisfiable { .. }) => {
+                // Our partial file is longer than the content: start over.
+                let _ = tokio::fs::remove_file(&path).await;
+                return self
+                    .retry_download(
+                        job,
+                        "the partial download was longer than the content; restarting from zero"
+                            .into(),
+                        None,
+                    )
+                    .await;
+            }
+            Err(e) => return self.retry_download(job, e.to_string(), Some(&e)).await,
+        };
+        let file = match stream.start {
+            ContentStart::Resumed(_) => {
+                tokio::fs::OpenOptions::new().append(true).open(&path).await
+            }
+            ContentStart::Full => {
+                hasher = Sha256::new();
+                tokio::fs::File::create(&path).await
+            }
+        }
+        .map_err(|e| StepError::Local(format!("opening {}: {e}", path.display())))?;
+        let start = match stream.start {
+            ContentStart::Resumed(from) => from,
+            ContentStart::Full => 0,
+        };
+        let total = stream.total_len;
+        let mut body = stream.body;
+        let writing_error =
+            |e: std::io::Error| StepError::Local(format!("writing {}: {e}", path.display()));
+        let mut writer = PartWriter::start(file.into_std().await, hasher, start);
+        let mut broke = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if let Err(e) = writer.write(bytes).await {
+                        // The writer thread stopped: its own error says why.
+                        return Err(writing_error(writer.finish().await.err().unwrap_or(e)));
+                    }
+                }
+                Err(e) => {
+                    broke = Some(e);
+                    break;
+                }
+            }
+        }
+        // What arrived is written (and kept for a resume) either way.
+        let (hasher, written) = writer.finish().await.map_err(writing_error)?;
+        if let Some(e) = broke {
+            return self
+                .retry_download(
+                    job,
+                    format!("download broke after {written} bytes: {e}"),
+                    Some(&e),
+                )
+                .await;
+        }
+        if let Some(total) = total
+            && written != total
+        {
+            return self
+                .retry_download(
+                    job,
+                    format!("download ended at {written} of {total} bytes"),
+                    None,
+                )
+                .await;
+        }
+        if written == 0 {
+            let _ = tokio::fs::remove_file(&path).await;
+            let msg =
+                format!("upstream reported task {upstream_id} completed but its content is empty");
+            self.fail(job, FailureReason::ContentMissing, msg, false, None)
+                .await?;
+            return Ok(());
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        let probe_path = path.clone();
+        let facts = tokio::task::spawn_blocking(move || media::probe_mp4_file(&probe_path))
+            .await
+            .map_err(|e| StepError::Local(format!("probe task failed: {e}")))?;
+        let facts = match facts {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                let msg = format!(
+                    "upstream's content for task {upstream_id} ({written} bytes) is not a usable MP4: {e}"
+                );
+                self.fail(job, FailureReason::ContentInvalid, msg, true, None)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let spec = self.spec_of(&job).await?.ok();
+        let mismatch = spec
+            .as_ref()
+            .and_then(|s| {
+                s.expected_output()
+                    .compare(facts.width, facts.height, facts.duration_seconds)
+            })
+            .unwrap_or_default();
+        let (last_frame_key, last_frame_size) = match (
+            job.last_frame_url(),
+            spec.as_ref().map(|s| s.has_last_frame_requested()),
+        ) {
+            (Some(url), Some(true)) => match self.copy_last_frame(&job.id, url).await {
+                Ok((key, size)) => (Some(key), Some(size)),
+                Err(why) => {
+                    tracing::warn!(job_id = %job.id, why = %why, "last frame could not be copied; the video is kept without it");
+                    (None, None)
+                }
+            },
+            _ => (None, None),
+        };
+        let key = format!("videos/{}.mp4", job.id);
+        self.blobs
+            .commit_partial(&name, &key)
+            .await
+            .map_err(|e| StepError::Local(e.to_string()))?;
+        let content = ContentFacts {
+            size_bytes: written,
+            sha256,
+            mime_type: "video/mp4".into(),
+            duration_seconds: facts.duration_seconds,
+            width: facts.width,
+            height: facts.height,
+            has_audio: facts.has_audio,
+            has_last_frame: last_frame_key.is_some(),
+            matches_request: mismatch.is_empty(),
+            mismatch,
+            blob_key: key,
+            last_frame_key,
+            last_frame_size,
+        };
+        if !content.matches_request {
+            tracing::warn!(job_id = %job.id, mismatch = %content.mismatch, "stored video differs from the request");
+        }
+        let mut done = job;
+        let record = done.complete(now_ms(), content)?;
+        self.save(done, record).await?;
+        Ok(())
+    }
+
+    async fn copy_last_frame(&self, job_id: &str, url: &str) -> Result<(String, u64), String> {
+        let stream = self
+            .client
+            .last_frame(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = format!("{job_id}.last_frame.part");
+        let path = self.blobs.partial_path(&name);
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut size = 0u64;
+        let mut body = stream.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            size += chunk.len() as u64;
+            if size > MAX_LAST_FRAME_BYTES {
+                return Err(format!(
+                    "last frame is larger than {MAX_LAST_FRAME_BYTES} bytes"
+                ));
+            }
+            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        file.sync_all().await.map_err(|e| e.to_string())?;
+        let key = format!("frames/{job_id}.png");
+        self.blobs
+            .commit_partial(&name, &key)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((key, size))
+    }
+
+    async fn retry_download(
+        &self,
+        job: Job,
+        why: String,
+        err: Option<&UpstreamError>,
+    ) -> Result<(), StepError> {
+        let mut job = job;
+        let attempts = job.attempts() + 1;
+        let delay = match err {
+            Some(e) => self.retry_delay(attempts, e),
+            None => self.backoff(attempts),
+        };
+        let now = now_ms();
+        let record = job.retry_later(now, now + delay as i64)?;
+        tracing::info!(job_id = %job.id, why = %why, attempts, "download will be resumed");
+        self.metrics.retry("download");
+        self.save(job, record).await?;
+        Ok(())
+    }
+}
+
+/// Bytes handed to the writer thread at once: fewer thread wake-ups than one per network chunk,
+/// no copy (the chunks are kept as they came).
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Batches queued for the writer thread: bounds the memory of a download to ~1 MiB.
+const WRITE_QUEUE: usize = 4;
+
+/// Hashes and writes a download on one blocking thread fed through a bounded channel, and
+/// syncs the file at the end. `tokio::fs` would start a blocking task (and copy the bytes) for
+/// every network chunk, and hashing 5 MB on the async workers holds them ~15 ms.
+struct PartWriter {
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
+    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    task: tokio::task::JoinHandle<std::io::Result<(Sha256, u64)>>,
+}
+
+impl PartWriter {
+    fn start(mut file: std::fs::File, mut hasher: Sha256, mut written: u64) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in &batch {
+                    hasher.update(chunk);
+                    written += chunk.len() as u64;
+                }
+                write_all_vectored(&mut file, &batch)?;
+            }
+            file.sync_all()?;
+            Ok((hasher, written))
+        });
+        Self {
+            batch: Vec::new(),
+            batch_bytes: 0,
+            tx,
+            task,
+        }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.batch_bytes += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_bytes >= WRITE_BATCH_BYTES {
+            self.batch_bytes = 0;
+            let batch = std::mem::take(&mut self.batch);
+            if self.tx.send(batch).await.is_err() {
+                // The writer stopped: its error is what `finish` returns.
+                return Err(std::io::Error::other(
+                    "the download's writer thread stopped",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is left, syncs, and returns the hash state and the file's length.
+    async fn finish(self) -> std::io::Result<(Sha256, u64)> {
+        if !self.batch.is_empty() {
+            // A failed send means the writer stopped; its own error follows below.
+            let _ = self.tx.send(self.batch).await;
+        }
+        drop(self.tx);
+        self.task
+            .await
+            .map_err(|e| std::io::Error::other(format!("the writer thread failed: {e}")))?
+    }
+}
+
+/// Writes every chunk of `batch`, in order, with as few `writev` calls as the kernel allows:
+/// one system call per batch instead of one per network chunk.
+fn write_all_vectored(file: &mut std::fs::File, batch: &[Bytes]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|chunk| IoSlice::new(chunk)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "the file accepted no more bytes",
+                ));
+            }
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// How much of a partial download exists, with the hash of those bytes, so a broken download
+/// resumes with `Range` instead of starting over (also after a restart).
+async fn resume_state(path: &std::path::Path) -> std::io::Result<(u64, Sha256)> {
+    let mut hasher = Sha256::new();
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, hasher)),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hasher))
+}
