@@ -35,7 +35,7 @@ use crate::telemetry::{self, Metrics, OtlpSettings};
 use crate::upstream::client::{ClientBuildError, UpstreamConfig};
 use crate::upstream::sim::{SimError, SimHandle, Simulator};
 use crate::upstream::{ApiKey, UpstreamClient};
-use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use tonic::server::NamedService;
 
@@ -161,95 +161,22 @@ impl Application {
     /// Starts everything. The dispatcher runs only when `dispatcher.enabled`; otherwise tests
     /// drive it with [`Dispatcher::step`].
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let auth = Arc::new(Authenticator::new(&config.auth)?);
-        if auth.mode() == AuthMode::None {
-            tracing::warn!(
-                tenant = %config.auth.no_auth_tenant,
-                "AUTHENTICATION IS OFF (auth.mode = \"none\"): every caller is one tenant. For local use and the demo only"
-            );
-        }
-        let catalog = Arc::new(match &config.catalog.file {
-            Some(path) => ModelCatalog::load(path)?,
-            None => ModelCatalog::default(),
-        });
-
-        let data_dir = &config.storage.data_dir;
-        let mut sqlite = SqliteConfig::new(data_dir.join("vidgate.db"));
-        sqlite.synchronous = match config.storage.synchronous {
-            SyncMode::Full => Synchronous::Full,
-            SyncMode::Normal => Synchronous::Normal,
-        };
-        sqlite.max_batch = config.storage.max_batch;
-        sqlite.event_buffer = config.storage.event_buffer;
-        let store = Arc::new(SqliteStore::open(sqlite).await?);
-
-        // Metrics: this application's own provider, read by `/metrics` (Prometheus) and, when
-        // an OTLP endpoint is set, pushed periodically.
-        let registry = prometheus::Registry::new();
-        let prometheus_reader = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .build()
-            .map_err(|e| StartupError::Telemetry(e.to_string()))?;
-        let mut provider = SdkMeterProvider::builder()
-            .with_reader(prometheus_reader)
-            .with_resource(telemetry::resource());
-        let otlp = OtlpSettings::from_process_env();
-        if otlp.metrics {
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| {
-                    StartupError::Telemetry(format!(
-                        "OTLP metric exporter (OTEL_EXPORTER_OTLP_ENDPOINT; write it with its scheme, e.g. http://collector:4317): {e}"
-                    ))
-                })?;
-            provider = provider.with_periodic_exporter(exporter);
-        }
-        let meter_provider = provider.build();
-        let meter = meter_provider.meter(telemetry::SCOPE);
-        let metrics = Metrics::new(&meter);
-        let blobs = BlobStore::local(data_dir.join("blobs"))?;
-
-        let (simulator, base_url, key) = if config.uses_simulator() {
-            let sim = Simulator::start(
-                config.simulator.clone(),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-            )
-            .await?;
-            tracing::warn!(
-                base_url = %sim.base_url(),
-                "no TURING_API_KEY: the built-in upstream SIMULATOR stands in for the real API (no real videos are generated)"
-            );
-            let base = sim.base_url();
-            let key = sim.api_key().to_owned();
-            (Some(sim), base, key)
-        } else {
-            let key = config.api_key.clone().unwrap_or_default();
-            (None, config.upstream.base_url.clone(), key)
-        };
-        let base_url = url::Url::parse(&base_url).map_err(|e| {
-            StartupError::ApiKey(format!("upstream.base_url {base_url:?} is not a URL: {e}"))
-        })?;
-        let api_key = ApiKey::new(key).map_err(|e| StartupError::ApiKey(e.to_string()))?;
-        let client = UpstreamClient::new(UpstreamConfig {
-            connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
-            request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
-            read_idle_timeout: Duration::from_millis(config.upstream.read_idle_timeout_ms),
-            limits: config.upstream.limits.clone(),
-            ..UpstreamConfig::new(base_url, api_key)
-        })?
-        .with_metrics(metrics.clone());
-
+        let auth = authenticator(&config)?;
+        let catalog = Arc::new(model_catalog(&config)?);
+        let store = open_store(&config).await?;
+        let telemetry = Telemetry::start()?;
+        let blobs = BlobStore::local(config.storage.data_dir.join("blobs"))?;
+        let upstream = start_upstream(&config, &telemetry.metrics).await?;
         let store_dyn: Arc<dyn JobStore> = store.clone();
         let dispatcher = Arc::new(
             Dispatcher::new(
                 store_dyn.clone(),
-                client,
+                upstream.client,
                 blobs.clone(),
                 catalog.clone(),
                 config.dispatcher.clone(),
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(telemetry.metrics.clone()),
         );
         let draining = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -262,192 +189,60 @@ impl Application {
             config.events.chunk_bytes,
         )
         .with_job_max_age_ms(config.dispatcher.max_age_ms)
-        .with_metrics(metrics.clone())
+        .with_metrics(telemetry.metrics.clone())
         .with_draining(draining.clone());
+        let (listener, grpc_addr) = bind_grpc(&config).await?;
 
-        let listener = tokio::net::TcpListener::bind(config.server.grpc_listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.server.grpc_listen,
-                source,
-            })?;
-        let grpc_addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.server.grpc_listen,
-            source,
-        })?;
-
-        let mut work_tasks = Vec::new();
-        let mut serve_tasks = Vec::new();
-
-        // AMQP (only with `[amqp] url`): intake and outbox relay. Started before anything is
-        // served, so the relay's first cursor is set before the first job can be accepted.
-        // Both stop when draining begins: the consumer is cancelled (deliveries not acked go
-        // back to the queue), the relay saves its cursor and the next process goes on from it.
-        let amqp = if config.amqp.enabled() {
-            let (handle, amqp_tasks) = amqp::start(
-                config.amqp.clone(),
-                api.clone(),
-                store_dyn.clone(),
-                draining.clone(),
-            )
-            .await?;
-            work_tasks.extend(amqp_tasks);
-            Some(handle)
-        } else {
-            None
-        };
-
-        let gauges = StateGauges::register(&meter, store_dyn.clone(), amqp.clone());
-        let readiness = Readiness::new(
-            store_dyn.clone(),
-            amqp.is_some(),
-            config.dispatcher.enabled.then(|| dispatcher.clone()),
-            Duration::from_millis(config.dispatcher.idle_wake_ms),
-        );
-        // The broker's state reaches readiness (and so gRPC health) the moment it changes.
+        let mut tasks = Tasks::default();
+        // Started before anything is served, so the relay's first cursor is set before the
+        // first job can be accepted.
+        let amqp = start_amqp(&config, &api, &store_dyn, &draining, &mut tasks).await?;
+        let gauges = StateGauges::register(&telemetry.meter, store_dyn.clone(), amqp.clone());
+        let readiness = start_readiness(&config, &store_dyn, &dispatcher, amqp.as_ref());
         if let Some(handle) = &amqp {
-            let mut status = handle.watch();
-            let readiness = readiness.clone();
-            let stop = stop.clone();
-            serve_tasks.push(tokio::spawn(async move {
-                loop {
-                    let check = status.borrow_and_update().readiness();
-                    readiness.set_broker(check);
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        changed = status.changed() => if changed.is_err() { break },
-                    }
-                }
-            }));
+            tasks
+                .serve
+                .push(follow_broker(handle, readiness.clone(), stop.clone()));
         }
-        let admin_addr = if config.admin.enabled {
-            let listener = tokio::net::TcpListener::bind(config.admin.listen)
-                .await
-                .map_err(|source| StartupError::AdminBind {
-                    addr: config.admin.listen,
-                    source,
-                })?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| StartupError::AdminBind {
-                    addr: config.admin.listen,
-                    source,
-                })?;
-            let state = AdminState {
-                readiness: readiness.clone(),
-                registry,
-                gauges: gauges.clone(),
-            };
-            // Served until the work has drained, so `/readyz` says 503 meanwhile.
-            serve_tasks.push(tokio::spawn(admin::serve(listener, state, stop.clone())));
-            Some(addr)
-        } else {
-            None
+        let admin = AdminState {
+            readiness: readiness.clone(),
+            registry: telemetry.registry,
+            gauges: gauges.clone(),
         };
-
-        let health_service = ReadinessHealth::server(
+        let admin_addr = start_admin(&config, admin, &stop, &mut tasks).await?;
+        tasks.serve.push(serve_grpc(
+            &config,
+            listener,
+            api.clone(),
             readiness.clone(),
-            &[<VideoServiceServer<VideoApi> as NamedService>::NAME],
             stop.clone(),
-        );
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| StartupError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| StartupError::Reflection(e.to_string()))?;
-        let video_service = VideoServiceServer::new(api.clone())
-            .max_decoding_message_size(config.server.max_create_message_bytes);
-        let server = tonic::transport::Server::builder()
-            .trace_fn(telemetry::propagation::grpc_server_span)
-            .layer(telemetry::grpc::RecordStatusLayer)
-            .http2_keepalive_interval(Some(Duration::from_secs(config.server.keepalive_secs)))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(video_service);
-        // The server stops only once the work has drained: until then health answers
-        // NOT_SERVING and new calls are refused with a reason, rather than connections reset.
-        // Open streams have ended by then, so its own graceful stop does not wait on them.
-        let server_stop = stop.clone();
-        serve_tasks.push(tokio::spawn(async move {
-            if let Err(e) = server
-                .serve_with_incoming_shutdown(
-                    // Nagle's algorithm on accepted sockets plus the client's delayed ACK
-                    // held every unary answer ~40 ms (measured by the benchmark harness).
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    server_stop.cancelled(),
-                )
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server stopped with an error");
-            }
-        }));
-
+        )?);
         if config.dispatcher.enabled {
             let d = dispatcher.clone();
             let draining = draining.clone();
-            work_tasks.push(tokio::spawn(async move { d.run(draining).await }));
+            tasks
+                .work
+                .push(tokio::spawn(async move { d.run(draining).await }));
         } else {
             tracing::warn!(
                 "dispatcher disabled (dispatcher.enabled = false): jobs are accepted and wait"
             );
         }
+        tasks.serve.push(keep_readiness_fresh(
+            readiness.clone(),
+            telemetry.otlp_metrics.then_some(gauges),
+            stop.clone(),
+        ));
+        tasks
+            .work
+            .push(prune_old_events(&config, store_dyn, draining.clone()));
 
-        // The asked checks are re-run now and then, so a store or dispatcher that stops
-        // working is noticed without a `/readyz` call.
-        let upkeep = readiness.clone();
-        let stop_upkeep = stop.clone();
-        serve_tasks.push(tokio::spawn(async move {
-            let mut was_ready = true;
-            loop {
-                if otlp.metrics {
-                    gauges.refresh().await;
-                }
-                let report = upkeep.refresh().await;
-                if was_ready && !report.ready && !report.shutting_down {
-                    tracing::warn!(store = ?report.store, broker = ?report.broker, dispatcher = ?report.dispatcher, "not ready: reporting NOT_SERVING");
-                }
-                was_ready = report.ready;
-                tokio::select! {
-                    _ = stop_upkeep.cancelled() => break,
-                    _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
-                }
-            }
-        }));
-
-        let retention_ms = config
-            .storage
-            .event_retention_hours
-            .saturating_mul(3_600_000) as i64;
-        let prune_store = store_dyn;
-        let relay_cursor = config
-            .amqp
-            .enabled()
-            .then(|| config.amqp.relay_cursor.clone());
-        let stop_pruning = draining.clone();
-        work_tasks.push(tokio::spawn(async move {
-            loop {
-                let before = now_ms() - retention_ms;
-                match prune_events(prune_store.as_ref(), before, relay_cursor.as_deref()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(pruned = n, "old events pruned"),
-                    Err(e) => tracing::warn!(error = %e, "event pruning failed; will retry"),
-                }
-                tokio::select! {
-                    _ = stop_pruning.cancelled() => break,
-                    _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
-                }
-            }
-        }));
-
-        tracing::info!(%grpc_addr, admin_addr = ?admin_addr, data_dir = %data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
+        let simulator = upstream.simulator;
+        tracing::info!(%grpc_addr, admin_addr = ?admin_addr, data_dir = %config.storage.data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
         Ok(Self {
             grpc_addr,
             admin_addr,
-            meter_provider,
+            meter_provider: telemetry.provider,
             store,
             dispatcher,
             api,
@@ -457,8 +252,8 @@ impl Application {
             grace: Duration::from_millis(config.server.shutdown_grace_ms),
             draining,
             stop,
-            work_tasks,
-            serve_tasks,
+            work_tasks: tasks.work,
+            serve_tasks: tasks.serve,
         })
     }
 
@@ -575,4 +370,329 @@ async fn join_until(tasks: Vec<JoinHandle<()>>, deadline: Instant) -> usize {
         );
     }
     abandoned
+}
+
+/// The tasks [`Application::build`] starts, by how they end.
+#[derive(Default)]
+struct Tasks {
+    /// Tasks that do work; they end on `draining`.
+    work: Vec<JoinHandle<()>>,
+    /// Tasks that serve; they end on `stop`.
+    serve: Vec<JoinHandle<()>>,
+}
+
+/// The bearer-token tenants of `[auth]`; says loudly when authentication is off.
+fn authenticator(config: &Config) -> Result<Arc<Authenticator>, StartupError> {
+    let auth = Arc::new(Authenticator::new(&config.auth)?);
+    if auth.mode() == AuthMode::None {
+        tracing::warn!(
+            tenant = %config.auth.no_auth_tenant,
+            "AUTHENTICATION IS OFF (auth.mode = \"none\"): every caller is one tenant. For local use and the demo only"
+        );
+    }
+    Ok(auth)
+}
+
+/// The built-in catalog, or the operator's file.
+fn model_catalog(config: &Config) -> Result<ModelCatalog, StartupError> {
+    Ok(match &config.catalog.file {
+        Some(path) => ModelCatalog::load(path)?,
+        None => ModelCatalog::default(),
+    })
+}
+
+/// The SQLite store in the data directory, with `[storage]`'s durability and batching.
+async fn open_store(config: &Config) -> Result<Arc<SqliteStore>, StartupError> {
+    let mut sqlite = SqliteConfig::new(config.storage.data_dir.join("vidgate.db"));
+    sqlite.synchronous = match config.storage.synchronous {
+        SyncMode::Full => Synchronous::Full,
+        SyncMode::Normal => Synchronous::Normal,
+    };
+    sqlite.max_batch = config.storage.max_batch;
+    sqlite.event_buffer = config.storage.event_buffer;
+    Ok(Arc::new(SqliteStore::open(sqlite).await?))
+}
+
+/// This application's own metrics: a meter provider read by `/metrics` (Prometheus) and, when
+/// an OTLP endpoint is set, pushed periodically.
+struct Telemetry {
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+    meter: Meter,
+    metrics: Metrics,
+    /// Whether metrics are also pushed over OTLP (then the state gauges are re-read too).
+    otlp_metrics: bool,
+}
+
+impl Telemetry {
+    fn start() -> Result<Self, StartupError> {
+        let registry = prometheus::Registry::new();
+        let prometheus_reader = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+            .map_err(|e| StartupError::Telemetry(e.to_string()))?;
+        let mut provider = SdkMeterProvider::builder()
+            .with_reader(prometheus_reader)
+            .with_resource(telemetry::resource());
+        let otlp = OtlpSettings::from_process_env();
+        if otlp.metrics {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| {
+                    StartupError::Telemetry(format!(
+                        "OTLP metric exporter (OTEL_EXPORTER_OTLP_ENDPOINT; write it with its scheme, e.g. http://collector:4317): {e}"
+                    ))
+                })?;
+            provider = provider.with_periodic_exporter(exporter);
+        }
+        let provider = provider.build();
+        let meter = provider.meter(telemetry::SCOPE);
+        let metrics = Metrics::new(&meter);
+        Ok(Self {
+            provider,
+            registry,
+            meter,
+            metrics,
+            otlp_metrics: otlp.metrics,
+        })
+    }
+}
+
+/// The upstream as the dispatcher sees it: a client of the real API, or of the in-process
+/// simulator when no key is configured.
+struct Upstream {
+    simulator: Option<SimHandle>,
+    client: UpstreamClient,
+}
+
+async fn start_upstream(config: &Config, metrics: &Metrics) -> Result<Upstream, StartupError> {
+    let (simulator, base_url, key) = if config.uses_simulator() {
+        let sim = Simulator::start(
+            config.simulator.clone(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await?;
+        tracing::warn!(
+            base_url = %sim.base_url(),
+            "no TURING_API_KEY: the built-in upstream SIMULATOR stands in for the real API (no real videos are generated)"
+        );
+        let base = sim.base_url();
+        let key = sim.api_key().to_owned();
+        (Some(sim), base, key)
+    } else {
+        let key = config.api_key.clone().unwrap_or_default();
+        (None, config.upstream.base_url.clone(), key)
+    };
+    let base_url = url::Url::parse(&base_url).map_err(|e| {
+        StartupError::ApiKey(format!("upstream.base_url {base_url:?} is not a URL: {e}"))
+    })?;
+    let api_key = ApiKey::new(key).map_err(|e| StartupError::ApiKey(e.to_string()))?;
+    let client = UpstreamClient::new(UpstreamConfig {
+        connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
+        request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
+        read_idle_timeout: Duration::from_millis(config.upstream.read_idle_timeout_ms),
+        limits: config.upstream.limits.clone(),
+        ..UpstreamConfig::new(base_url, api_key)
+    })?
+    .with_metrics(metrics.clone());
+    Ok(Upstream { simulator, client })
+}
+
+/// Binds the gRPC port now, so the bound address (port 0 in tests) is known before serving.
+async fn bind_grpc(config: &Config) -> Result<(tokio::net::TcpListener, SocketAddr), StartupError> {
+    let addr = config.server.grpc_listen;
+    let bind_error = |source| StartupError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
+
+/// AMQP (only with `[amqp] url`): intake and outbox relay. Both stop when draining begins: the
+/// consumer is cancelled (deliveries not acked go back to the queue), the relay saves its
+/// cursor and the next process goes on from it.
+async fn start_amqp(
+    config: &Config,
+    api: &VideoApi,
+    store: &Arc<dyn JobStore>,
+    draining: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<Option<AmqpHandle>, StartupError> {
+    if !config.amqp.enabled() {
+        return Ok(None);
+    }
+    let (handle, amqp_tasks) = amqp::start(
+        config.amqp.clone(),
+        api.clone(),
+        store.clone(),
+        draining.clone(),
+    )
+    .await?;
+    tasks.work.extend(amqp_tasks);
+    Ok(Some(handle))
+}
+
+/// Readiness over the store, the broker (when AMQP is on) and the running dispatcher.
+fn start_readiness(
+    config: &Config,
+    store: &Arc<dyn JobStore>,
+    dispatcher: &Arc<Dispatcher>,
+    amqp: Option<&AmqpHandle>,
+) -> Readiness {
+    Readiness::new(
+        store.clone(),
+        amqp.is_some(),
+        config.dispatcher.enabled.then(|| dispatcher.clone()),
+        Duration::from_millis(config.dispatcher.idle_wake_ms),
+    )
+}
+
+/// The broker's state reaches readiness (and so gRPC health) the moment it changes.
+fn follow_broker(
+    amqp: &AmqpHandle,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let mut status = amqp.watch();
+    tokio::spawn(async move {
+        loop {
+            let check = status.borrow_and_update().readiness();
+            readiness.set_broker(check);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = status.changed() => if changed.is_err() { break },
+            }
+        }
+    })
+}
+
+/// The admin HTTP port (`/healthz`, `/readyz`, `/metrics`), when enabled; its bound address.
+async fn start_admin(
+    config: &Config,
+    state: AdminState,
+    stop: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<Option<SocketAddr>, StartupError> {
+    if !config.admin.enabled {
+        return Ok(None);
+    }
+    let addr = config.admin.listen;
+    let bind_error = |source| StartupError::AdminBind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    // Served until the work has drained, so `/readyz` says 503 meanwhile.
+    tasks
+        .serve
+        .push(tokio::spawn(admin::serve(listener, state, stop.clone())));
+    Ok(Some(bound))
+}
+
+/// The gRPC server: health over readiness, reflection, and `vidgate.v1.VideoService`.
+fn serve_grpc(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    api: VideoApi,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, StartupError> {
+    let health_service = ReadinessHealth::server(
+        readiness,
+        &[<VideoServiceServer<VideoApi> as NamedService>::NAME],
+        stop.clone(),
+    );
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartupError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartupError::Reflection(e.to_string()))?;
+    let video_service = VideoServiceServer::new(api)
+        .max_decoding_message_size(config.server.max_create_message_bytes);
+    let server = tonic::transport::Server::builder()
+        .trace_fn(telemetry::propagation::grpc_server_span)
+        .layer(telemetry::grpc::RecordStatusLayer)
+        .http2_keepalive_interval(Some(Duration::from_secs(config.server.keepalive_secs)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(video_service);
+    // The server stops only once the work has drained: until then health answers
+    // NOT_SERVING and new calls are refused with a reason, rather than connections reset.
+    // Open streams have ended by then, so its own graceful stop does not wait on them.
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server
+            .serve_with_incoming_shutdown(
+                // Nagle's algorithm on accepted sockets plus the client's delayed ACK
+                // held every unary answer ~40 ms (measured by the benchmark harness).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stop.cancelled(),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server stopped with an error");
+        }
+    }))
+}
+
+/// Re-runs readiness's asked checks now and then, so a store or dispatcher that stops working
+/// is noticed without a `/readyz` call; re-reads the state `gauges` when given (OTLP on).
+fn keep_readiness_fresh(
+    readiness: Readiness,
+    gauges: Option<StateGauges>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut was_ready = true;
+        loop {
+            if let Some(gauges) = &gauges {
+                gauges.refresh().await;
+            }
+            let report = readiness.refresh().await;
+            if was_ready && !report.ready && !report.shutting_down {
+                tracing::warn!(store = ?report.store, broker = ?report.broker, dispatcher = ?report.dispatcher, "not ready: reporting NOT_SERVING");
+            }
+            was_ready = report.ready;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+            }
+        }
+    })
+}
+
+/// Prunes events past `storage.event_retention_hours` every [`PRUNE_INTERVAL`], keeping those
+/// the AMQP relay has not published yet.
+fn prune_old_events(
+    config: &Config,
+    store: Arc<dyn JobStore>,
+    draining: CancellationToken,
+) -> JoinHandle<()> {
+    let retention_ms = config
+        .storage
+        .event_retention_hours
+        .saturating_mul(3_600_000) as i64;
+    let relay_cursor = config
+        .amqp
+        .enabled()
+        .then(|| config.amqp.relay_cursor.clone());
+    tokio::spawn(async move {
+        loop {
+            let before = now_ms() - retention_ms;
+            match prune_events(store.as_ref(), before, relay_cursor.as_deref()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "old events pruned"),
+                Err(e) => tracing::warn!(error = %e, "event pruning failed; will retry"),
+            }
+            tokio::select! {
+                _ = draining.cancelled() => break,
+                _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+            }
+        }
+    })
 }
