@@ -1,5 +1,5 @@
 # vidgate: build with the Rust toolchain, run on a slim Debian with nothing but CA certificates.
-# tests/deploy_files.rs checks the ENV names, EXPOSE ports and HEALTHCHECK against the config.
+# tests/ops/deploy_files.rs checks the ENV names, EXPOSE ports and HEALTHCHECK against the config.
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src

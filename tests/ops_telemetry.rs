@@ -8,16 +8,15 @@
 //! - neither the upstream API key nor the client's token appears in any log line (at debug,
 //!   vidgate at trace) or in any span name, attribute or event.
 
-mod amqp_support;
 mod support;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
-use amqp_support::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use support::amqp::*;
 use support::*;
 use tracing_subscriber::EnvFilter;
 use vidgate::pb;

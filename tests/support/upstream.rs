@@ -1,7 +1,4 @@
 //! Helpers shared by the tests that run vidgate's upstream client against the simulator.
-//!
-//! Each test binary uses only some of these.
-#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -14,9 +11,6 @@ use vidgate::upstream::{
     ApiKey, ContentStream, LimitConfig, UpstreamClient, UpstreamConfig, UpstreamError,
     UpstreamVideo,
 };
-
-pub const VEO: &str = "turing/veo-3.1-generate";
-pub const SEEDANCE: &str = "doubao-seedance-2-0-260128";
 
 /// Far above any timing a test configures: a slow shared machine fails only on a real hang.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(30);

@@ -3,14 +3,11 @@
 //! turns unready when the broker becomes unreachable (through a TCP proxy this test owns) and
 //! ready again when it returns, and the gRPC health service says the same.
 
-mod amqp_support;
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use amqp_support::*;
-use support::*;
+use crate::support::amqp::*;
+use crate::support::*;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

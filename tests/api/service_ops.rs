@@ -2,15 +2,13 @@
 //! once, maximum age, the resubmit policy, and the stop: readiness and health at once, streams
 //! ended with their cursor, the process gone within its grace, resumed without gap or repeat.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use futures::StreamExt;
-use support::*;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;

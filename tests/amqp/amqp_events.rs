@@ -5,12 +5,9 @@
 //! vidgate reaches the broker through a TCP proxy the test owns; cutting the proxy cuts only
 //! this test's vidgate connections. The test's own consumer connects to the broker directly.
 
-mod amqp_support;
-mod support;
-
-use amqp_support::*;
+use crate::support::amqp::*;
+use crate::support::*;
 use lapin::message::Delivery;
-use support::*;
 use vidgate::intake::amqp::{AmqpConfig, AmqpHandle};
 use vidgate::pb;
 use vidgate::store::EventQuery;

@@ -3,16 +3,13 @@
 //! are one job, invalid messages are dead-lettered with reasons and rejected on `reply_to`,
 //! and a cut connection comes back with every message exactly one job.
 
-mod amqp_support;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use amqp_support::*;
+use crate::support::amqp::*;
+use crate::support::*;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use prost::Message as _;
-use support::*;
 use vidgate::intake::amqp::topology;
 use vidgate::intake::amqp::{AmqpConfig, AmqpHandle};
 use vidgate::pb;

@@ -10,8 +10,6 @@
 //! agreement here means something. Where they legitimately differ, the row says so and why
 //! (`differs`), and asserts each side's actual verdict, so that a change on either side shows up.
 
-mod common;
-
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use vidgate::domain::{
@@ -23,7 +21,8 @@ use vidgate::upstream::sim::SimConfig;
 use vidgate::upstream::wire::{CreateBody, UploadFile};
 use vidgate::upstream::{CreateFailure, UpstreamClient, UpstreamError};
 
-use common::{SEEDANCE, VEO, client, png_image, start_sim};
+use crate::support::upstream::{client, png_image, start_sim};
+use crate::support::{SEEDANCE, VEO};
 
 const PROMPT: &str = "a cat playing piano";
 const TEN_MIB: usize = 10 * 1024 * 1024;

@@ -1,13 +1,11 @@
 //! The gRPC service end to end against the simulator: ARCHITECTURE.md's "Semantics users rely
 //! on", one test each.
 
-mod support;
-
 use std::collections::BTreeMap;
 
+use crate::support::*;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use support::*;
 use tonic::Code;
 use tonic_types::StatusExt;
 use vidgate::pb;

@@ -2,8 +2,6 @@
 //! (create as JSON and multipart, status, content with resume, last frame) and every fault kind
 //! the simulator can inject, with the classification a caller decides retries on.
 
-mod common;
-
 use std::io::{Cursor, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -22,10 +20,11 @@ use vidgate::upstream::{
     UpstreamState,
 };
 
-use common::{
-    SEEDANCE, VEO, WAIT_LIMIT, client, client_config, client_config_for, client_from, drain,
-    fast_sim_config, png_dimensions, png_image, poll_until_terminal, start_sim,
+use crate::support::upstream::{
+    WAIT_LIMIT, client, client_config, client_config_for, client_from, drain, fast_sim_config,
+    png_dimensions, png_image, poll_until_terminal, start_sim,
 };
+use crate::support::{SEEDANCE, VEO};
 
 fn spec(model: &str, prompt: &str, params: Params) -> VideoSpec {
     let request = VideoRequest {

@@ -6,7 +6,6 @@
 //! otherwise a RabbitMQ started by testcontainers; when neither works the test fails with a
 //! message saying what to set. Tests never stop the shared broker nor touch connections other
 //! than their own.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
