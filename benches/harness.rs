@@ -30,9 +30,9 @@ use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use vidgate::api::auth::{AuthConfig, AuthMode, Tenant, TokenEntry, token_hash};
-use vidgate::api::service::IntakeOrigin;
 use vidgate::app::Application;
 use vidgate::config::{Config, SyncMode, UpstreamMode};
+use vidgate::jobs::IntakeOrigin;
 use vidgate::pb;
 use vidgate::pb::video_service_client::VideoServiceClient;
 use vidgate::pb::video_service_server::{VideoService, VideoServiceServer};
@@ -339,11 +339,11 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
         theirs.push(b);
     }
 
-    // The same creates without gRPC: `VideoApi::accept` (validation and the store), at the
+    // The same creates without gRPC: `Jobs::accept` (validation and the store), at the
     // same concurrency, so the table shows which side of the API the time is spent on.
     let (mut alone, mut alone_cpu) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let api = app.api().clone();
+        let api = app.jobs().clone();
         let tag = format!("a{round}-{}", uuid::Uuid::now_v7().simple());
         let accept = move |caller: usize, i: usize| {
             let api = api.clone();
@@ -360,7 +360,7 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
         alone_cpu.push(round.cpu_us);
     }
     println!(
-        "  VideoApi::accept alone (no gRPC), {CALLERS} at a time: {} creates/s; {} CPU us each",
+        "  Jobs::accept alone (no gRPC), {CALLERS} at a time: {} creates/s; {} CPU us each",
         alone
             .iter()
             .map(|r| format!("{r:.0}"))
@@ -395,7 +395,7 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
             CREATE_TARGET,
         ),
         Row::custom(
-            "CreateVideo without gRPC: `VideoApi::accept` alone, 64 at a time (vs no-op GetVideo)",
+            "CreateVideo without gRPC: `Jobs::accept` alone, 64 at a time (vs no-op GetVideo)",
             format!("{:.0}/s", median(alone.iter().copied())),
             format!("{:.0}/s", rate.1),
             format!("{:.1}%", median(alone.iter().copied()) / rate.1 * 100.0),

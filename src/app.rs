@@ -24,6 +24,7 @@ use crate::dispatcher::Dispatcher;
 use crate::domain::{CatalogError, ModelCatalog};
 use crate::intake::amqp::{self, AmqpHandle};
 use crate::job::now_ms;
+use crate::jobs::Jobs;
 use crate::pb;
 use crate::pb::video_service_server::VideoServiceServer;
 use crate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
@@ -133,7 +134,7 @@ pub struct Application {
     meter_provider: SdkMeterProvider,
     store: Arc<SqliteStore>,
     dispatcher: Arc<Dispatcher>,
-    api: VideoApi,
+    jobs: Jobs,
     simulator: Option<SimHandle>,
     amqp: Option<AmqpHandle>,
     readiness: Readiness,
@@ -180,15 +181,21 @@ impl Application {
         );
         let draining = CancellationToken::new();
         let stop = CancellationToken::new();
-        let api = VideoApi::new(
+        let jobs = Jobs::new(
             store_dyn.clone(),
-            blobs,
+            blobs.clone(),
             catalog,
             dispatcher.clone(),
+        )
+        .with_job_max_age_ms(config.dispatcher.max_age_ms)
+        .with_metrics(telemetry.metrics.clone());
+        let api = VideoApi::new(
+            jobs.clone(),
+            store_dyn.clone(),
+            blobs,
             auth,
             config.events.chunk_bytes,
         )
-        .with_job_max_age_ms(config.dispatcher.max_age_ms)
         .with_metrics(telemetry.metrics.clone())
         .with_draining(draining.clone());
         let (listener, grpc_addr) = bind_grpc(&config).await?;
@@ -196,7 +203,7 @@ impl Application {
         let mut tasks = Tasks::default();
         // Started before anything is served, so the relay's first cursor is set before the
         // first job can be accepted.
-        let amqp = start_amqp(&config, &api, &store_dyn, &draining, &mut tasks).await?;
+        let amqp = start_amqp(&config, &jobs, &store_dyn, &draining, &mut tasks).await?;
         let gauges = StateGauges::register(&telemetry.meter, store_dyn.clone(), amqp.clone());
         let readiness = start_readiness(&config, &store_dyn, &dispatcher, amqp.as_ref());
         if let Some(handle) = &amqp {
@@ -213,7 +220,7 @@ impl Application {
         tasks.serve.push(serve_grpc(
             &config,
             listener,
-            api.clone(),
+            api,
             readiness.clone(),
             stop.clone(),
         )?);
@@ -245,7 +252,7 @@ impl Application {
             meter_provider: telemetry.provider,
             store,
             dispatcher,
-            api,
+            jobs,
             simulator,
             amqp,
             readiness,
@@ -277,9 +284,10 @@ impl Application {
         self.store.clone()
     }
 
-    /// The API (the AMQP intake shares its `accept`).
-    pub fn api(&self) -> &VideoApi {
-        &self.api
+    /// The application layer, as the gRPC service and the AMQP intake call it (benchmarks
+    /// measure `accept` without a transport).
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
     }
 
     /// The AMQP side, when `[amqp]` is configured.
@@ -515,7 +523,7 @@ async fn bind_grpc(config: &Config) -> Result<(tokio::net::TcpListener, SocketAd
 /// cursor and the next process goes on from it.
 async fn start_amqp(
     config: &Config,
-    api: &VideoApi,
+    jobs: &Jobs,
     store: &Arc<dyn JobStore>,
     draining: &CancellationToken,
     tasks: &mut Tasks,
@@ -525,7 +533,7 @@ async fn start_amqp(
     }
     let (handle, amqp_tasks) = amqp::start(
         config.amqp.clone(),
-        api.clone(),
+        jobs.clone(),
         store.clone(),
         draining.clone(),
     )

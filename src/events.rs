@@ -6,6 +6,7 @@
 //! bounded; a producer whose client does not keep up falls behind it and ends the stream with
 //! `SUBSCRIBER_LAGGED`, carrying the last sequence delivered so the client can resume. When the
 //! server stops, every stream ends the same way with `SERVER_SHUTTING_DOWN` (`UNAVAILABLE`).
+//! Those endings are [`FeedError`]s; the transport (the gRPC adapter) maps them to its terms.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,12 +14,11 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::error::ApiError;
 use crate::blob::BlobStore;
 use crate::convert;
 use crate::job::{Job, JobStatus};
 use crate::pb;
-use crate::store::{EventQuery, JobStore, StoredEvent};
+use crate::store::{EventQuery, JobStore, StoreError, StoredEvent};
 use crate::telemetry::Metrics;
 
 /// Events read from the log per query while catching up.
@@ -74,8 +74,46 @@ pub struct FeedRequest {
     pub now_sequence: Option<i64>,
 }
 
-/// Item type of a stream: what tonic sends.
-pub type FeedItem = Result<pb::VideoEvent, tonic::Status>;
+/// Item type of a stream: an event, or the error that ends the stream (its last item). The
+/// transport maps the error to its own terms (gRPC: a `Status`).
+pub type FeedItem = Result<pb::VideoEvent, FeedError>;
+
+/// Why a stream ended early. Each carries what a client needs to resume or to understand.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The server is stopping; resume after `last_sequence`.
+    #[error("the server is shutting down; resume after sequence {last_sequence}")]
+    ShuttingDown {
+        /// The last sequence delivered on this stream.
+        last_sequence: i64,
+    },
+    /// The cursor is older than the retained events.
+    #[error("after_sequence {cursor} is older than the retained events (kept from {first_kept})")]
+    CursorExpired {
+        /// The cursor.
+        cursor: i64,
+        /// The first sequence still kept.
+        first_kept: i64,
+    },
+    /// The watched video does not exist for this tenant (or was deleted).
+    #[error("video {0} not found")]
+    VideoNotFound(String),
+    /// The subscriber fell behind its bounded buffer; resume after `last_sequence`.
+    #[error("the stream fell behind; resume after sequence {last_sequence}")]
+    Lagged {
+        /// The last sequence delivered on this stream.
+        last_sequence: i64,
+    },
+    /// The store failed while the stream read it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored content could not be read; logged here under `reference`.
+    #[error("stored content unreadable (ref {reference})")]
+    ContentUnreadable {
+        /// The log reference.
+        reference: String,
+    },
+}
 
 /// Runs streams for the API.
 #[derive(Clone)]
@@ -91,7 +129,7 @@ enum Stop {
     /// The client went away, or the stream ended normally.
     Done,
     /// End the stream with this error.
-    Error(ApiError),
+    Error(FeedError),
 }
 
 impl Feed {
@@ -118,6 +156,11 @@ impl Feed {
         self
     }
 
+    /// The highest sequence now: where a `Subscribe` "from now" starts.
+    pub async fn latest_sequence(&self) -> Result<i64, FeedError> {
+        Ok(self.store.latest_sequence().await?)
+    }
+
     /// Produces the stream's events into `tx` until the client leaves, the watch ends, or an
     /// error ends it (sent as the last item).
     pub async fn pump(&self, request: FeedRequest, tx: mpsc::Sender<FeedItem>) {
@@ -134,14 +177,13 @@ impl Feed {
             _ = self.draining.cancelled() => None,
             stop = self.run(&request, rx, &tx, &mut delivered) => Some(stop),
         };
-        let stop = stop.unwrap_or(Stop::Error(ApiError::ShuttingDown {
-            last_sequence: Some(delivered),
-            next_offset: None,
+        let stop = stop.unwrap_or(Stop::Error(FeedError::ShuttingDown {
+            last_sequence: delivered,
         }));
         match stop {
             Stop::Done => {}
             Stop::Error(e) => {
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Err(e)).await;
             }
         }
     }
@@ -158,7 +200,7 @@ impl Feed {
         if request.after_sequence > 0 {
             match self.store.pruned_through().await {
                 Ok(pruned) if request.after_sequence < pruned => {
-                    return Stop::Error(ApiError::CursorExpired {
+                    return Stop::Error(FeedError::CursorExpired {
                         cursor: request.after_sequence,
                         first_kept: pruned + 1,
                     });
@@ -170,7 +212,7 @@ impl Feed {
             // WatchVideo from now: the current state first.
             let job = match self.store.get(id).await {
                 Ok(Some(job)) if job.tenant == filter.tenant && !job.is_deleted() => job,
-                Ok(_) => return Stop::Error(ApiError::VideoNotFound(id.clone())),
+                Ok(_) => return Stop::Error(FeedError::VideoNotFound(id.clone())),
                 Err(e) => return Stop::Error(e.into()),
             };
             seen = job.last_sequence;
@@ -244,7 +286,7 @@ impl Feed {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Stop::Error(ApiError::SubscriberLagged {
+                    return Stop::Error(FeedError::Lagged {
                         last_sequence: *delivered,
                     });
                 }
@@ -321,7 +363,7 @@ impl Feed {
             Err(e) => {
                 let reference = uuid::Uuid::now_v7().simple().to_string();
                 tracing::error!(job_id = %job.id, error = %e, reference = %reference, "stored content unreadable");
-                return Some(Stop::Error(ApiError::Internal(reference)));
+                return Some(Stop::Error(FeedError::ContentUnreadable { reference }));
             }
         };
         let mut offset = 0i64;
@@ -331,7 +373,7 @@ impl Feed {
                 Err(e) => {
                     let reference = uuid::Uuid::now_v7().simple().to_string();
                     tracing::error!(job_id = %job.id, error = %e, reference = %reference, "stored content unreadable");
-                    return Some(Stop::Error(ApiError::Internal(reference)));
+                    return Some(Stop::Error(FeedError::ContentUnreadable { reference }));
                 }
             };
             let len = data.len() as i64;

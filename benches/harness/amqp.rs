@@ -11,7 +11,7 @@
 //! The clock runs from the moment the consumer is registered until the N-th message is acked
 //! (bare) or stored (intake: the ack follows the commit at once). Rounds alternate which side
 //! is queued and drained first; the table shows the median round of each. A third figure,
-//! `VideoApi::accept` alone without a broker, is the store-bound ceiling of the intake.
+//! `Jobs::accept` alone without a broker, is the store-bound ceiling of the intake.
 //!
 //! The broker is `VIDGATE_TEST_AMQP_URL` (else `VIDGATE_AMQP_URL`, else
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`); the queue and exchanges get unique names and are
@@ -27,11 +27,11 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use vidgate::api::auth::{AuthConfig, AuthMode, Tenant};
-use vidgate::api::service::IntakeOrigin;
 use vidgate::app::Application;
 use vidgate::config::{Config, UpstreamMode};
 use vidgate::intake::amqp::config::DEFAULT_PREFETCH;
 use vidgate::intake::amqp::{AmqpConfig, topology};
+use vidgate::jobs::IntakeOrigin;
 use vidgate::pb;
 
 use crate::Row;
@@ -202,7 +202,7 @@ async fn intake(amqp: &AmqpConfig, n: usize, round: usize) -> Result<f64, String
     result
 }
 
-/// The store path alone: `VideoApi::accept` (the one intake path, as gRPC and AMQP use it) for
+/// The store path alone: `Jobs::accept` (the one intake path, as gRPC and AMQP use it) for
 /// `n` requests, `concurrency` at a time, on a fresh app without AMQP; the seconds taken. This
 /// is the ceiling of the intake: what is left once the broker is out of the picture.
 async fn accept_only(n: usize, concurrency: usize, round: usize) -> Result<f64, String> {
@@ -213,7 +213,7 @@ async fn accept_only(n: usize, concurrency: usize, round: usize) -> Result<f64, 
     let app = Application::build(app_config(&data_dir)?)
         .await
         .map_err(|e| format!("vidgate did not start: {e}"))?;
-    let api = app.api().clone();
+    let api = app.jobs().clone();
     let tenant = Tenant("bench".into());
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -371,7 +371,7 @@ async fn run() -> Result<Vec<Row>, String> {
         ));
         rows.push(
             Row::custom(
-                "AMQP: `VideoApi::accept` alone, no broker (the store's ceiling)",
+                "AMQP: `Jobs::accept` alone, no broker (the store's ceiling)",
                 format!("{accept_rate:.0}/s"),
                 format!("{bare_rate:.0}/s"),
                 format!("{:.1}%", accept_rate / bare_rate * 100.0),

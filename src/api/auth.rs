@@ -7,6 +7,8 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use super::error::ApiError;
+// Re-exported: the tenant is the application layer's notion; here is where a token names it.
+pub use crate::domain::{Tenant, valid_tenant};
 
 /// The tenant every caller gets in `none` mode (local use and the demo only).
 pub const DEFAULT_NO_AUTH_TENANT: &str = "local";
@@ -87,19 +89,6 @@ pub enum AuthConfigError {
     )]
     NoTokens,
 }
-
-/// Whether a tenant name is usable (also as an AMQP routing-key word).
-pub fn valid_tenant(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// The caller's tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tenant(pub String);
 
 /// Maps bearer tokens to tenants.
 #[derive(Debug, Clone)]

@@ -1,4 +1,5 @@
-//! The API layer's errors and their one mapping to gRPC `Status` with `google.rpc` details.
+//! The gRPC adapter's errors (its own, and the application layer's and the event feed's as
+//! they reach it) and their one mapping to gRPC `Status` with `google.rpc` details.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,7 +7,9 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation as RpcViolation, StatusExt};
 
-use crate::domain::{FieldViolation, ValidationError};
+use crate::domain::FieldViolation;
+use crate::events::FeedError;
+use crate::jobs::JobsError;
 use crate::store::StoreError;
 
 /// `ErrorInfo.domain` of every vidgate error.
@@ -22,10 +25,10 @@ pub const SHUTDOWN_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// secret or a raw internal error.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The request breaks contract rules (every violation listed).
-    #[error("{0}")]
-    InvalidVideoRequest(ValidationError),
-    /// A plain argument is wrong (page size, page token, offsets).
+    /// Refused by the application layer (accept, get, list, cancel, delete, retry).
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+    /// A plain argument of a stream or download is wrong (offsets, cursor, variant).
     #[error("{field}: {description}")]
     InvalidArgument {
         /// The field.
@@ -39,19 +42,6 @@ pub enum ApiError {
     /// A token that maps to no tenant.
     #[error("invalid credentials: the bearer token is not known")]
     InvalidCredentials,
-    /// No such video for this tenant (also another tenant's video).
-    #[error("video {0} not found")]
-    VideoNotFound(String),
-    /// Same `request_id`, different request.
-    #[error(
-        "request_id {request_id:?} was already used for a different request (video {existing_id}); use a new request_id for a new request"
-    )]
-    RequestIdReused {
-        /// The key.
-        request_id: String,
-        /// The video it names.
-        existing_id: String,
-    },
     /// Download of a video that is not completed.
     #[error("video {id} is {status}, not completed: there is no content to download yet")]
     VideoNotCompleted {
@@ -60,42 +50,6 @@ pub enum ApiError {
         /// Its status.
         status: &'static str,
     },
-    /// Cancel of a finished video.
-    #[error("video {id} is already {status} and cannot be cancelled")]
-    VideoAlreadyFinished {
-        /// The video.
-        id: String,
-        /// Its status.
-        status: &'static str,
-    },
-    /// Retry of a video that did not fail, or failed for a reason that sending the same request
-    /// again cannot cure.
-    #[error(
-        "video {id} cannot be retried: {why}. RetryVideo sends again only a FAILED video whose error is retryable (such as UPSTREAM_OUTCOME_UNKNOWN), with accept_possible_duplicate_charge = true"
-    )]
-    VideoNotRetryable {
-        /// The video.
-        id: String,
-        /// Its status.
-        status: &'static str,
-        /// Its failure reason, if it failed.
-        video_reason: Option<&'static str>,
-        /// What stands in the way, for people.
-        why: String,
-    },
-    /// Retry without the caller's consent to a possible second charge.
-    #[error(
-        "video {id} failed with {video_reason}: its earlier attempt may exist upstream and be billed, so sending it again may bill a second generation; set accept_possible_duplicate_charge = true to accept that and retry"
-    )]
-    DuplicateChargeNotAccepted {
-        /// The video.
-        id: String,
-        /// Its failure reason.
-        video_reason: &'static str,
-    },
-    /// The video changed under a write twice in a row (a bounded re-check, not a loop).
-    #[error("video {0} changed while this request was applied; read it again and decide anew")]
-    VideoChanged(String),
     /// `read_offset` past the end.
     #[error("read_offset {offset} is past the end of the content ({size} bytes)")]
     OffsetOutOfRange {
@@ -123,9 +77,6 @@ pub enum ApiError {
         /// The last sequence delivered on this stream.
         last_sequence: i64,
     },
-    /// The store cannot be reached.
-    #[error("the job store is unavailable; retry shortly")]
-    StoreUnavailable,
     /// The server is stopping: new calls are refused and open streams end, naming where to
     /// resume (`last_sequence` for event streams, `next_offset` for downloads).
     #[error("the server is shutting down; reconnect and {}", resume_hint(*.last_sequence, *.next_offset))]
@@ -134,17 +85,6 @@ pub enum ApiError {
         last_sequence: Option<i64>,
         /// `DownloadVideo`: the offset of the first byte not sent.
         next_offset: Option<i64>,
-    },
-    /// A cancel or delete is recorded, but the job's owner did not apply it in time (it will):
-    /// asking again is harmless.
-    #[error(
-        "the {request} of video {id} is recorded and will be applied by the dispatcher step that holds the video; call again to learn the outcome"
-    )]
-    RequestPending {
-        /// The video.
-        id: String,
-        /// `cancel` or `delete`.
-        request: &'static str,
     },
     /// A message too large for its field (e.g. the request as a whole).
     #[error("{0}")]
@@ -158,24 +98,16 @@ impl ApiError {
     /// The stable `ErrorInfo.reason`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidVideoRequest(ValidationError::UnknownModel { .. }) => "UNKNOWN_MODEL",
-            Self::InvalidVideoRequest(_) | Self::InvalidArgument { .. } => "INVALID_VIDEO_REQUEST",
+            Self::Jobs(e) => e.reason(),
+            Self::InvalidArgument { .. } => "INVALID_VIDEO_REQUEST",
             Self::MissingCredentials => "MISSING_CREDENTIALS",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
-            Self::VideoNotFound(_) => "VIDEO_NOT_FOUND",
-            Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Self::VideoNotCompleted { .. } => "VIDEO_NOT_COMPLETED",
-            Self::VideoAlreadyFinished { .. } => "VIDEO_ALREADY_FINISHED",
-            Self::VideoNotRetryable { .. } => "VIDEO_NOT_RETRYABLE",
-            Self::DuplicateChargeNotAccepted { .. } => "DUPLICATE_CHARGE_NOT_ACCEPTED",
-            Self::VideoChanged(_) => "VIDEO_CHANGED",
             Self::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
             Self::LastFrameNotAvailable(_) => "LAST_FRAME_NOT_AVAILABLE",
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
-            Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
-            Self::RequestPending { .. } => "REQUEST_PENDING",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -183,28 +115,23 @@ impl ApiError {
 
     fn code(&self) -> Code {
         match self {
-            Self::InvalidVideoRequest(_) | Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::Jobs(e) => jobs_code(e),
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::MissingCredentials | Self::InvalidCredentials => Code::Unauthenticated,
-            Self::VideoNotFound(_) | Self::LastFrameNotAvailable(_) => Code::NotFound,
-            Self::RequestIdReused { .. } => Code::AlreadyExists,
-            Self::VideoNotCompleted { .. }
-            | Self::VideoAlreadyFinished { .. }
-            | Self::VideoNotRetryable { .. }
-            | Self::DuplicateChargeNotAccepted { .. } => Code::FailedPrecondition,
+            Self::LastFrameNotAvailable(_) => Code::NotFound,
+            Self::VideoNotCompleted { .. } => Code::FailedPrecondition,
             Self::OffsetOutOfRange { .. } | Self::CursorExpired { .. } => Code::OutOfRange,
-            Self::SubscriberLagged { .. } | Self::VideoChanged(_) => Code::Aborted,
-            Self::StoreUnavailable | Self::ShuttingDown { .. } | Self::RequestPending { .. } => {
-                Code::Unavailable
-            }
+            Self::SubscriberLagged { .. } => Code::Aborted,
+            Self::ShuttingDown { .. } => Code::Unavailable,
             Self::MessageTooLarge(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
     }
 
-    /// Field violations of an input error, for `BadRequest` (and AMQP rejections).
+    /// Field violations of an input error, for `BadRequest`.
     pub fn violations(&self) -> Vec<FieldViolation> {
         match self {
-            Self::InvalidVideoRequest(e) => e.field_violations(),
+            Self::Jobs(e) => e.violations(),
             _ => Vec::new(),
         }
     }
@@ -218,32 +145,53 @@ fn resume_hint(last_sequence: Option<i64>, next_offset: Option<i64>) -> String {
     }
 }
 
-impl From<ValidationError> for ApiError {
-    fn from(e: ValidationError) -> Self {
-        Self::InvalidVideoRequest(e)
+/// The application layer's refusals in gRPC's terms: the code of each.
+fn jobs_code(e: &JobsError) -> Code {
+    match e {
+        JobsError::InvalidVideoRequest(_) | JobsError::InvalidArgument { .. } => {
+            Code::InvalidArgument
+        }
+        JobsError::VideoNotFound(_) => Code::NotFound,
+        JobsError::RequestIdReused { .. } => Code::AlreadyExists,
+        JobsError::VideoAlreadyFinished { .. }
+        | JobsError::VideoNotRetryable { .. }
+        | JobsError::DuplicateChargeNotAccepted { .. } => Code::FailedPrecondition,
+        JobsError::VideoChanged(_) => Code::Aborted,
+        JobsError::StoreUnavailable | JobsError::RequestPending { .. } => Code::Unavailable,
+        JobsError::Internal(_) => Code::Internal,
     }
 }
 
+/// Store errors met by the adapter itself (stream cursors) read as the application layer
+/// reads them: one classification of store failures.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        Self::Jobs(e.into())
+    }
+}
+
+/// So a handler can `?` an application-layer result straight into its `Status`.
+impl From<JobsError> for Status {
+    fn from(e: JobsError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+/// How a stream of the event feed ends, in gRPC's terms.
+impl From<FeedError> for ApiError {
+    fn from(e: FeedError) -> Self {
         match e {
-            StoreError::RequestIdReused {
-                request_id,
-                existing_id,
-            } => Self::RequestIdReused {
-                request_id,
-                existing_id,
+            FeedError::ShuttingDown { last_sequence } => Self::ShuttingDown {
+                last_sequence: Some(last_sequence),
+                next_offset: None,
             },
-            StoreError::NotFound(id) => Self::VideoNotFound(id),
-            StoreError::Unavailable(detail) => {
-                tracing::error!(error = %detail, "job store unavailable");
-                Self::StoreUnavailable
+            FeedError::CursorExpired { cursor, first_kept } => {
+                Self::CursorExpired { cursor, first_kept }
             }
-            other => {
-                let reference = uuid::Uuid::now_v7().simple().to_string();
-                tracing::error!(error = %other, reference = %reference, "store error");
-                Self::Internal(reference)
-            }
+            FeedError::VideoNotFound(id) => Self::Jobs(JobsError::VideoNotFound(id)),
+            FeedError::Lagged { last_sequence } => Self::SubscriberLagged { last_sequence },
+            FeedError::Store(e) => e.into(),
+            FeedError::ContentUnreadable { reference } => Self::Internal(reference),
         }
     }
 }
@@ -266,23 +214,23 @@ impl From<ApiError> for Status {
             } => {
                 metadata.insert("next_offset".to_owned(), offset.to_string());
             }
-            ApiError::RequestIdReused { existing_id, .. } => {
+            ApiError::Jobs(JobsError::RequestIdReused { existing_id, .. }) => {
                 metadata.insert("existing_video_id".to_owned(), existing_id.clone());
             }
             ApiError::CursorExpired { first_kept, .. } => {
                 metadata.insert("first_kept_sequence".to_owned(), first_kept.to_string());
             }
-            ApiError::VideoNotRetryable {
+            ApiError::Jobs(JobsError::VideoNotRetryable {
                 status,
                 video_reason,
                 ..
-            } => {
+            }) => {
                 metadata.insert("video_status".to_owned(), (*status).to_owned());
                 if let Some(reason) = video_reason {
                     metadata.insert("video_reason".to_owned(), (*reason).to_owned());
                 }
             }
-            ApiError::DuplicateChargeNotAccepted { video_reason, .. } => {
+            ApiError::Jobs(JobsError::DuplicateChargeNotAccepted { video_reason, .. }) => {
                 metadata.insert("video_reason".to_owned(), (*video_reason).to_owned());
                 metadata.insert(
                     "required_field".to_owned(),
@@ -293,7 +241,8 @@ impl From<ApiError> for Status {
         }
         details.set_error_info(e.reason(), ERROR_DOMAIN, metadata);
         let violations: Vec<RpcViolation> = match &e {
-            ApiError::InvalidArgument { field, description } => {
+            ApiError::InvalidArgument { field, description }
+            | ApiError::Jobs(JobsError::InvalidArgument { field, description }) => {
                 vec![RpcViolation::new(*field, description.clone())]
             }
             _ => e
@@ -310,7 +259,7 @@ impl From<ApiError> for Status {
             details.set_bad_request(violations);
         }
         match &e {
-            ApiError::StoreUnavailable | ApiError::RequestPending { .. } => {
+            ApiError::Jobs(JobsError::StoreUnavailable | JobsError::RequestPending { .. }) => {
                 details.set_retry_info(Some(STORE_RETRY_AFTER));
             }
             ApiError::ShuttingDown { .. } => {

@@ -13,6 +13,7 @@ mod catalog;
 mod expected;
 mod request;
 mod spec;
+mod tenant;
 mod violation;
 
 pub use catalog::{
@@ -31,4 +32,5 @@ pub use spec::{
     MAX_GENERIC_SECONDS_CHARS, MAX_PROMPT_CHARS, MAX_URL_CHARS, SeedanceItem, SeedanceItemKind,
     SeedanceSpec, SpecParams, VeoSpec, VideoSpec,
 };
+pub use tenant::{Tenant, valid_tenant};
 pub use violation::{FieldViolation, ValidationError, rule};

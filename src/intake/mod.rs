@@ -1,5 +1,5 @@
 //! Intakes other than gRPC: transports that turn messages into jobs through the same
-//! [`crate::api::service::VideoApi::accept`] path (validation, idempotency, durable insert),
+//! [`crate::jobs::Jobs::accept`] path (validation, idempotency, durable insert),
 //! and publish job events back.
 //!
 //! [`amqp`]: RabbitMQ (lapin 4): a supervised consumer of the jobs queue that acks only after

@@ -9,7 +9,7 @@ use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 use serde::Deserialize;
 
-use crate::api::auth::{Tenant, valid_tenant};
+use crate::domain::{Tenant, valid_tenant};
 
 /// The environment variable that sets `amqp.url` (and so turns the AMQP side on).
 pub const URL_ENV: &str = "VIDGATE_AMQP_URL";

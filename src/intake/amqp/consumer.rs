@@ -1,5 +1,5 @@
 //! The intake: a supervised consumer of the jobs queue that hands each message to
-//! [`VideoApi::accept`] and acks only after the job is durably stored.
+//! [`Jobs::accept`] and acks only after the job is durably stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +20,10 @@ use tokio_util::sync::CancellationToken;
 use super::config::AmqpConfig;
 use super::headers::{self, Extractor};
 use super::{AmqpStatus, Backoff, connect, pause, recover, topology};
-use crate::api::error::ApiError;
-use crate::api::service::{Intake as IntakeKind, IntakeOrigin, RULE_ENVELOPE, VideoApi};
 use crate::convert;
 use crate::domain::FieldViolation;
 use crate::job::now_ms;
+use crate::jobs::{Intake as IntakeKind, IntakeOrigin, Jobs, JobsError, RULE_ENVELOPE};
 use crate::pb;
 use crate::telemetry::propagation::{self, set_remote_parent};
 use tracing::Instrument;
@@ -64,7 +63,7 @@ pub(crate) const PERSISTENT: u8 = 2;
 /// The supervised intake.
 pub(crate) struct Intake {
     config: Arc<AmqpConfig>,
-    api: VideoApi,
+    jobs: Jobs,
     status: Arc<watch::Sender<AmqpStatus>>,
     shutdown: CancellationToken,
 }
@@ -93,13 +92,13 @@ pub(crate) fn short(value: &str) -> ShortString {
 impl Intake {
     pub(crate) fn new(
         config: Arc<AmqpConfig>,
-        api: VideoApi,
+        jobs: Jobs,
         status: Arc<watch::Sender<AmqpStatus>>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             config,
-            api,
+            jobs,
             status,
             shutdown,
         }
@@ -209,7 +208,7 @@ impl Intake {
         let rebuild = CancellationToken::new();
         let handler = Arc::new(Handler {
             config: config.clone(),
-            api: self.api.clone(),
+            jobs: self.jobs.clone(),
             publisher,
             status: self.status.clone(),
             rebuild: rebuild.clone(),
@@ -323,9 +322,11 @@ impl Rejection {
         }
     }
 
-    fn from_api(error: &ApiError) -> Self {
+    /// The application layer's refusal as a dead-letter reason: the same stable reason and
+    /// message gRPC gives.
+    fn from_jobs(error: &JobsError) -> Self {
         let mut violations = error.violations();
-        if let ApiError::InvalidArgument { field, description } = error {
+        if let JobsError::InvalidArgument { field, description } = error {
             violations.push(FieldViolation {
                 field: (*field).to_owned(),
                 rule: RULE_ENVELOPE.to_owned(),
@@ -371,7 +372,7 @@ enum Decision {
 /// Handles deliveries of one session.
 struct Handler {
     config: Arc<AmqpConfig>,
-    api: VideoApi,
+    jobs: Jobs,
     publisher: Channel,
     status: Arc<watch::Sender<AmqpStatus>>,
     /// Cancelled when the publishing channel is closed for good (e.g. by a broker error):
@@ -506,15 +507,15 @@ impl Handler {
             reply_to: non_empty(properties.reply_to()),
             correlation_id: non_empty(properties.correlation_id()),
         };
-        match self.api.accept(&tenant, request, origin).await {
+        match self.jobs.accept(&tenant, request, origin).await {
             Ok((_, new)) => Decision::Stored { new },
-            Err(ApiError::StoreUnavailable) => {
+            Err(JobsError::StoreUnavailable) => {
                 Decision::Retry("the job store is unavailable".into())
             }
             // A store error vidgate did not expect (logged with a reference where it
             // happened); requeue: the delivery limit ends a message that always fails.
-            Err(e @ ApiError::Internal(_)) => Decision::Retry(e.to_string()),
-            Err(e) => Decision::Reject(Rejection::from_api(&e)),
+            Err(e @ JobsError::Internal(_)) => Decision::Retry(e.to_string()),
+            Err(e) => Decision::Reject(Rejection::from_jobs(&e)),
         }
     }
 

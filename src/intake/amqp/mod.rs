@@ -4,7 +4,7 @@
 //! # Intake ([`consumer`])
 //!
 //! One connection (`<connection_name>-intake`) with a consuming channel (QoS = `prefetch`) and a
-//! publishing channel in confirm mode. Each delivery goes through [`VideoApi::accept`], the same
+//! publishing channel in confirm mode. Each delivery goes through [`crate::jobs::Jobs::accept`], the same
 //! path as gRPC `CreateVideo` (validation, idempotency by `message_id`, durable group commit):
 //!
 //! - stored (new or an idempotent repeat) -> `basic.ack`, only after the commit;
@@ -74,7 +74,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::service::VideoApi;
+use crate::jobs::Jobs;
 use crate::store::{JobStore, StoreError};
 use crate::telemetry::readiness::Check;
 
@@ -184,7 +184,7 @@ impl AmqpHandle {
 /// start publishes every event from now on and none from before.
 pub async fn start(
     config: AmqpConfig,
-    api: VideoApi,
+    jobs: Jobs,
     store: Arc<dyn JobStore>,
     shutdown: CancellationToken,
 ) -> Result<(AmqpHandle, Vec<JoinHandle<()>>), StoreError> {
@@ -205,7 +205,7 @@ pub async fn start(
         tasks.push(tokio::spawn(relay.run()));
     }
     if config.intake {
-        let intake = consumer::Intake::new(config.clone(), api, status.clone(), shutdown.clone());
+        let intake = consumer::Intake::new(config.clone(), jobs, status.clone(), shutdown.clone());
         tasks.push(tokio::spawn(intake.run()));
     }
     tracing::info!(

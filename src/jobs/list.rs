@@ -1,0 +1,145 @@
+//! Listing a tenant's videos a page at a time (AIP-158), with opaque page tokens bound to the
+//! filters they were issued for.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use super::{Jobs, JobsError};
+use crate::convert;
+use crate::domain::Tenant;
+use crate::job::{Job, JobStatus};
+use crate::pb;
+use crate::store::ListQuery;
+
+/// AIP-158: page size when the caller gives 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// AIP-158: larger page sizes are lowered to this.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// One page of a tenant's videos.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The videos, newest first.
+    pub jobs: Vec<Job>,
+    /// Where the next page starts; empty on the last page.
+    pub next_page_token: String,
+}
+
+impl Jobs {
+    /// A page of the tenant's videos that match `req`'s filters.
+    pub async fn list(
+        &self,
+        tenant: &Tenant,
+        req: &pb::ListVideosRequest,
+    ) -> Result<Page, JobsError> {
+        let page_size = match req.page_size {
+            n if n < 0 => {
+                return Err(JobsError::InvalidArgument {
+                    field: "page_size",
+                    description: format!(
+                        "page_size must be 0 (= {DEFAULT_PAGE_SIZE}) or positive (got {n})"
+                    ),
+                });
+            }
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as u32).min(MAX_PAGE_SIZE),
+        };
+        let statuses = parse_statuses(&req.statuses)?;
+
+        let filters = filter_hash(req);
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let raw = URL_SAFE_NO_PAD
+                .decode(req.page_token.as_bytes())
+                .map_err(|_| bad_token())?;
+            let token: PageToken = serde_json::from_slice(&raw).map_err(|_| bad_token())?;
+            if token.f != filters {
+                return Err(bad_token());
+            }
+            Some((token.t, token.i))
+        };
+        let mut jobs = self
+            .store
+            .list(&ListQuery {
+                tenant: tenant.0.clone(),
+                statuses,
+                model: (!req.model.is_empty()).then(|| req.model.clone()),
+                labels: req.labels.clone(),
+                after,
+                limit: page_size + 1,
+            })
+            .await?;
+        let next_page_token = if jobs.len() > page_size as usize {
+            jobs.truncate(page_size as usize);
+            let last = jobs
+                .last()
+                .ok_or_else(|| JobsError::Internal("empty page".into()))?;
+            let token = PageToken {
+                t: last.create_time_ms,
+                i: last.id.clone(),
+                f: filters,
+            };
+            let json =
+                serde_json::to_vec(&token).map_err(|e| JobsError::Internal(e.to_string()))?;
+            URL_SAFE_NO_PAD.encode(json)
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            jobs,
+            next_page_token,
+        })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PageToken {
+    t: i64,
+    i: String,
+    f: String,
+}
+
+fn filter_hash(req: &pb::ListVideosRequest) -> String {
+    let mut h = Sha256::new();
+    for s in &req.statuses {
+        h.update(s.to_le_bytes());
+    }
+    h.update(b"|");
+    h.update(req.model.as_bytes());
+    for (k, v) in &req.labels {
+        h.update(b"|");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+fn bad_token() -> JobsError {
+    JobsError::InvalidArgument {
+        field: "page_token",
+        description:
+            "page_token must be a next_page_token this server returned for the same filters".into(),
+    }
+}
+
+/// Wire statuses to job statuses; UNSPECIFIED or unknown numbers are refused by position.
+pub fn parse_statuses(statuses: &[i32]) -> Result<Vec<JobStatus>, JobsError> {
+    statuses
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            pb::VideoStatus::try_from(*s)
+                .ok()
+                .and_then(convert::status_from_pb)
+                .ok_or_else(|| JobsError::InvalidArgument {
+                    field: "statuses",
+                    description: format!(
+                        "statuses[{i}] = {s} is not a video status (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)"
+                    ),
+                })
+        })
+        .collect()
+}
