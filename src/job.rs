@@ -279,6 +279,16 @@ impl Record {
     }
 }
 
+/// Why a create went back to pending ([`Job::submit_not_taken`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotTaken {
+    /// It was never sent (a 429 pause began while it was being marked): no attempt spent.
+    NeverSent,
+    /// It was sent and failed (a 429, a refused connection, an unknown outcome resent by
+    /// policy): one more attempt, which lengthens the backoff.
+    Failed,
+}
+
 /// A transition the job's stage does not allow (a bug in the caller, or a stale copy).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("job {id}: cannot {action} while it is {stage}")]
@@ -494,19 +504,19 @@ impl Job {
         Ok(Record::Quiet)
     }
 
-    /// Submitting -> pending: nothing was sent (or upstream certainly did not take it); due
-    /// again at `retry_at`. `failed_attempt` counts it towards the backoff.
+    /// Submitting -> pending: nothing was sent, or upstream certainly did not take it (or the
+    /// policy resends unknown outcomes); due again at `retry_at`.
     pub fn submit_not_taken(
         &mut self,
         now: i64,
         retry_at: i64,
-        failed_attempt: bool,
+        why: NotTaken,
     ) -> Result<Record, TransitionError> {
         if self.stage != Stage::Submitting {
             return Err(self.refuse("take back a submit"));
         }
         self.stage = Stage::Pending;
-        if failed_attempt {
+        if why == NotTaken::Failed {
             self.progress.attempts += 1;
         }
         self.progress.next_action_ms = Some(retry_at);

@@ -10,9 +10,9 @@
 //! | [`api`] | the gRPC adapter: `VideoService` over [`jobs`] and [`events`], bearer-token tenants, the one mapping of errors to `Status`, gRPC health over readiness |
 //! | [`intake`] | the AMQP adapter: job messages into [`jobs::Jobs::accept`] (ack after commit, dead letters with reasons), and the outbox relay publishing events |
 //! | [`jobs`] | the application layer, transport-neutral: accept, get, list, cancel, delete, retry, and their one error enum [`jobs::JobsError`] |
-//! | [`dispatcher`] | job progress, a file per phase: submit once, poll politely, download and verify once |
+//! | [`dispatcher`] | job progress, a file per phase: claims due jobs with a lease (one writer per job, recorded in the store), submits once, polls politely, downloads and verifies once, applies cancel/delete requests recorded for the jobs it holds |
 //! | [`events`] | fan-out of the event log to live streams, bounded, resumable by cursor; its own [`events::FeedError`] |
-//! | [`store`] | jobs, idempotency keys and the event log behind [`store::JobStore`]; SQLite embedded |
+//! | [`store`] | jobs, idempotency keys, leases and owner requests, and the event log behind [`store::JobStore`]; SQLite embedded |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
 //! | [`upstream::sim`] | a faithful simulator of the upstream for tests, benchmarks and the no-key demo |

@@ -2,7 +2,7 @@
 //! what an unknown outcome means (ARCHITECTURE.md, "No double spend").
 
 use super::{Dispatcher, Owned, StepError, UnknownCreatePolicy};
-use crate::job::{FailureReason, Job, Record, now_ms};
+use crate::job::{FailureReason, Job, NotTaken, Record, now_ms};
 use crate::store::LeaseEnd;
 use crate::upstream::request::create_body;
 use crate::upstream::{CreateFailure, UpstreamError, UpstreamState};
@@ -68,7 +68,8 @@ impl Dispatcher {
             let mut job = submitting;
             let wait = until.saturating_duration_since(tokio::time::Instant::now());
             let now = now_ms();
-            let record = job.submit_not_taken(now, now + wait.as_millis() as i64, false)?;
+            let record =
+                job.submit_not_taken(now, now + wait.as_millis() as i64, NotTaken::NeverSent)?;
             self.save(owned, job, record, LeaseEnd::Release).await?;
             return Ok(());
         }
@@ -95,7 +96,7 @@ impl Dispatcher {
                     let mut job = submitting;
                     let now = now_ms();
                     let delay = self.retry_delay(job.attempts() + 1, &e) as i64;
-                    let record = job.submit_not_taken(now, now + delay, true)?;
+                    let record = job.submit_not_taken(now, now + delay, NotTaken::Failed)?;
                     tracing::info!(job_id = %job.id, error = %e, "create not taken by upstream; will send it again");
                     self.metrics.retry("create");
                     self.save(owned, job, record, LeaseEnd::Release).await?;
@@ -132,7 +133,7 @@ impl Dispatcher {
                 let mut job = job;
                 let now = now_ms();
                 let delay = self.backoff(job.attempts() + 1) as i64;
-                let record = job.submit_not_taken(now, now + delay, true)?;
+                let record = job.submit_not_taken(now, now + delay, NotTaken::Failed)?;
                 tracing::warn!(job_id = %job.id, why = %why, "create outcome unknown; resubmitting as configured (on_unknown_create = resubmit): upstream may generate and bill it twice");
                 self.metrics.retry("create");
                 self.save(owned, job, record, LeaseEnd::Release).await?;
