@@ -146,6 +146,11 @@ impl Dispatcher {
         let mut tasks = JoinSet::new();
         loop {
             self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+            // A finished step keeps its whole task (the size of its future, kilobytes) until it
+            // is joined: join every finished one each turn, not one per turn, or with thousands
+            // of jobs in flight they pile up faster than turns take them (scenario 3 held
+            // ~200 MB of finished steps when a turn's claim waited for a commit).
+            while tasks.try_join_next().is_some() {}
             let spawned = match self.spawn_due(&mut tasks).await {
                 Ok(n) => n,
                 Err(e) => {
