@@ -403,6 +403,23 @@ impl Config {
                 "must be at least 1 (milliseconds)".into(),
             );
         }
+        if self.dispatcher.lease_ms == 0 {
+            return invalid(
+                "dispatcher.lease_ms",
+                "must be at least 1 (milliseconds)".into(),
+            );
+        }
+        // A create still unanswered when its submit lease ends is taken for crashed and failed
+        // as an unknown outcome: the lease must outlast the request it covers.
+        if self.dispatcher.submit_lease_ms <= self.upstream.request_timeout_ms {
+            return invalid(
+                "dispatcher.submit_lease_ms",
+                format!(
+                    "must be longer than upstream.request_timeout_ms ({} ms), or a slow create is failed as an unknown outcome while it is still on the wire (got {} ms)",
+                    self.upstream.request_timeout_ms, self.dispatcher.submit_lease_ms
+                ),
+            );
+        }
         if self.storage.max_batch == 0 {
             return invalid("storage.max_batch", "must be at least 1".into());
         }
@@ -468,6 +485,23 @@ mod tests {
         c.validate().unwrap();
         assert!(c.uses_simulator());
         assert_eq!(c.server.max_create_message_bytes, 12 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_submit_lease_not_longer_than_the_request_timeout_is_refused_naming_both() {
+        let mut c = Config::default();
+        c.upstream.request_timeout_ms = 5_000;
+        c.dispatcher.submit_lease_ms = 5_000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("dispatcher.submit_lease_ms") && e.contains("upstream.request_timeout_ms"),
+            "{e}"
+        );
+        c.dispatcher.submit_lease_ms = 5_001;
+        c.validate().unwrap();
+        c.dispatcher.lease_ms = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("dispatcher.lease_ms"), "{e}");
     }
 
     #[test]

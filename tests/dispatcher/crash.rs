@@ -52,7 +52,7 @@ data_dir = "{data}"
 [upstream]
 mode = "real"
 base_url = "{base}"
-request_timeout_ms = 5000
+request_timeout_ms = 3000
 
 [upstream.limits]
 requests_per_second = 1000
