@@ -97,6 +97,17 @@ impl BlobStore {
         Ok(meta.size)
     }
 
+    /// Removes a deleted job's stored video and last frame, if it has any. A failure is logged,
+    /// not returned: the job is deleted either way, and a leftover blob only costs space.
+    pub async fn delete_content(&self, job: &crate::job::Job) {
+        let Some(c) = job.content() else { return };
+        for key in std::iter::once(c.blob_key.as_str()).chain(c.last_frame_key.as_deref()) {
+            if let Err(e) = self.delete(key).await {
+                tracing::warn!(job_id = %job.id, error = %e, "stored content not removed");
+            }
+        }
+    }
+
     /// Deletes a blob; a missing one is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         match self.store.delete(&ObjectPath::from(key)).await {

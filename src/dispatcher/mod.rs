@@ -378,25 +378,13 @@ impl Dispatcher {
         if let Some(request) = saved.applied {
             tracing::info!(job_id = %saved.job.id, request = request.as_str(), status = saved.job.status().as_str(), "request applied by the job's owner");
             if request == OwnerRequest::Delete {
-                self.delete_content(&saved.job).await;
+                self.blobs.delete_content(&saved.job).await;
             }
         }
         if ends || (saved.applied.is_some() && saved.job.is_terminal()) {
             self.metrics.job_finished(&saved.job);
         }
         Ok(saved)
-    }
-
-    /// Removes a deleted job's stored video and last frame (a failure is logged: the job is
-    /// deleted either way).
-    async fn delete_content(&self, job: &Job) {
-        if let Some(c) = job.content() {
-            for key in std::iter::once(c.blob_key.as_str()).chain(c.last_frame_key.as_deref()) {
-                if let Err(e) = self.blobs.delete(key).await {
-                    tracing::warn!(job_id = %job.id, error = %e, "stored content not removed");
-                }
-            }
-        }
     }
 }
 

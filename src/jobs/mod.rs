@@ -180,34 +180,29 @@ impl Jobs {
     /// upstream task, if any, may still run), or `VIDEO_ALREADY_FINISHED` naming how it ended
     /// first.
     pub async fn cancel(&self, tenant: &Tenant, id: &str) -> Result<Job, JobsError> {
-        let (job, applied) = self.request(tenant, id, OwnerRequest::Cancel).await?;
-        if !applied {
-            return Err(JobsError::VideoAlreadyFinished {
+        match self.request(tenant, id, OwnerRequest::Cancel).await? {
+            Settled::Here(job) | Settled::ByOwner(job) => Ok(job),
+            Settled::NotApplied(job) => Err(JobsError::VideoAlreadyFinished {
                 id: id.to_owned(),
                 status: job.status().as_str(),
-            });
+            }),
         }
-        Ok(job)
     }
 
     /// `DeleteVideo`: the job (cancelled first if it runs) leaves every listing, its
     /// request_id is free again (API.md: keys live as long as their job), and its stored
     /// content is removed.
     pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), JobsError> {
-        let (job, _) = self.request(tenant, id, OwnerRequest::Delete).await?;
-        if let Some(c) = job.content() {
-            for key in std::iter::once(c.blob_key.as_str()).chain(c.last_frame_key.as_deref()) {
-                if let Err(e) = self.blobs.delete(key).await {
-                    tracing::warn!(job_id = %id, error = %e, "stored content not removed");
-                }
-            }
+        // An owner that applied the delete removed the content itself.
+        if let Settled::Here(job) = self.request(tenant, id, OwnerRequest::Delete).await? {
+            self.blobs.delete_content(&job).await;
         }
         Ok(())
     }
 
     /// Records `request` for the job's owner in one write, or applies it at once when nobody
-    /// owns the job, and returns the job as the request left it (or as it ended first) with
-    /// whether the request took. While the job is owned, waits for the owner to apply it (it
+    /// owns the job, and returns the job as the request left it (or as it ended first) and
+    /// who applied it. While the job is owned, waits for the owner to apply it (it
     /// does at its next write, at most [`crate::dispatcher::MAX_RENEW_INTERVAL_MS`] away) or
     /// for its lease to end (then applies it itself); at most [`REQUEST_WAIT`], after which
     /// the request stays recorded and the caller is told to ask again (which is harmless).
@@ -216,7 +211,7 @@ impl Jobs {
         tenant: &Tenant,
         id: &str,
         request: OwnerRequest,
-    ) -> Result<(Job, bool), JobsError> {
+    ) -> Result<Settled, JobsError> {
         // Subscribed before the request, so the owner's event cannot be missed.
         let mut events = self.store.subscribe();
         let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
@@ -227,9 +222,9 @@ impl Jobs {
                     if job.is_terminal() {
                         self.metrics.job_finished(&job);
                     }
-                    return Ok((job, true));
+                    return Ok(Settled::Here(job));
                 }
-                RequestOutcome::Refused(job) => return Ok((job, false)),
+                RequestOutcome::Refused(job) => return Ok(Settled::NotApplied(job)),
                 RequestOutcome::Recorded { lease_until_ms, .. } => lease_until_ms,
             };
             // Until the owner applies it (its event shows it), or its lease ends.
@@ -261,7 +256,11 @@ impl Jobs {
                         OwnerRequest::Cancel => job.status() == JobStatus::Cancelled,
                         OwnerRequest::Delete => true,
                     };
-                    return Ok((job, applied));
+                    return Ok(if applied {
+                        Settled::ByOwner(job)
+                    } else {
+                        Settled::NotApplied(job)
+                    });
                 }
                 if tokio::time::Instant::now() >= wait_until {
                     break;
@@ -408,6 +407,16 @@ pub struct IntakeOrigin {
     pub reply_to: Option<String>,
     /// AMQP `correlation_id` for those replies.
     pub correlation_id: Option<String>,
+}
+
+/// How a cancel or delete ended, with the job as it left it.
+enum Settled {
+    /// Applied by this call (nobody owned the job).
+    Here(Job),
+    /// Applied by the job's owner, with its next write.
+    ByOwner(Job),
+    /// Not applied: the job had ended some other way first (a cancel of a finished job).
+    NotApplied(Job),
 }
 
 /// Whether `job` shows `request` settled: a cancel by any end of the job (cancelled, or
