@@ -309,7 +309,7 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
     for round in 0..ROUNDS {
         // Alternate who goes first, so neither side always runs on a warmer (or hotter) machine.
         let tag = format!("r{round}-{}", uuid::Uuid::now_v7().simple());
-        let commits_before = app.sqlite_store().batches_committed();
+        let commits_before = app.batches_committed();
         let (v, b) = if round % 2 == 0 {
             let v = unary_round(CALLS_PER_CALLER, create(vidgate.clone(), tag)).await?;
             let b = unary_round(CALLS_PER_CALLER, get(baseline.clone())).await?;
@@ -319,7 +319,7 @@ async fn create_scenario() -> anyhow::Result<Vec<Row>> {
             let v = unary_round(CALLS_PER_CALLER, create(vidgate.clone(), tag)).await?;
             (v, b)
         };
-        let commits = app.sqlite_store().batches_committed() - commits_before;
+        let commits = app.batches_committed() - commits_before;
         let per_commit = (CALLERS * CALLS_PER_CALLER) as f64 / commits.max(1) as f64;
         println!(
             "  round {}/{ROUNDS}: vidgate {:.0} creates/s (p50 {:.2} ms, p99 {:.2} ms, {:.0} CPU us each, {commits} commits, {per_commit:.1} creates each) | no-op {:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms, {:.0} CPU us each) | {:.1}%",

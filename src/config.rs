@@ -56,6 +56,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "admin.listen (/healthz, /readyz, /metrics)",
     ),
     ("VIDGATE_DATA_DIR", "storage.data_dir"),
+    (
+        DATABASE_URL_ENV,
+        "storage.url (postgres://... = the shared PostgreSQL store)",
+    ),
     (AMQP_URL_ENV, "amqp.url (turns the RabbitMQ intake on)"),
     ("VIDGATE_LOG_FORMAT", "text or json log lines"),
     (
@@ -128,12 +132,27 @@ pub enum SyncMode {
     Normal,
 }
 
+/// The environment variable that sets `[storage] url`.
+pub const DATABASE_URL_ENV: &str = "VIDGATE_DATABASE_URL";
+
 /// Section `[storage]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Holds `vidgate.db` and `blobs/`.
+    /// Holds `vidgate.db` (unless `url` names PostgreSQL) and `blobs/`.
     pub data_dir: PathBuf,
+    /// Where jobs and events live: `None` or `sqlite:` = `vidgate.db` in `data_dir` (one
+    /// instance); `postgres://user:password@host/db` = a PostgreSQL database that several
+    /// instances share. Never logged (it may hold a password).
+    pub url: Option<String>,
+    /// PostgreSQL only: the schema holding vidgate's tables (created if missing; default: the
+    /// connection's `search_path`, normally `public`).
+    pub schema: Option<String>,
+    /// PostgreSQL only: most connections per instance (the writer, the event listener and
+    /// reads share them).
+    pub pool_size: u32,
+    /// PostgreSQL only: the server cancels any statement running longer.
+    pub statement_timeout_ms: u64,
     /// See [`SyncMode`].
     pub synchronous: SyncMode,
     /// Most writes committed together (group commit).
@@ -149,11 +168,74 @@ impl Default for StorageConfig {
         let sqlite = crate::store::sqlite::SqliteConfig::new("unused");
         Self {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            url: None,
+            schema: None,
+            pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
+            statement_timeout_ms: u64::try_from(
+                crate::store::postgres::DEFAULT_STATEMENT_TIMEOUT.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             synchronous: SyncMode::Full,
             max_batch: sqlite.max_batch,
             event_buffer: sqlite.event_buffer,
             event_retention_hours: DEFAULT_EVENT_RETENTION_HOURS,
         }
+    }
+}
+
+/// Which [`crate::store::JobStore`] `[storage]` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// `vidgate.db` in the data directory.
+    Sqlite,
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl StorageConfig {
+    /// The backend `url` names; an error names `storage.url` and what is allowed.
+    pub fn backend(&self) -> Result<StorageBackend, ConfigError> {
+        match self.url.as_deref().map(str::trim) {
+            None | Some("") => Ok(StorageBackend::Sqlite),
+            Some(url) if url == "sqlite:" || url == "sqlite://" => Ok(StorageBackend::Sqlite),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(StorageBackend::Postgres(url.to_owned()))
+            }
+            Some(url) => Err(ConfigError::Invalid {
+                key: "storage.url",
+                message: format!(
+                    "must be empty or `sqlite:` (vidgate.db in storage.data_dir) or a postgres:// URL; got a value starting {:?}",
+                    url.split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(16)
+                        .collect::<String>()
+                ),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "url",
+                &self
+                    .url
+                    .as_deref()
+                    .map(crate::store::postgres::redacted_url),
+            )
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("synchronous", &self.synchronous)
+            .field("max_batch", &self.max_batch)
+            .field("event_buffer", &self.event_buffer)
+            .field("event_retention_hours", &self.event_retention_hours)
+            .finish()
     }
 }
 
@@ -374,6 +456,9 @@ impl Config {
         if let Some(url) = get(AMQP_URL_ENV).filter(|v| !v.is_empty()) {
             self.amqp.url = Some(url);
         }
+        if let Some(url) = get(DATABASE_URL_ENV).filter(|v| !v.is_empty()) {
+            self.storage.url = Some(url);
+        }
         Ok(())
     }
 
@@ -422,6 +507,24 @@ impl Config {
         }
         if self.storage.max_batch == 0 {
             return invalid("storage.max_batch", "must be at least 1".into());
+        }
+        if let StorageBackend::Postgres(_) = self.storage.backend()? {
+            if self.storage.pool_size < crate::store::postgres::MIN_POOL_SIZE {
+                return invalid(
+                    "storage.pool_size",
+                    format!(
+                        "must be at least {} (the writer, the event listener and reads each need a connection; got {})",
+                        crate::store::postgres::MIN_POOL_SIZE,
+                        self.storage.pool_size
+                    ),
+                );
+            }
+            if self.storage.statement_timeout_ms == 0 {
+                return invalid(
+                    "storage.statement_timeout_ms",
+                    "must be at least 1 (milliseconds)".into(),
+                );
+            }
         }
         if self.storage.event_buffer == 0 {
             return invalid("storage.event_buffer", "must be at least 1".into());

@@ -5,6 +5,7 @@
 //! rules that matter (idempotency per tenant, optimistic versions, one global event sequence in
 //! commit order) stated here, not left to one backend.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

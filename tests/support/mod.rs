@@ -6,11 +6,14 @@
 //!   the simulator, tokens of two tenants, requests and the dispatcher stepped by the test;
 //! - [`upstream`]: vidgate's upstream client against the simulator, outside the app;
 //! - [`amqp`]: the broker (`VIDGATE_TEST_AMQP_URL`, else testcontainers, else the test fails
-//!   saying what to set), unique names, the test's own client, a proxy the test can cut.
+//!   saying what to set), unique names, the test's own client, a proxy the test can cut;
+//! - [`postgres`]: the database (`VIDGATE_TEST_DATABASE_URL`, else testcontainers, else the
+//!   test fails saying what to set) and a schema of the test's own.
 #![allow(dead_code)]
 
 pub mod amqp;
 pub mod app;
+pub mod postgres;
 pub mod upstream;
 
 // Unused in the binaries that never start the app (`domain`).
