@@ -302,4 +302,21 @@ pub trait JobStore: Send + Sync + 'static {
     /// Durably records a named reader position (replacing the previous one). Returns after the
     /// commit, like every write.
     async fn save_cursor(&self, name: &str, sequence: i64) -> Result<(), StoreError>;
+
+    /// Takes or keeps the role `name` (e.g. the AMQP relay) for `holder` until `until_ms`, in
+    /// one write: true when `holder` holds it afterwards (it was free, the previous hold ended
+    /// before `now_ms`, or `holder` already held it). One holder at a time among all the
+    /// instances sharing the store; a holder that stops renewing loses the role when its hold
+    /// ends.
+    async fn hold_role(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives up `name` if `holder` holds it (a clean shutdown: another instance takes over at
+    /// once instead of when the hold ends).
+    async fn release_role(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

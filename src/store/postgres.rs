@@ -1787,6 +1787,47 @@ impl JobStore for PostgresStore {
         self.events.subscribe()
     }
 
+    async fn hold_role(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        // One statement: insert, or take over an ended hold, or extend one's own; a row comes
+        // back only when `holder` holds the role afterwards.
+        let held: Option<String> = self
+            .timed(
+                "hold_role",
+                sqlx::query_scalar(
+                    "INSERT INTO roles (name, holder, until_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE
+                        SET holder = excluded.holder, until_ms = excluded.until_ms
+                      WHERE roles.holder = excluded.holder OR roles.until_ms < $4
+                     RETURNING holder",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until_ms)
+                .bind(now_ms)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        Ok(held.is_some())
+    }
+
+    async fn release_role(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.timed(
+            "release_role",
+            sqlx::query("DELETE FROM roles WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(holder)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         if self.commands.is_closed() {
             return Err(writer_gone("health"));

@@ -1873,6 +1873,22 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    /// The embedded store belongs to one process (it clears every lease when it opens), so
+    /// that process holds every role.
+    async fn hold_role(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _now_ms: i64,
+        _until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn release_role(&self, _name: &str, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         if self.commands.is_closed() {
             return Err(writer_gone("health"));

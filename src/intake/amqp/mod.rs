@@ -108,6 +108,8 @@ pub struct AmqpStatus {
     pub requeued: u64,
     /// The relay is connected with confirms on.
     pub relay_connected: bool,
+    /// Another instance holds the relay role; this one stands by (healthy).
+    pub relay_standby: bool,
     /// Sessions the relay supervisor built.
     pub relay_sessions: u64,
     /// Times lapin's auto-recovery reconnected the relay.
@@ -125,7 +127,7 @@ pub struct AmqpStatus {
 impl AmqpStatus {
     /// This side's part of readiness: the intake consumes and the relay is connected.
     pub fn readiness(&self) -> Check {
-        match (self.consuming, self.relay_connected) {
+        match (self.consuming, self.relay_connected || self.relay_standby) {
             (true, true) => Check::Ok,
             (false, _) => Check::Failing(format!(
                 "the AMQP intake is not consuming{}",

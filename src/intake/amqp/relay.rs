@@ -14,6 +14,14 @@
 //!
 //! The store's live broadcast only wakes the relay; what it publishes always comes from the
 //! log, so a lagging wake-up never loses anything.
+//!
+//! One relay publishes for the whole cluster: instances sharing a store compete for the role
+//! `relay:<cursor name>` ([`JobStore::hold_role`]), held for [`ROLE_HOLD`] and renewed every
+//! [`ROLE_RENEW`]. The others stand by (readiness counts that as healthy) and ask again every
+//! [`ROLE_RENEW`]; when the holder dies its hold ends and one of them takes over from the stored
+//! cursor. A holder that cannot renew stops publishing before its hold ends. A relay that lost
+//! the role while a publish was on its way may still save its cursor: events are then
+//! published again (at-least-once, as after any restart), never skipped.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -47,6 +55,11 @@ pub const RELAY_PAGE: u32 = 500;
 pub const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the log is read when no live event wakes the relay (a safety net only).
 pub const IDLE_POLL: Duration = Duration::from_secs(2);
+/// How long a hold on the relay role lasts without renewal: after an instance dies, another
+/// takes over within about this long.
+pub const ROLE_HOLD: Duration = Duration::from_secs(15);
+/// How often the holder renews the role, and a standby asks for it.
+pub const ROLE_RENEW: Duration = Duration::from_secs(5);
 /// Longest wait at shutdown for confirms of events already published.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,12 +96,62 @@ enum Failure {
 
 type Pending = FuturesUnordered<BoxFuture<'static, (i64, Result<u64, Failure>)>>;
 
+/// Renews the relay role every [`ROLE_RENEW`]; cancels `held` when it is lost, or when it
+/// could not be renewed and its hold is about to end.
+async fn keep_role(
+    store: Arc<dyn JobStore>,
+    role: String,
+    holder: String,
+    held: CancellationToken,
+) {
+    let mut held_until = unix_ms().saturating_add(millis(ROLE_HOLD));
+    loop {
+        tokio::select! {
+            () = held.cancelled() => return,
+            () = tokio::time::sleep(ROLE_RENEW) => {}
+        }
+        let now = unix_ms();
+        let until = now.saturating_add(millis(ROLE_HOLD));
+        match store.hold_role(&role, &holder, now, until).await {
+            Ok(true) => held_until = until,
+            Ok(false) => {
+                held.cancel();
+                return;
+            }
+            Err(e) => {
+                // Stop before the hold ends, so two relays never publish at once.
+                if now.saturating_add(millis(ROLE_RENEW)) >= held_until {
+                    tracing::warn!(error = %e, "AMQP relay: the relay role could not be renewed; stopping before it ends");
+                    held.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The relay task.
 pub(crate) struct Relay {
     config: Arc<AmqpConfig>,
     store: Arc<dyn JobStore>,
     status: Arc<watch::Sender<AmqpStatus>>,
+    /// Ends publishing: cancelled at shutdown or when the role is lost (a child of `root`).
     shutdown: CancellationToken,
+    /// The application's shutdown.
+    root: CancellationToken,
+    /// This relay's name as a role holder (unique per process start).
+    holder: String,
     /// Every event up to here is confirmed.
     confirmed: i64,
     /// The cursor as last saved.
@@ -108,15 +171,102 @@ impl Relay {
             config,
             store,
             status,
-            shutdown,
+            shutdown: shutdown.child_token(),
+            root: shutdown,
+            holder: uuid::Uuid::now_v7().simple().to_string(),
             confirmed: cursor,
             saved: cursor,
             last_save: Instant::now(),
         }
     }
 
-    /// The supervisor: sessions until shutdown, with a capped backoff between them.
+    /// The role's name in the store.
+    fn role(&self) -> String {
+        format!("relay:{}", self.config.relay_cursor)
+    }
+
+    /// Holds the relay role and publishes while it is held, until shutdown.
     pub(crate) async fn run(mut self) {
+        loop {
+            if !self.take_role().await {
+                break;
+            }
+            self.shutdown = self.root.child_token();
+            // Another instance may have published since this one last held the role.
+            match initial_cursor(self.store.as_ref(), &self.config.relay_cursor).await {
+                Ok(cursor) => {
+                    self.confirmed = cursor;
+                    self.saved = cursor;
+                    self.status.send_modify(|s| s.relay_confirmed = cursor);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "AMQP relay: its cursor cannot be read; trying again");
+                    let _ = self.store.release_role(&self.role(), &self.holder).await;
+                    if !pause(ROLE_RENEW, &self.root).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let keeper = tokio::spawn(keep_role(
+                self.store.clone(),
+                self.role(),
+                self.holder.clone(),
+                self.shutdown.clone(),
+            ));
+            self.run_sessions().await;
+            keeper.abort();
+            if self.root.is_cancelled() {
+                break;
+            }
+            tracing::warn!(
+                confirmed = self.confirmed,
+                "AMQP relay: lost its role to another instance (or could not renew it); standing by"
+            );
+        }
+        if let Err(e) = self.store.release_role(&self.role(), &self.holder).await {
+            tracing::debug!(error = %e, "AMQP relay: role not released; it ends with its hold");
+        }
+        tracing::info!(confirmed = self.confirmed, "AMQP relay stopped");
+    }
+
+    /// Waits until this instance holds the relay role (`true`) or shutdown (`false`).
+    async fn take_role(&mut self) -> bool {
+        let mut failures = 0u32;
+        loop {
+            let now = unix_ms();
+            let until = now.saturating_add(millis(ROLE_HOLD));
+            match self
+                .store
+                .hold_role(&self.role(), &self.holder, now, until)
+                .await
+            {
+                Ok(true) => {
+                    self.status.send_modify(|s| s.relay_standby = false);
+                    tracing::info!(role = %self.role(), "AMQP relay: holding the relay role");
+                    return true;
+                }
+                Ok(false) => {
+                    failures = 0;
+                    self.status.send_modify(|s| s.relay_standby = true);
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.status.send_modify(|s| s.relay_standby = false);
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "AMQP relay: cannot ask for the relay role; retrying");
+                    }
+                }
+            }
+            if !pause(ROLE_RENEW, &self.root).await {
+                return false;
+            }
+        }
+    }
+
+    /// Sessions until `shutdown` (the application's, or the role's end), with a capped backoff
+    /// between them.
+    async fn run_sessions(&mut self) {
         let mut backoff = Backoff::new(self.config.reconnect_min(), self.config.reconnect_max());
         loop {
             let end = self.session().await;
@@ -145,7 +295,6 @@ impl Relay {
                 }
             }
         }
-        tracing::info!(confirmed = self.confirmed, "AMQP relay stopped");
     }
 
     async fn save(&mut self) {
