@@ -29,6 +29,7 @@ use crate::pb;
 use crate::store::{JobStore, Lease, LeaseEnd, OwnerRequest, Saved, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::propagation::set_parent_traceparent;
+use crate::telemetry::readiness::Heartbeat;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 pub use config::{
@@ -66,6 +67,13 @@ impl std::fmt::Debug for Dispatcher {
         f.debug_struct("Dispatcher")
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// Readiness watches the run loop through this.
+impl Heartbeat for Dispatcher {
+    fn last_beat_ms(&self) -> i64 {
+        self.last_turn_ms()
     }
 }
 
