@@ -31,8 +31,8 @@ use crate::store::postgres::{PostgresConfig, PostgresStore};
 use crate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use crate::store::{EventQuery, JobStore, StoreError};
 use crate::telemetry::admin::{self, AdminState};
-use crate::telemetry::metrics::StateGauges;
-use crate::telemetry::readiness::Readiness;
+use crate::telemetry::metrics::{AmqpCounters, StateGauges};
+use crate::telemetry::readiness::{Heartbeat, Readiness};
 use crate::telemetry::{self, Metrics, OtlpSettings};
 use crate::upstream::client::{ClientBuildError, UpstreamConfig};
 use crate::upstream::sim::{SimError, SimHandle, Simulator};
@@ -208,7 +208,10 @@ impl Application {
         // Started before anything is served, so the relay's first cursor is set before the
         // first job can be accepted.
         let amqp = start_amqp(&config, &jobs, &store_dyn, &draining, &mut tasks).await?;
-        let gauges = StateGauges::register(&telemetry.meter, store_dyn.clone(), amqp.clone());
+        let counters = amqp
+            .clone()
+            .map(|handle| Arc::new(handle) as Arc<dyn AmqpCounters>);
+        let gauges = StateGauges::register(&telemetry.meter, store_dyn.clone(), counters);
         let readiness = start_readiness(&config, &store_dyn, &dispatcher, amqp.as_ref());
         if let Some(handle) = &amqp {
             tasks
@@ -596,7 +599,10 @@ fn start_readiness(
     Readiness::new(
         store.clone(),
         amqp.is_some(),
-        config.dispatcher.enabled.then(|| dispatcher.clone()),
+        config
+            .dispatcher
+            .enabled
+            .then(|| dispatcher.clone() as Arc<dyn Heartbeat>),
         Duration::from_millis(config.dispatcher.idle_wake_ms),
     )
 }

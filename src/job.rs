@@ -947,7 +947,8 @@ impl JobRecord {
 pub struct NewJob {
     /// The record (version 0, last_sequence 0; the store sets both).
     pub job: Job,
-    /// The whole accepted `CreateVideoRequest`, input bytes included, protobuf-encoded.
+    /// What the dispatcher sends: the validated request, input bytes included, in the stored
+    /// form of [`crate::submission`] (opaque to the store).
     pub submission: Bytes,
 }
 

@@ -19,6 +19,7 @@
 //! | [`domain`] | the model catalog, the validated, provider-neutral [`domain::VideoSpec`], and [`domain::Tenant`]; no I/O |
 //! | [`job`] | the durable job record, its lifecycle transitions, statuses and failure reasons |
 //! | [`convert`] | the one edge between `vidgate.v1` wire types and domain types |
+//! | [`submission`] | the stored form of an accepted create: the validated spec (versioned JSON) and the catalog rules it passed; reads older protobuf rows too |
 //! | [`pb`] | the generated `vidgate.v1` protobuf types and service (from `proto/`), shared by both transports |
 //! | [`media`] | probing MP4 files (duration, size, tracks) to check downloaded videos; `mp4parse` underneath |
 //! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything, a function per part; and the one bounded stop path (`shutdown`) |
@@ -46,5 +47,6 @@ pub mod jobs;
 pub mod media;
 pub mod pb;
 pub mod store;
+pub mod submission;
 pub mod telemetry;
 pub mod upstream;

@@ -169,9 +169,9 @@ impl Dispatcher {
                 return Ok(());
             }
         };
-        let spec = self.spec_of(&job).await?.ok();
+        let submission = self.submission_of(&job).await?;
+        let spec = submission.spec();
         let mismatch = spec
-            .as_ref()
             .and_then(|s| {
                 s.expected_output()
                     .compare(facts.width, facts.height, facts.duration_seconds)
@@ -179,7 +179,7 @@ impl Dispatcher {
             .unwrap_or_default();
         let (last_frame_key, last_frame_size) = match (
             job.last_frame_url(),
-            spec.as_ref().map(|s| s.has_last_frame_requested()),
+            spec.map(|s| s.has_last_frame_requested()),
         ) {
             (Some(url), Some(true)) => match self.copy_last_frame(&job.id, url).await {
                 Ok((key, size)) => (Some(key), Some(size)),

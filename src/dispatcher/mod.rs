@@ -15,20 +15,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::blob::BlobStore;
-use crate::convert;
-use crate::domain::{ModelCatalog, VideoSpec};
+use crate::domain::ModelCatalog;
 use crate::job::{FailureReason, Job, JobError, Phase, Record, TransitionError, now_ms};
-use crate::pb;
 use crate::store::{JobStore, Lease, LeaseEnd, OwnerRequest, Saved, StoreError};
+use crate::submission::Submission;
 use crate::telemetry::Metrics;
 use crate::telemetry::propagation::set_parent_traceparent;
+use crate::telemetry::readiness::Heartbeat;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 pub use config::{
@@ -66,6 +65,13 @@ impl std::fmt::Debug for Dispatcher {
         f.debug_struct("Dispatcher")
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// Readiness watches the run loop through this.
+impl Heartbeat for Dispatcher {
+    fn last_beat_ms(&self) -> i64 {
+        self.last_turn_ms()
     }
 }
 
@@ -305,18 +311,15 @@ impl Dispatcher {
         }
     }
 
-    async fn spec_of(&self, job: &Job) -> Result<Result<VideoSpec, String>, StepError> {
-        let submission = self
+    /// The job's accepted request, read from the store and decoded (once per step).
+    async fn submission_of(&self, job: &Job) -> Result<Submission, StepError> {
+        let stored = self
             .store
             .submission(&job.id)
             .await?
             .ok_or_else(|| StepError::Local(format!("job {} has no stored request", job.id)))?;
-        let request = pb::CreateVideoRequest::decode(submission.as_ref()).map_err(|e| {
-            StepError::Local(format!("stored request of {} is unreadable: {e}", job.id))
-        })?;
-        Ok(convert::to_domain(&request)
-            .and_then(|r| VideoSpec::parse(r, &self.catalog))
-            .map_err(|e| e.to_string()))
+        Submission::decode(&stored, &self.catalog)
+            .map_err(|e| StepError::Local(format!("job {}: {e}", job.id)))
     }
 
     async fn fail(

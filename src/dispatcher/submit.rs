@@ -9,12 +9,13 @@ use crate::upstream::{CreateFailure, UpstreamError, UpstreamState};
 
 impl Dispatcher {
     pub(super) async fn submit(&self, job: Job, owned: &Owned) -> Result<(), StepError> {
-        let spec = match self.spec_of(&job).await? {
+        let submission = self.submission_of(&job).await?;
+        let spec = match submission.confirm(&self.catalog) {
             Ok(spec) => spec,
-            Err(why) => {
-                let msg = format!(
-                    "the stored request no longer passes validation with the current model catalog, so it was not sent: {why}"
-                );
+            Err(changed) => {
+                // API.md's reason for a request refused as it stands (as a 4xx would be);
+                // sending it again cannot cure it.
+                let msg = format!("the request was not sent: {changed}");
                 self.fail(
                     owned,
                     job,

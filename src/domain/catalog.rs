@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The default catalog, `catalog/default.toml`.
 pub const DEFAULT_CATALOG_TOML: &str = include_str!("../../catalog/default.toml");
@@ -41,7 +42,7 @@ pub const MAX_MODEL_ID_CHARS: usize = 256;
 const DEFAULT_ORIGIN: &str = "<embedded catalog/default.toml>";
 
 /// The three kinds of model the upstream serves, each with its own parameters and rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFamily {
     /// Google Veo (V1-V5): JSON for text to video, multipart for image to video.
@@ -119,8 +120,24 @@ impl std::fmt::Display for PixelSize {
     }
 }
 
+/// Stored as its `WxH` text, read back through [`PixelSize::parse`].
+impl Serialize for PixelSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PixelSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        PixelSize::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("{text:?} is not a size like 1280x720"))
+        })
+    }
+}
+
 /// One cell of a Seedance pixel table: `resolution` x `ratio` gives `size`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PixelEntry {
     /// E.g. `720p`.
     pub resolution: String,
@@ -131,7 +148,7 @@ pub struct PixelEntry {
 }
 
 /// Allowed values for a Veo model (V1, V2, V5).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VeoRules {
     seconds: Vec<u32>,
     sizes: Vec<PixelSize>,
@@ -156,7 +173,7 @@ impl VeoRules {
 }
 
 /// Allowed values for a Seedance model (S4-S6) and its pixel table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SeedanceRules {
     resolutions: Vec<String>,
     ratios: Vec<String>,
@@ -199,8 +216,9 @@ impl SeedanceRules {
     }
 }
 
-/// One model's family and allowed values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One model's family and allowed values. Serialised only for [`ModelCatalog::rules_digest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModelRules {
     /// A Veo model.
     Veo(VeoRules),
@@ -354,6 +372,26 @@ impl ModelCatalog {
     /// What happens to unlisted models.
     pub fn unknown_models(&self) -> UnknownModels {
         self.unknown_models
+    }
+
+    /// A digest (SHA-256, hex) of everything [`crate::domain::VideoSpec::parse`] reads from
+    /// this catalog for a request for `model`: the rules it resolves to (or that it resolves to
+    /// none) and the upload limit. Equal digests mean a spec that passed one catalog passes the
+    /// other unchanged, so a stored spec is re-checked only when its model's digest differs.
+    /// `None` if the rules could not be serialised (never expected): then it is re-checked.
+    pub fn rules_digest(&self, model: &str) -> Option<String> {
+        /// What is hashed; a new rule field is part of it by derivation.
+        #[derive(Serialize)]
+        struct Hashed<'a> {
+            rules: Option<&'a ModelRules>,
+            max_upload_bytes: u64,
+        }
+        let text = serde_json::to_vec(&Hashed {
+            rules: self.resolve(model),
+            max_upload_bytes: self.max_upload_bytes,
+        })
+        .ok()?;
+        Some(hex::encode(Sha256::digest(&text)))
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `violation.rs` | [`ValidationError`], [`FieldViolation`], the rule ids ([`rule`]) |
 //! | `expected.rs` | [`ExpectedOutput`]: what the finished video should be, or "cannot check" |
 
+mod base64_bytes;
 mod catalog;
 mod expected;
 mod request;

@@ -9,6 +9,7 @@
 //! listing), not to what is asked of the upstream.
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// A request to generate one video: API.md `CreateVideoRequest` without `request_id`/`labels`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -154,10 +155,13 @@ impl std::fmt::Debug for MediaSource {
 /// How much of a long URL (usually a `data:` URI) `Debug` shows before giving only its length.
 const DEBUG_URL_CHARS: usize = 96;
 
-/// API.md `InputImage`: an uploaded image (Veo and generic `input_reference`).
-#[derive(Clone, PartialEq, Default)]
+/// API.md `InputImage`: an uploaded image (Veo and generic `input_reference`). Also part of
+/// a validated [`crate::domain::VideoSpec`], so it has a stored form (the bytes as base64).
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InputImage {
     /// The file's bytes (V3: at most the catalog's `max_upload_bytes`).
+    #[serde(with = "super::base64_bytes")]
     pub data: Bytes,
     /// File name sent in the multipart part (V3: required).
     pub filename: String,

@@ -22,13 +22,14 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::catalog::{
     ModelCatalog, ModelFamily, ModelRules, PixelSize, SeedanceRules, VeoRules, check_model_id,
 };
 use crate::domain::request::{
-    ContentKind, GenericParams, InputImage, MediaRef, MediaSource, Params, SeedanceParams,
-    VeoParams, VideoRequest,
+    ContentItem, ContentKind, GenericParams, InputImage, MediaRef, MediaSource, Params,
+    SeedanceParams, VeoParams, VideoRequest,
 };
 use crate::domain::violation::{FieldViolation, ValidationError, rule};
 
@@ -69,7 +70,15 @@ pub const ARK_MAX_AUDIOS: usize = 3;
 const ECHO_CHARS: usize = 64;
 
 /// A validated, provider-neutral create request.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// It has a stored form (serde; bytes as base64), which is what vidgate keeps of an accepted
+/// job and reads back to send it (`crate::submission`). Reading it back does not run
+/// [`VideoSpec::parse`]: the stored form is trusted because only vidgate writes it, into its
+/// own store, from a spec that passed. Deserialising checks only that the family and the
+/// params agree; the rules themselves are guarded by [`VideoSpec::recheck`], which runs
+/// whenever the catalog's rules for the model differ from those the spec passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredSpecFields")]
 pub struct VideoSpec {
     model: String,
     family: ModelFamily,
@@ -77,8 +86,43 @@ pub struct VideoSpec {
     params: SpecParams,
 }
 
+/// [`VideoSpec`]'s fields as stored, before the family is checked against the params.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredSpecFields {
+    model: String,
+    family: ModelFamily,
+    prompt: String,
+    params: SpecParams,
+}
+
+impl TryFrom<StoredSpecFields> for VideoSpec {
+    type Error = String;
+
+    fn try_from(s: StoredSpecFields) -> Result<Self, Self::Error> {
+        let params_family = match &s.params {
+            SpecParams::Veo(_) => ModelFamily::Veo,
+            SpecParams::Seedance(_) => ModelFamily::Seedance,
+            SpecParams::Generic(_) => ModelFamily::Generic,
+        };
+        if params_family != s.family {
+            return Err(format!(
+                "stored spec of model {:?} is of family {} but holds {params_family} params",
+                s.model, s.family
+            ));
+        }
+        Ok(VideoSpec {
+            model: s.model,
+            family: s.family,
+            prompt: s.prompt,
+            params: s.params,
+        })
+    }
+}
+
 /// The family's parameters after validation and normalisation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SpecParams {
     /// For a Veo model.
     Veo(VeoSpec),
@@ -89,7 +133,8 @@ pub enum SpecParams {
 }
 
 /// Validated Veo parameters. `None` = not sent (upstream default).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VeoSpec {
     seconds: Option<u32>,
     size: Option<PixelSize>,
@@ -118,7 +163,8 @@ impl VeoSpec {
 
 /// Validated Seedance parameters. `None` = not sent; `size` is already mapped onto
 /// `resolution` + `ratio`.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SeedanceSpec {
     content: Vec<SeedanceItem>,
     resolution: Option<String>,
@@ -173,13 +219,42 @@ impl SeedanceSpec {
 }
 
 /// One validated Seedance content item.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SeedanceItem {
     kind: SeedanceItemKind,
     role: Option<ContentRole>,
 }
 
 impl SeedanceItem {
+    /// The raw item this is the validated form of.
+    fn to_request(&self) -> ContentItem {
+        let url = |url: &String| MediaRef {
+            source: MediaSource::Url(url.clone()),
+            mime_type: String::new(),
+        };
+        let kind = match &self.kind {
+            SeedanceItemKind::Text(text) => ContentKind::Text(text.clone()),
+            SeedanceItemKind::Image(ImageSource::Url(u)) => ContentKind::Image(url(u)),
+            SeedanceItemKind::Image(ImageSource::Data { mime_type, data }) => {
+                ContentKind::Image(MediaRef {
+                    source: MediaSource::Data(data.clone()),
+                    mime_type: mime_type.clone(),
+                })
+            }
+            SeedanceItemKind::Video(u) => ContentKind::Video(url(u)),
+            SeedanceItemKind::Audio(u) => ContentKind::Audio(url(u)),
+        };
+        ContentItem {
+            kind,
+            role: self
+                .role
+                .map(ContentRole::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
     /// What the item is.
     pub fn kind(&self) -> &SeedanceItemKind {
         &self.kind
@@ -191,7 +266,8 @@ impl SeedanceItem {
 }
 
 /// A validated content item's payload.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SeedanceItemKind {
     /// Non-empty text.
     Text(String),
@@ -204,7 +280,8 @@ pub enum SeedanceItemKind {
 }
 
 /// Where a validated Seedance image is.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ImageSource {
     /// `https://` URL or `data:image/<fmt>;base64,` URI, sent as given.
     Url(String),
@@ -213,6 +290,7 @@ pub enum ImageSource {
         /// `image/<fmt>`.
         mime_type: String,
         /// The image.
+        #[serde(with = "super::base64_bytes")]
         data: Bytes,
     },
 }
@@ -258,8 +336,9 @@ impl std::fmt::Debug for ImageSource {
     }
 }
 
-/// Ark content roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ark content roles; stored by their wire spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ContentRole {
     /// Image: the first frame.
     FirstFrame,
@@ -314,7 +393,8 @@ impl ContentRole {
 }
 
 /// Validated generic parameters, passed through as strings.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GenericSpec {
     size: Option<String>,
     seconds: Option<String>,
@@ -408,6 +488,50 @@ impl VideoSpec {
             })
         } else {
             Err(found.into_error(model))
+        }
+    }
+
+    /// Checks this spec, once, against `catalog` as it is now: for a spec accepted under
+    /// other rules of its model (the catalog changed since). The spec is rebuilt as the request
+    /// it normalises ([`VideoSpec::to_request`]) and parsed again, so every rule applies as at
+    /// accept, and the error names each field and rule that no longer holds.
+    pub fn recheck(&self, catalog: &ModelCatalog) -> Result<(), ValidationError> {
+        VideoSpec::parse(self.to_request(), catalog).map(|_| ())
+    }
+
+    /// The request this spec is the validated form of: parsed against the catalog it passed,
+    /// it gives this spec again. What validation normalised stays normalised (a Seedance
+    /// `size` is its resolution and ratio; a MIME type is lower-cased; a URL item's optional
+    /// MIME type, checked then dropped, is not sent again).
+    pub fn to_request(&self) -> VideoRequest {
+        let params = match &self.params {
+            SpecParams::Veo(p) => Params::Veo(VeoParams {
+                seconds: p.seconds.unwrap_or(0),
+                size: p.size.map(|s| s.to_string()).unwrap_or_default(),
+                input_reference: p.input_reference.clone(),
+                person_generation: p.person_generation.clone().unwrap_or_default(),
+            }),
+            SpecParams::Seedance(p) => Params::Seedance(SeedanceParams {
+                content: p.content.iter().map(SeedanceItem::to_request).collect(),
+                resolution: p.resolution.clone().unwrap_or_default(),
+                ratio: p.ratio.clone().unwrap_or_default(),
+                duration: p.duration,
+                seed: p.seed,
+                watermark: p.watermark,
+                generate_audio: p.generate_audio,
+                return_last_frame: p.return_last_frame,
+                size: String::new(),
+            }),
+            SpecParams::Generic(p) => Params::Generic(GenericParams {
+                size: p.size.clone().unwrap_or_default(),
+                seconds: p.seconds.clone().unwrap_or_default(),
+                input_reference: p.input_reference.clone(),
+            }),
+        };
+        VideoRequest {
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            params: Some(params),
         }
     }
 

@@ -115,6 +115,16 @@ impl JobsError {
     }
 }
 
+impl JobsError {
+    /// [`JobsError::Internal`]: `error` is logged here (as `what`) under a fresh reference,
+    /// and only the reference reaches the caller.
+    pub(crate) fn internal(what: &'static str, error: &dyn std::fmt::Display) -> Self {
+        let reference = uuid::Uuid::now_v7().simple().to_string();
+        tracing::error!(error = %error, reference = %reference, "{what}");
+        Self::Internal(reference)
+    }
+}
+
 impl From<ValidationError> for JobsError {
     fn from(e: ValidationError) -> Self {
         Self::InvalidVideoRequest(e)
@@ -138,11 +148,7 @@ impl From<StoreError> for JobsError {
                 tracing::error!(error = %detail, "job store unavailable");
                 Self::StoreUnavailable
             }
-            other => {
-                let reference = uuid::Uuid::now_v7().simple().to_string();
-                tracing::error!(error = %other, reference = %reference, "store error");
-                Self::Internal(reference)
-            }
+            other => Self::internal("store error", &other),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::domain::{ModelCatalog, Tenant, ValidationError, VideoSpec};
 use crate::job::{Accepted, Job, JobStatus, NewJob, RetryRefusal, new_job_id, now_ms};
 use crate::pb;
 use crate::store::{CreateOutcome, JobStore, OwnerRequest, RequestOutcome, StoreError};
+use crate::submission;
 use crate::telemetry::Metrics;
 use crate::telemetry::propagation::traceparent_of;
 
@@ -102,8 +103,8 @@ impl Jobs {
     ) -> Result<(Job, bool), JobsError> {
         let mut extra = envelope::envelope_violations(&request);
         let spec = convert::to_domain(&request).and_then(|r| VideoSpec::parse(r, &self.catalog));
-        match spec {
-            Ok(_) if extra.is_empty() => {}
+        let spec = match spec {
+            Ok(spec) if extra.is_empty() => spec,
             Ok(_) => {
                 return Err(ValidationError::Invalid {
                     model: request.model.clone(),
@@ -128,7 +129,10 @@ impl Jobs {
                 }
                 .into());
             }
-        }
+        };
+        // What the dispatcher sends: the spec just validated, not the wire request.
+        let submission = submission::encode(&spec, &self.catalog)
+            .map_err(|e| JobsError::internal("submission not encoded", &e))?;
         let job = Job::accepted(
             Accepted {
                 id: new_job_id(),
@@ -158,10 +162,7 @@ impl Jobs {
         );
         let outcome = self
             .store
-            .create(NewJob {
-                job,
-                submission: request.encode_to_vec().into(),
-            })
+            .create(NewJob { job, submission })
             .instrument(insert)
             .await?;
         match outcome {

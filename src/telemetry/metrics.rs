@@ -272,6 +272,28 @@ impl Drop for SubscriberGuard {
     }
 }
 
+/// The AMQP side's counters as the state gauges read them. The intake implements this, so
+/// metrics know nothing of its types.
+pub trait AmqpCounters: Send + Sync {
+    /// The counters now.
+    fn amqp_counts(&self) -> AmqpCounts;
+}
+
+/// A reading of [`AmqpCounters`]. Counts only grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AmqpCounts {
+    /// Deliveries that created a new job and were acked.
+    pub stored: u64,
+    /// Deliveries that named an existing job and were acked.
+    pub duplicates: u64,
+    /// Deliveries dead-lettered (confirmed) and acked.
+    pub dead_lettered: u64,
+    /// Deliveries returned to the queue for a later try.
+    pub requeued: u64,
+    /// Highest event sequence below which the broker confirmed every event.
+    pub relay_confirmed: i64,
+}
+
 /// Figures that are states rather than events (jobs per status, the relay's lag), read from
 /// the store by [`StateGauges::refresh`] before each scrape and periodically, and reported by
 /// observable instruments from the last reading (their callbacks cannot wait for the store).
@@ -279,7 +301,7 @@ impl Drop for SubscriberGuard {
 pub struct StateGauges {
     snapshot: Arc<Mutex<Snapshot>>,
     store: Arc<dyn crate::store::JobStore>,
-    amqp: Option<crate::intake::amqp::AmqpHandle>,
+    amqp: Option<Arc<dyn AmqpCounters>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -294,7 +316,7 @@ impl StateGauges {
     pub fn register(
         meter: &Meter,
         store: Arc<dyn crate::store::JobStore>,
-        amqp: Option<crate::intake::amqp::AmqpHandle>,
+        amqp: Option<Arc<dyn AmqpCounters>>,
     ) -> Self {
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let read = snapshot.clone();
@@ -318,9 +340,9 @@ impl StateGauges {
                 .u64_observable_counter("vidgate.amqp.deliveries")
                 .with_description("AMQP intake deliveries by outcome")
                 .with_callback(move |observer| {
-                    let s = handle.status();
+                    let s = handle.amqp_counts();
                     for (outcome, n) in [
-                        ("stored", s.created),
+                        ("stored", s.stored),
                         ("duplicate", s.duplicates),
                         ("dead_lettered", s.dead_lettered),
                         ("requeued", s.requeued),
@@ -363,7 +385,7 @@ impl StateGauges {
         let outbox_lag = match &self.amqp {
             Some(amqp) => match self.store.latest_sequence().await {
                 Ok(latest) => {
-                    let confirmed = amqp.status().relay_confirmed;
+                    let confirmed = amqp.amqp_counts().relay_confirmed;
                     Some(u64::try_from(latest.saturating_sub(confirmed)).unwrap_or(0))
                 }
                 Err(_) => None,

@@ -5,7 +5,8 @@
 //! - **broker** (only with `[amqp]`): the intake consumer is registered and the event relay is
 //!   connected with confirms on. The AMQP side pushes its state here ([`Readiness::set_broker`])
 //!   when it changes, so this module knows nothing of the intake's types;
-//! - **dispatcher** (only when enabled): its loop has turned recently. A disabled dispatcher
+//! - **dispatcher** (only when enabled): its loop has turned recently, as its [`Heartbeat`]
+//!   says (this module knows nothing of the dispatcher's type either). A disabled dispatcher
 //!   (`dispatcher.enabled = false`) is reported as such and does not make vidgate unready: jobs
 //!   are accepted and wait, as configured;
 //! - **shutting down**: once [`Readiness::shut_down`] is called, never ready again.
@@ -20,7 +21,6 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 
-use crate::dispatcher::Dispatcher;
 use crate::job::now_ms;
 use crate::store::JobStore;
 
@@ -29,6 +29,13 @@ pub const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The dispatcher loop counts as stalled after this long without a turn (it turns at least
 /// every `dispatcher.idle_wake_ms`).
 pub const MIN_DISPATCHER_STALL: Duration = Duration::from_secs(30);
+
+/// A loop that says when it last turned: the dispatcher implements it, so readiness can
+/// watch the loop without importing it.
+pub trait Heartbeat: Send + Sync {
+    /// When the loop last turned (ms since the epoch; 0 if it never ran).
+    fn last_beat_ms(&self) -> i64;
+}
 
 /// One check's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,7 +77,7 @@ impl ReadinessReport {
 #[derive(Clone)]
 pub struct Readiness {
     store: Arc<dyn JobStore>,
-    dispatcher: Option<(Arc<Dispatcher>, Duration)>,
+    dispatcher: Option<(Arc<dyn Heartbeat>, Duration)>,
     state: Arc<watch::Sender<ReadinessReport>>,
     /// One refresh at a time, so an older result is never published over a newer one.
     refreshing: Arc<Mutex<()>>,
@@ -83,7 +90,7 @@ impl Readiness {
     pub fn new(
         store: Arc<dyn JobStore>,
         broker: bool,
-        dispatcher: Option<Arc<Dispatcher>>,
+        dispatcher: Option<Arc<dyn Heartbeat>>,
         idle_wake: Duration,
     ) -> Self {
         let stall = (idle_wake * 10).max(MIN_DISPATCHER_STALL);
@@ -131,7 +138,7 @@ impl Readiness {
         let dispatcher = match &self.dispatcher {
             None => Check::Disabled,
             Some((d, stall)) => {
-                let since = now_ms() - d.last_turn_ms();
+                let since = now_ms() - d.last_beat_ms();
                 if since <= stall.as_millis() as i64 {
                     Check::Ok
                 } else {

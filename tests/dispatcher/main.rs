@@ -1,6 +1,7 @@
 //! The dispatcher's guarantees, one test binary: one owner per job and requests applied by it
-//! (`ownership`), what a crash costs (`crash`), and the order of a job's statuses as
-//! subscribers see them (`status`).
+//! (`ownership`), what a crash costs (`crash`), the order of a job's statuses as subscribers
+//! see them (`status`), and what it sends: the spec stored at accept, re-checked when the
+//! catalog changed since (`stored_spec`).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -8,3 +9,4 @@ mod support;
 mod crash;
 mod ownership;
 mod status;
+mod stored_spec;

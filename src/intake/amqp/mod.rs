@@ -76,6 +76,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobs::Jobs;
 use crate::store::{JobStore, StoreError};
+use crate::telemetry::metrics::{AmqpCounters, AmqpCounts};
 use crate::telemetry::readiness::Check;
 
 pub use config::AmqpConfig;
@@ -177,6 +178,20 @@ impl AmqpHandle {
             tokio::time::timeout(limit, rx.wait_for(predicate)).await,
             Ok(Ok(_))
         )
+    }
+}
+
+/// The state gauges read the delivery outcomes and the relay's confirmed sequence.
+impl AmqpCounters for AmqpHandle {
+    fn amqp_counts(&self) -> AmqpCounts {
+        let s = self.status.borrow();
+        AmqpCounts {
+            stored: s.created,
+            duplicates: s.duplicates,
+            dead_lettered: s.dead_lettered,
+            requeued: s.requeued,
+            relay_confirmed: s.relay_confirmed,
+        }
     }
 }
 
