@@ -527,3 +527,100 @@ async fn one_request_id_on_two_instances_at_once_is_one_job() {
     schema.drop().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// `/readyz` of `app`: its status code.
+async fn readyz(app: &Application) -> u16 {
+    let addr = app.admin_addr().expect("admin port on");
+    match reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+    {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_readyz(app: &Application, want: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = readyz(app).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: /readyz answered {got}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_database_goes_away_rpcs_say_unavailable_readiness_drops_and_both_come_back() {
+    let db = database().await;
+    let schema = db.schema("database_cut");
+    // The instance reaches PostgreSQL through a proxy this test owns; cutting it cuts only
+    // this instance's connections.
+    let proxy = support::amqp::Proxy::start(db.addr().await).await;
+    let sim = sim(sim_config()).await;
+    let data_dir = temp_dir("dbcut");
+    let mut config = instance_config(&schema, &data_dir, &sim);
+    config.storage.url = Some(proxy.url(&schema.url));
+    config.storage.statement_timeout_ms = 2_000;
+    // A step whose write failed during the cut is taken up again when its lease ends.
+    config.dispatcher.lease_ms = 5_000;
+    let app = Application::build(config).await.expect("starts");
+    let mut client = connect(&app).await;
+    let before = client
+        .create_video(req(ACME, veo(&unique("before the cut"))))
+        .await
+        .expect("create before the cut")
+        .into_inner();
+    wait_readyz(&app, 200, "ready before the cut").await;
+
+    let started = std::time::Instant::now();
+    proxy.cut().await;
+    let refused = client
+        .create_video(req(ACME, veo(&unique("during the cut"))))
+        .await
+        .expect_err("no database, no accept");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(error_reason(&refused), "STORE_UNAVAILABLE", "{refused:?}");
+    let details = tonic_types::StatusExt::get_error_details(&refused);
+    assert!(
+        details.retry_info().is_some(),
+        "UNAVAILABLE carries RetryInfo: {refused:?}"
+    );
+    assert!(
+        !refused.message().contains(&schema.url),
+        "the database URL is not echoed: {refused:?}"
+    );
+    eprintln!("database cut: create refused after {:?}", started.elapsed());
+    wait_readyz(&app, 503, "not ready while the database is away").await;
+    eprintln!("database cut: not ready after {:?}", started.elapsed());
+
+    proxy.restore();
+    wait_readyz(&app, 200, "ready again once the database is back").await;
+    eprintln!("database back: ready after {:?}", started.elapsed());
+    let after = client
+        .create_video(req(ACME, veo(&unique("after the cut"))))
+        .await
+        .expect("create after the cut, without a restart")
+        .into_inner();
+    // Nothing accepted was lost, and the work goes on.
+    let videos = wait_all_terminal(&mut client, 2, "both accepted jobs finish").await;
+    let ids: BTreeSet<_> = videos.iter().map(|v| v.id.clone()).collect();
+    assert_eq!(ids, BTreeSet::from([before.id, after.id]));
+    assert!(
+        videos
+            .iter()
+            .all(|v| v.status() == pb::VideoStatus::Completed),
+        "{videos:?}"
+    );
+
+    app.shutdown().await;
+    schema.drop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
