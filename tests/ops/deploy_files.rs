@@ -605,9 +605,50 @@ fn rabbitmq_is_healthy_before_vidgate_starts_and_the_amqp_url_names_it() {
         .expect("AMQP URL");
     assert_eq!(url.host_str(), Some("rabbitmq"));
     assert_eq!(url.port(), Some(5672));
-    assert!(
-        compose["services"].get("postgres").is_none(),
-        "no PostgreSQL until vidgate has a PostgreSQL store"
+}
+
+#[test]
+fn both_replicas_share_postgresql_once_it_is_healthy_and_one_data_volume() {
+    let compose = compose();
+    let postgres = &compose["services"]["postgres"];
+    let test = postgres["healthcheck"]["test"]
+        .as_array()
+        .expect("PostgreSQL has a healthcheck");
+    assert!(test.contains(&json!("pg_isready")), "{test:?}");
+    let env = environment(postgres);
+    let mut volumes = Vec::new();
+    for name in ["vidgate", "vidgate-2"] {
+        let service = &compose["services"][name];
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"], "service_healthy",
+            "{name} waits for PostgreSQL"
+        );
+        let url = url::Url::parse(&environment(service)["VIDGATE_DATABASE_URL"])
+            .unwrap_or_else(|e| panic!("{name}: VIDGATE_DATABASE_URL: {e}"));
+        assert_eq!(url.scheme(), "postgres");
+        assert_eq!(url.host_str(), Some("postgres"));
+        assert_eq!(url.port(), Some(5432));
+        assert_eq!(url.username(), env["POSTGRES_USER"]);
+        assert_eq!(url.password(), Some(env["POSTGRES_PASSWORD"].as_str()));
+        assert_eq!(url.path(), format!("/{}", env["POSTGRES_DB"]));
+        volumes.push(
+            service["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .find(|v| v.as_str().is_some_and(|v| v.ends_with(":/var/lib/vidgate")))
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} mounts a data volume")),
+        );
+    }
+    assert_eq!(
+        volumes[0], volumes[1],
+        "the replicas share the blobs' volume"
+    );
+    // Only the first replica is built; both run that image.
+    assert_eq!(
+        compose["services"]["vidgate"]["image"],
+        compose["services"]["vidgate-2"]["image"]
     );
 }
 
