@@ -48,6 +48,8 @@ mod extsim;
 mod fanout;
 #[path = "harness/inflight.rs"]
 mod inflight;
+#[path = "harness/postgres.rs"]
+mod postgres;
 #[path = "harness/watch.rs"]
 mod watch;
 
@@ -83,7 +85,7 @@ const TOKEN: &str = "tok-bench-0123456789";
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run, with the numbers.
-const SCENARIOS: [(&str, u8); 7] = [
+const SCENARIOS: [(&str, u8); 8] = [
     ("create", 1),
     ("amqp", 2),
     ("inflight", 3),
@@ -91,6 +93,7 @@ const SCENARIOS: [(&str, u8); 7] = [
     ("watch", 5),
     ("fanout", 6),
     ("e2e", 7),
+    ("pgcreate", 8),
 ];
 
 #[tokio::main]
@@ -186,6 +189,7 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         "download" => download_scenario().await,
         "watch" => watch::scenario().await,
         "fanout" => fanout::scenario().await,
+        "pgcreate" => postgres::scenario().await,
         _ => e2e::scenario().await,
     };
     let rows = match result {
