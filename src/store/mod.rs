@@ -316,6 +316,12 @@ pub trait JobStore: Send + Sync + 'static {
         until_ms: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Operations slower than the backend's threshold so far (a metric), or `None` where the
+    /// backend does not measure them.
+    fn slow_operations(&self) -> Option<u64> {
+        None
+    }
+
     /// Gives up `name` if `holder` holds it (a clean shutdown: another instance takes over at
     /// once instead of when the hold ends).
     async fn release_role(&self, name: &str, holder: &str) -> Result<(), StoreError>;

@@ -1787,6 +1787,10 @@ impl JobStore for PostgresStore {
         self.events.subscribe()
     }
 
+    fn slow_operations(&self) -> Option<u64> {
+        Some(PostgresStore::slow_operations(self))
+    }
+
     async fn hold_role(
         &self,
         name: &str,

@@ -17,6 +17,7 @@
 //! | `vidgate.dispatcher.retries` | counter | `vidgate.step` (create, poll, download) |
 //! | `vidgate.amqp.deliveries` | counter | `vidgate.amqp.outcome` (stored, duplicate, dead_lettered, requeued) |
 //! | `vidgate.amqp.outbox.lag` | gauge | events committed but not yet confirmed by the broker |
+//! | `vidgate.store.slow_operations` | counter | store operations past the slow threshold (PostgreSQL only) |
 //! | `vidgate.subscribers` | up-down counter | `rpc.method` (live server streams) |
 //! | `vidgate.stream.sent` (By) | counter | `rpc.method` (video bytes sent to clients) |
 
@@ -332,6 +333,18 @@ impl StateGauges {
                         .find(|(name, _)| name == status.as_str())
                         .map_or(0, |(_, n)| *n);
                     observer.observe(n, &[KeyValue::new("vidgate.job.status", status.as_str())]);
+                }
+            })
+            .build();
+        let slow_store = store.clone();
+        meter
+            .u64_observable_counter("vidgate.store.slow_operations")
+            .with_description(
+                "Store operations slower than 500 ms (PostgreSQL store only; absent with SQLite)",
+            )
+            .with_callback(move |observer| {
+                if let Some(n) = slow_store.slow_operations() {
+                    observer.observe(n, &[]);
                 }
             })
             .build();

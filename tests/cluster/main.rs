@@ -571,6 +571,7 @@ async fn when_the_database_goes_away_rpcs_say_unavailable_readiness_drops_and_bo
     config.storage.statement_timeout_ms = 2_000;
     // A step whose write failed during the cut is taken up again when its lease ends.
     config.dispatcher.lease_ms = 5_000;
+    config.dispatcher.submit_lease_ms = 5_000;
     let app = Application::build(config).await.expect("starts");
     let mut client = connect(&app).await;
     let before = client
@@ -613,11 +614,32 @@ async fn when_the_database_goes_away_rpcs_say_unavailable_readiness_drops_and_bo
     let videos = wait_all_terminal(&mut client, 2, "both accepted jobs finish").await;
     let ids: BTreeSet<_> = videos.iter().map(|v| v.id.clone()).collect();
     assert_eq!(ids, BTreeSet::from([before.id, after.id]));
+    // A job whose create was answered while the database was away could not record the
+    // answer: when its submit lease ends it follows the unknown-outcome rule (never sent twice).
+    // Anything else completes.
+    for video in &videos {
+        let unknown = video.status() == pb::VideoStatus::Failed
+            && video
+                .error
+                .as_ref()
+                .is_some_and(|e| e.reason == "UPSTREAM_OUTCOME_UNKNOWN");
+        assert!(
+            video.status() == pb::VideoStatus::Completed || unknown,
+            "{video:?}"
+        );
+    }
+
+    // Slow store operations are a metric (the count depends on the machine; its presence not).
+    let admin = app.admin_addr().expect("admin port on");
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
     assert!(
-        videos
-            .iter()
-            .all(|v| v.status() == pb::VideoStatus::Completed),
-        "{videos:?}"
+        metrics.contains("vidgate_store_slow_operations_total"),
+        "the slow-operation counter is exported"
     );
 
     app.shutdown().await;
