@@ -374,8 +374,7 @@ impl Dispatcher {
             tracing::Span::none()
         };
         let saved = self
-            .store
-            .save(&owned.lease, job, record, end)
+            .save_while_owned(owned, job, record, end)
             .instrument(span)
             .await?;
         if let Some(request) = saved.applied {
@@ -390,6 +389,51 @@ impl Dispatcher {
         Ok(saved)
     }
 }
+
+impl Dispatcher {
+    /// An owner's write, tried again while the store is unavailable (a database restarting, a
+    /// dropped connection), for at most `lease_ms`: the step's result (an upstream id, a
+    /// finished download) is recorded when the store is back instead of being dropped and
+    /// redone after the lease. Safe to repeat: the write is fenced by the lease and the job's
+    /// version, so a write that did commit before its answer was lost makes the repeat fail
+    /// (`VersionConflict`, `LeaseLost`) and the step stop, as any lost write does.
+    async fn save_while_owned(
+        &self,
+        owned: &Owned,
+        job: Job,
+        record: Record,
+        end: LeaseEnd,
+    ) -> Result<Saved, StoreError> {
+        let give_up = tokio::time::Instant::now() + Duration::from_millis(self.config.lease_ms);
+        let mut delay = SAVE_RETRY_MIN;
+        let mut warned = false;
+        loop {
+            match self
+                .store
+                .save(&owned.lease, job.clone(), record, end)
+                .await
+            {
+                Err(StoreError::Unavailable(why))
+                    if tokio::time::Instant::now() + delay < give_up
+                        && !owned.stop.is_cancelled() =>
+                {
+                    if !warned {
+                        tracing::warn!(job_id = %job.id, error = %why, "the store is unavailable; recording this step's result again until it is back");
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(SAVE_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// First wait before an owner's write is tried again on an unavailable store.
+const SAVE_RETRY_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between those tries.
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A step asked of a job whose stage cannot do it (a stored record the checks let through).
 fn job_refused(job: &Job, action: &'static str) -> StepError {
