@@ -85,7 +85,7 @@ const TOKEN: &str = "tok-bench-0123456789";
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run, with the numbers.
-const SCENARIOS: [(&str, u8); 8] = [
+const SCENARIOS: [(&str, u8); 9] = [
     ("create", 1),
     ("amqp", 2),
     ("inflight", 3),
@@ -94,6 +94,7 @@ const SCENARIOS: [(&str, u8); 8] = [
     ("fanout", 6),
     ("e2e", 7),
     ("pgcreate", 8),
+    ("pgevents", 9),
 ];
 
 #[tokio::main]
@@ -190,6 +191,7 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         "watch" => watch::scenario().await,
         "fanout" => fanout::scenario().await,
         "pgcreate" => postgres::scenario().await,
+        "pgevents" => postgres::events_scenario().await,
         _ => e2e::scenario().await,
     };
     let rows = match result {

@@ -165,3 +165,179 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
         .no_verdict(),
     ])
 }
+
+/// Creates whose events are timed in `pgevents`.
+const EVENT_SAMPLES: usize = 400;
+/// Pause between those creates: events are timed one at a time, not as a burst.
+const EVENT_GAP: std::time::Duration = std::time::Duration::from_millis(5);
+/// Target: an event reaches a subscriber on another instance within 3x the p99 of one on the
+/// instance that committed it.
+const CROSS_EVENT_TARGET: f64 = 3.0;
+
+/// Scenario `pgevents` (issue #13): two instances on one PostgreSQL schema, a `Subscribe` stream
+/// on each; jobs are created on A one at a time and each event's arrival is timed from the
+/// start of its create, on A's stream (the committing instance hands its events to its own
+/// streams) and on B's (woken by `NOTIFY`, then reading the log). Same mechanism as a
+/// completion event: a committed change, then the tail. Then creates/s with 64 callers on one
+/// instance, against the same callers spread over both.
+pub async fn events_scenario() -> anyhow::Result<Vec<Row>> {
+    use std::collections::HashMap;
+    use std::time::Instant;
+    use tokio::sync::mpsc;
+    use vidgate::pb;
+
+    let url = database_url()?;
+    let schema = format!(
+        "vgbench_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    println!(
+        "pgevents: {EVENT_SAMPLES} creates on A, {EVENT_GAP:?} apart, timed to Subscribe streams on A and on B; schema {schema}"
+    );
+    let data = tempfile::Builder::new()
+        .prefix("vidgate-bench-")
+        .tempdir()?;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut config = bench_config(data.path());
+        config.dispatcher.enabled = false;
+        config.storage.url = Some(url.clone());
+        config.storage.schema = Some(schema.clone());
+        apps.push(vidgate::app::Application::build(config).await?);
+    }
+    let a = connect(apps[0].grpc_addr()).await?;
+    let b = connect(apps[1].grpc_addr()).await?;
+
+    // Each stream reports (video id, arrival) on a bounded channel.
+    let mut arrivals = Vec::new();
+    for client in [a.clone(), b.clone()] {
+        let (tx, rx) = mpsc::channel::<(String, Instant)>(EVENT_SAMPLES * 2);
+        let mut client = client.clone();
+        let mut stream = client
+            .subscribe(authed(pb::SubscribeRequest::default()))
+            .await?
+            .into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = stream.message().await {
+                if tx.send((event.video_id, Instant::now())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        arrivals.push(rx);
+    }
+    let mut started: HashMap<String, Instant> = HashMap::new();
+    let mut creator = a.clone();
+    for i in 0..EVENT_SAMPLES {
+        let t0 = Instant::now();
+        let video = creator
+            .create_video(authed(create_request(format!("ev-{schema}-{i}"))))
+            .await?
+            .into_inner();
+        started.insert(video.id, t0);
+        tokio::time::sleep(EVENT_GAP).await;
+    }
+    let mut latencies: Vec<Vec<std::time::Duration>> = vec![Vec::new(), Vec::new()];
+    for (side, rx) in arrivals.iter_mut().enumerate() {
+        while latencies[side].len() < EVENT_SAMPLES {
+            let (id, at) = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("stream {side} stopped delivering"))?
+                .ok_or_else(|| anyhow::anyhow!("stream {side} ended"))?;
+            if let Some(t0) = started.get(&id) {
+                latencies[side].push(at.duration_since(*t0));
+            }
+        }
+        latencies[side].sort_unstable();
+    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let same = (
+        ms(super::percentile(&latencies[0], 0.50)),
+        ms(super::percentile(&latencies[0], 0.99)),
+    );
+    let across = (
+        ms(super::percentile(&latencies[1], 0.50)),
+        ms(super::percentile(&latencies[1], 0.99)),
+    );
+    println!(
+        "  create -> event: same instance p50 {:.2} ms p99 {:.2} ms | other instance p50 {:.2} ms p99 {:.2} ms",
+        same.0, same.1, across.0, across.1
+    );
+
+    // Throughput: 64 callers on A alone, then the same 64 split over A and B, alternating.
+    let create = |clients: Vec<
+        vidgate::pb::video_service_client::VideoServiceClient<tonic::transport::Channel>,
+    >,
+                  tag: String| {
+        move |caller: usize, i: usize| {
+            let mut client = clients[caller % clients.len()].clone();
+            let request_id = format!("{tag}-{caller}-{i}");
+            async move {
+                client
+                    .create_video(authed(create_request(request_id)))
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let tag = format!("s{round}-{}", uuid::Uuid::now_v7().simple());
+        let first = round % 2 == 0;
+        for solo in [first, !first] {
+            let clients = if solo {
+                vec![a.clone()]
+            } else {
+                vec![a.clone(), b.clone()]
+            };
+            let r = unary_round(CALLS_PER_CALLER, create(clients, format!("{tag}-{solo}"))).await?;
+            if solo {
+                one.push(r.rate)
+            } else {
+                two.push(r.rate)
+            }
+        }
+        println!(
+            "  round {}/{ROUNDS}: one instance {:.0} creates/s | two instances {:.0} creates/s",
+            round + 1,
+            one[round],
+            two[round]
+        );
+    }
+
+    for app in apps {
+        app.shutdown().await;
+    }
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    pool.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await?;
+    pool.close().await;
+
+    let ratio = across.1 / same.1;
+    Ok(vec![
+        Row::custom(
+            "Create -> event p99 at a Subscribe on another instance (vs on the committing one)",
+            format!("{:.2} ms", across.1),
+            format!("{:.2} ms", same.1),
+            format!("{ratio:.2}x"),
+            format!("<= {CROSS_EVENT_TARGET:.0}x"),
+            ratio <= CROSS_EVENT_TARGET,
+        ),
+        Row::custom(
+            "CreateVideo on PostgreSQL, 64 callers over two instances (vs one instance)",
+            format!("{:.0}/s", median(two.iter().copied())),
+            format!("{:.0}/s", median(one.iter().copied())),
+            format!(
+                "{:.1}%",
+                median(two.iter().copied()) / median(one.iter().copied()) * 100.0
+            ),
+            "-".into(),
+            true,
+        )
+        .no_verdict(),
+    ])
+}
