@@ -646,3 +646,86 @@ async fn when_the_database_goes_away_rpcs_say_unavailable_readiness_drops_and_bo
     schema.drop().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_relaying_instance_stops_another_takes_the_relay_over_from_the_shared_cursor() {
+    let db = database().await;
+    let schema = db.schema("relay_takeover");
+    let broker = broker().await;
+    let n: Names = names("relay2");
+    let sim = sim(sim_config()).await;
+    let data_dir = temp_dir("relay2");
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut config = instance_config(&schema, &data_dir, &sim);
+        config.dispatcher.enabled = false;
+        config.amqp = amqp_config(&broker.url, &n);
+        config.amqp.intake = false;
+        apps.push(Application::build(config).await.expect("instance starts"));
+    }
+    for app in &apps {
+        let handle = app.amqp().expect("AMQP is configured").clone();
+        assert!(
+            handle
+                .wait_for(WAIT, |s| s.relay_connected || s.relay_standby)
+                .await,
+            "{:?}",
+            handle.status()
+        );
+    }
+    let holder = apps
+        .iter()
+        .position(|a| a.amqp().is_some_and(|h| h.status().relay_connected))
+        .expect("one instance relays");
+    let other = 1 - holder;
+    let c = client(&broker.url, &n.connection_name).await;
+    let queue = c
+        .temp_queue(Some((&n.events_exchange, "acme.video.#")))
+        .await;
+    let mut rx = c.consume(&queue).await;
+
+    let mut creator = connect(&apps[other]).await;
+    let first = creator
+        .create_video(req(ACME, veo(&unique("before the handover"))))
+        .await
+        .expect("create")
+        .into_inner();
+    // The holder goes away (a clean stop gives the role up at once).
+    let stopping = apps.remove(holder);
+    stopping.shutdown().await;
+    let survivor = &apps[0];
+    let handle = survivor.amqp().expect("AMQP").clone();
+    assert!(
+        handle
+            .wait_for(WAIT, |s| s.relay_connected && !s.relay_standby)
+            .await,
+        "the standby takes the relay over: {:?}",
+        handle.status()
+    );
+    let second = creator
+        .create_video(req(ACME, veo(&unique("after the handover"))))
+        .await
+        .expect("create")
+        .into_inner();
+    // Both events reach the exchange (the first possibly twice: at-least-once), in order.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains(&second.last_sequence) {
+        let delivery = tokio::time::timeout_at(deadline, rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("events so far: {seen:?}"))
+            .expect("consumer open")
+            .expect("delivery");
+        seen.push(
+            prop(delivery.properties.message_id())
+                .parse::<i64>()
+                .expect("sequence"),
+        );
+    }
+    assert!(seen.contains(&first.last_sequence), "{seen:?}");
+
+    stop_all(apps).await;
+    c.cleanup(&n).await;
+    schema.drop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
