@@ -741,3 +741,225 @@ async fn a_failed_commit_fails_every_caller_of_the_batch_and_publishes_nothing()
     })
     .await;
 }
+
+/// A TCP proxy whose links can be frozen: bytes stop flowing but no connection is closed, as
+/// in a network partition (nothing tells either side).
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(target: std::net::SocketAddr) -> FreezingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy address");
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        let accept = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let flag = flag.clone();
+                links.spawn(async move {
+                    while flag.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    let pump =
+                        |flag: Arc<std::sync::atomic::AtomicBool>,
+                         mut from: tokio::net::tcp::OwnedReadHalf,
+                         mut to: tokio::net::tcp::OwnedWriteHalf| async move {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let n = match from.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                while flag.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                                if to.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                    tokio::join!(
+                        pump(flag.clone(), in_read, out_write),
+                        pump(flag.clone(), out_read, in_write)
+                    );
+                });
+            }
+        });
+        FreezingProxy {
+            addr,
+            frozen,
+            accept,
+        }
+    }
+
+    fn url(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).expect("URL parses");
+        u.set_host(Some("127.0.0.1")).expect("host");
+        u.set_port(Some(self.addr.port())).expect("port");
+        u.to_string()
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_instance_neither_hangs_its_callers_nor_blocks_the_other_instances() {
+    let db = database().await;
+    let schema = db.schema("partition");
+    guarded(&schema, async {
+        let proxy = FreezingProxy::start(db.addr().await).await;
+        let mut config = schema.config();
+        config.url = proxy.url(&db.url);
+        config.acquire_timeout = Duration::from_secs(1);
+        config.statement_timeout = Duration::from_secs(1);
+        // The store's own deadline, plus slack for a shared machine.
+        let bound = config.deadline() + Duration::from_secs(3);
+        let partitioned = Arc::new(open_retrying(config).await);
+        // The other instance waits on the counter at most its own statement timeout.
+        let mut config = schema.config();
+        config.statement_timeout = Duration::from_secs(8);
+        let other = PostgresStore::open(config).await.expect("open");
+        let mut accepted = vec![created(
+            partitioned
+                .create(new_job("acme", Some("a"), "fp", 1))
+                .await,
+        )];
+
+        // A batch of the partitioned instance is in the middle of its transaction when the
+        // network stops carrying anything: it holds the event counter (taken as soon as the
+        // side connection lets go), and its answer never arrives.
+        let mut side = schema.connect().await;
+        sqlx::raw_sql("BEGIN; SELECT value FROM event_counter FOR UPDATE")
+            .execute(&mut side)
+            .await
+            .expect("hold the counter");
+        let in_flight = tokio::spawn({
+            let store = partitioned.clone();
+            async move {
+                let started = Instant::now();
+                let outcome = store.create(new_job("acme", Some("b"), "fp", 1)).await;
+                (outcome, started.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.freeze(true);
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut side)
+            .await
+            .expect("let go of the counter");
+        let _ = side.close().await;
+
+        let (outcome, took) = tokio::time::timeout(bound, in_flight)
+            .await
+            .unwrap_or_else(|_| panic!("the in-flight create hung past {bound:?}"))
+            .expect("task");
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(_))),
+            "the in-flight create: {outcome:?} after {took:?}"
+        );
+        for (what, outcome) in [
+            (
+                "create",
+                tokio::time::timeout(
+                    bound,
+                    partitioned.create(new_job("acme", Some("c"), "fp", 1)),
+                )
+                .await
+                .map(|r| r.map(|_| ())),
+            ),
+            (
+                "get",
+                tokio::time::timeout(bound, partitioned.get(&accepted[0].id))
+                    .await
+                    .map(|r| r.map(|_| ())),
+            ),
+        ] {
+            match outcome {
+                Ok(Err(StoreError::Unavailable(_))) => {}
+                Ok(other) => {
+                    panic!("{what} while partitioned: expected Unavailable, got {other:?}")
+                }
+                Err(_) => panic!("{what} while partitioned hung past {bound:?}"),
+            }
+        }
+        // Meanwhile the other instance writes: the partitioned session's hold on the counter
+        // was ended by the server.
+        accepted.push(created(
+            other.create(new_job("acme", Some("d"), "fp", 1)).await,
+        ));
+
+        proxy.freeze(false);
+        // Back: the same store, not reopened, writes again (the first attempt may still meet
+        // a connection the server ended meanwhile).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let again = loop {
+            match partitioned
+                .create(new_job("acme", Some("e"), "fp", 1))
+                .await
+            {
+                Ok(outcome) => break outcome,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("after the partition: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the store did not recover: {e}"),
+            }
+        };
+        accepted.push(match again {
+            CreateOutcome::Created(job) | CreateOutcome::Existing(job) => job,
+        });
+        // The callers told Unavailable retry: one job per key, whatever happened to theirs.
+        for key in ["b", "c"] {
+            match partitioned
+                .create(new_job("acme", Some(key), "fp", 1))
+                .await
+            {
+                Ok(CreateOutcome::Created(job) | CreateOutcome::Existing(job)) => {
+                    accepted.push(job)
+                }
+                other => panic!("retry of {key}: {other:?}"),
+            }
+        }
+        for job in &accepted {
+            assert!(
+                other.get(&job.id).await.expect("get").is_some(),
+                "{}",
+                job.id
+            );
+        }
+        let listed = other
+            .list(&ListQuery {
+                tenant: "acme".into(),
+                limit: 100,
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 5, "one job per key a..e");
+        partitioned.close().await;
+        other.close().await;
+    })
+    .await;
+}
