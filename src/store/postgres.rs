@@ -49,8 +49,12 @@
 //!
 //! The pool is bounded ([`PostgresConfig::pool_size`]), connections wait at most
 //! [`PostgresConfig::acquire_timeout`] for a slot, and every statement is cut at
-//! [`PostgresConfig::statement_timeout`] by the server. A database that is down or restarting
-//! answers [`StoreError::Unavailable`]; the pool reconnects by itself when it returns. A batch
+//! [`PostgresConfig::statement_timeout`] by the server. The server cannot cut anything when
+//! the network is what stalls (a partition: no reply, no reset), so every operation also has a
+//! deadline of its own ([`PostgresConfig::deadline`]) after which its caller is answered
+//! `Unavailable` instead of waiting for TCP to give up (many minutes). A database that is down
+//! or restarting answers [`StoreError::Unavailable`]; the pool reconnects by itself when it
+//! returns. A batch
 //! whose commit fails answers every caller `Unavailable` (a create may then in fact be
 //! committed: the caller's retry with its `request_id` finds it).
 
@@ -142,6 +146,14 @@ impl PostgresConfig {
         }
     }
 
+    /// The longest any one operation (a read, a claim, a write batch) waits for the database
+    /// before its caller is answered `Unavailable`: a connection, then a lock wait and the
+    /// statements, each bounded by the server only while the network carries its answer.
+    pub fn deadline(&self) -> Duration {
+        self.acquire_timeout
+            .saturating_add(self.statement_timeout.saturating_mul(2))
+    }
+
     fn validate(&self) -> Result<(), StoreError> {
         if self.pool_size < MIN_POOL_SIZE {
             return Err(invalid(format!(
@@ -231,6 +243,8 @@ pub struct PostgresStore {
     events: broadcast::Sender<Arc<StoredEvent>>,
     batches_committed: Arc<AtomicU64>,
     slow: Arc<SlowCounter>,
+    /// [`PostgresConfig::deadline`].
+    deadline: Duration,
     stop: CancellationToken,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -289,10 +303,16 @@ impl PostgresStore {
             }
             let _ = conn.close().await;
         }
-        let mut options: Vec<(&str, String)> = vec![(
-            "statement_timeout",
-            format!("{}ms", config.statement_timeout.as_millis()),
-        )];
+        let statement_timeout = format!("{}ms", config.statement_timeout.as_millis());
+        // A session whose client went silent inside a transaction (a partition in the middle
+        // of a write batch) would hold the event counter's lock, and with it every instance's
+        // writes, until the server's TCP keepalive notices (hours by default): the server ends
+        // such a session instead. vidgate's transactions never wait on their client between
+        // statements for longer than a round trip.
+        let mut options: Vec<(&str, String)> = vec![
+            ("statement_timeout", statement_timeout.clone()),
+            ("idle_in_transaction_session_timeout", statement_timeout),
+        ];
         if let Some(schema) = &config.schema {
             options.push(("search_path", schema.clone()));
         }
@@ -332,6 +352,7 @@ impl PostgresStore {
             batches_committed: batches_committed.clone(),
             max_batch: config.max_batch,
             slow: slow.clone(),
+            deadline: config.deadline(),
         };
         let tail = Tail {
             pool: pool.clone(),
@@ -340,6 +361,7 @@ impl PostgresStore {
             events: events.clone(),
             high,
             interval: config.tail_interval,
+            deadline: config.deadline(),
             stop: stop.clone(),
         };
         let tasks = vec![tokio::spawn(writer.run()), tokio::spawn(tail.run())];
@@ -349,6 +371,7 @@ impl PostgresStore {
             events,
             batches_committed,
             slow,
+            deadline: config.deadline(),
             stop,
             tasks: std::sync::Mutex::new(tasks),
         })
@@ -410,10 +433,21 @@ impl PostgresStore {
         run: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = run.await.map_err(|e| db_error(op, e));
+        let result = match tokio::time::timeout(self.deadline, run).await {
+            Ok(result) => result.map_err(|e| db_error(op, e)),
+            Err(_) => Err(no_answer(op, self.deadline)),
+        };
         self.slow.observe(op, started);
         result
     }
+}
+
+/// An operation cut by its deadline (see [`PostgresConfig::deadline`]).
+fn no_answer(op: &str, deadline: Duration) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{op}: no answer from PostgreSQL within {} ms",
+        deadline.as_millis()
+    ))
 }
 
 fn connect_error(config: &PostgresConfig, error: sqlx::Error) -> StoreError {
@@ -566,6 +600,8 @@ struct Writer {
     batches_committed: Arc<AtomicU64>,
     max_batch: usize,
     slow: Arc<SlowCounter>,
+    /// [`PostgresConfig::deadline`]: a batch not committed by then is answered as failed.
+    deadline: Duration,
 }
 
 impl Writer {
@@ -597,8 +633,20 @@ impl Writer {
 
     async fn commit(&mut self, mut writes: Vec<Write>) {
         let started = Instant::now();
-        let result = apply_batch(&self.pool, &mut writes, now_ms()).await;
+        // A batch cut by its deadline is dropped mid-way: its transaction is rolled back by the
+        // server when the connection's rollback or close reaches it, or it committed just
+        // before and only the answer was lost. Either way its callers are told Unavailable, as
+        // for any failed commit (a create's retry with its request_id finds a committed job).
+        let result = tokio::time::timeout(
+            self.deadline,
+            apply_batch(&self.pool, &mut writes, now_ms()),
+        )
+        .await;
         self.slow.observe("write batch", started);
+        let result = match result {
+            Ok(result) => result.map_err(|e| db_error("write batch", e).to_string()),
+            Err(_) => Err(no_answer("write batch", self.deadline).to_string()),
+        };
         match result {
             Ok(events) => {
                 self.batches_committed.fetch_add(1, Ordering::Relaxed);
@@ -615,8 +663,7 @@ impl Writer {
                     self.wake.notify_one();
                 }
             }
-            Err(e) => {
-                let why = db_error("write batch", e).to_string();
+            Err(why) => {
                 tracing::error!(commands = writes.len(), error = %why, "PostgreSQL batch failed");
                 writes.into_iter().for_each(|w| w.failed(&why));
             }
@@ -1296,6 +1343,8 @@ struct Tail {
     /// The highest sequence published (or known to exist when the store opened).
     high: i64,
     interval: Duration,
+    /// [`PostgresConfig::deadline`], for each catch-up.
+    deadline: Duration,
     stop: CancellationToken,
 }
 
@@ -1336,7 +1385,12 @@ impl Tail {
                 Wake::Read => true,
             };
             if read {
-                match self.catch_up().await {
+                let deadline = self.deadline;
+                let caught_up = match tokio::time::timeout(deadline, self.catch_up()).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(no_answer("tail", deadline).to_string()),
+                };
+                match caught_up {
                     Ok(()) => failures = 0,
                     Err(e) => {
                         failures = failures.saturating_add(1);
@@ -1771,7 +1825,10 @@ impl JobStore for PostgresStore {
                 tx.commit().await?;
                 Ok(Some((removed.len() as u64, upper >= below)))
             };
-            match step.await.map_err(|e| db_error(OP, e))? {
+            let step = tokio::time::timeout(self.deadline, step)
+                .await
+                .map_err(|_| no_answer(OP, self.deadline))?;
+            match step.map_err(|e| db_error(OP, e))? {
                 None => return Ok(deleted),
                 Some((n, done)) => {
                     deleted += n;

@@ -1,160 +1,29 @@
-//! The SQLite job store against the `JobStore` contract: idempotent creates, optimistic
-//! versions, one global event sequence in commit order, group commit, and durability across a
-//! restart. Every test owns a fresh database in its own temporary directory.
+//! The `JobStore` contract, written once and run against every backend (see `main.rs` for
+//! the instantiation): idempotent creates, optimistic versions, one global event sequence in
+//! commit order, group commit, leases, requests recorded for owners, the event log and its
+//! pruning, and durability across a reopen. Every test gets a fresh, empty store of its own
+//! ([`Fixture`]).
 //!
 //! Tests that prove batching run on tokio's current-thread runtime (the `#[tokio::test]`
 //! default): there, tasks spawned together all send their command before the writer task runs
-//! again, so they deterministically share a batch without any timing assumption.
+//! again, so they deterministically share a batch without any timing assumption. Both stores'
+//! writers take what is queued when they start a batch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use sqlx::{ConnectOptions, Connection};
-use vidgate::job::{
-    ContentFacts, FailureReason, Job, JobError, JobRecord, JobStatus, NewJob, Phase, Record,
-    new_job_id,
-};
-use vidgate::store::sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use vidgate::job::{ContentFacts, FailureReason, Job, JobError, JobStatus, Phase, Record};
 use vidgate::store::{
-    CreateOutcome, EventQuery, JobStore, Lease, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
+    CreateOutcome, EventQuery, JobStore, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
     StoreError, StoredEvent,
 };
 
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
+use crate::fixture::{
+    Fixture, all_events, claimed, completed, created, edit, ids, new_job, processing, wait_past,
+};
 
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "vidgate-store-sqlite-{}",
-            uuid::Uuid::now_v7().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("data").join("vidgate.db")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn open(path: &Path) -> SqliteStore {
-    SqliteStore::open(SqliteConfig::new(path))
-        .await
-        .expect("open store")
-}
-
-fn new_job(
-    tenant: &str,
-    request_id: Option<&str>,
-    fingerprint: &str,
-    create_time_ms: i64,
-) -> NewJob {
-    NewJob {
-        job: job_of(JobRecord {
-            id: new_job_id(),
-            tenant: tenant.to_owned(),
-            request_id: request_id.map(str::to_owned),
-            fingerprint: fingerprint.to_owned(),
-            model: "turing/veo-3.1-generate".to_owned(),
-            labels: BTreeMap::new(),
-            request: Bytes::from_static(b"\x0a\x05hello"),
-            status: JobStatus::Queued,
-            phase: Phase::Pending,
-            upstream_status: String::new(),
-            upstream_id: None,
-            progress: None,
-            create_time_ms,
-            update_time_ms: create_time_ms,
-            complete_time_ms: None,
-            error: None,
-            content: None,
-            version: 0,
-            last_sequence: 0,
-            next_action_ms: None,
-            attempts: 0,
-            polls: 0,
-            last_frame_url: None,
-            reply_to: None,
-            correlation_id: None,
-            trace_context: None,
-            deleted: false,
-            previous_attempts: Vec::new(),
-        }),
-        submission: Bytes::from_static(b"\x0a\x05hello\x12\x03img"),
-    }
-}
-
-/// A job from its stored form: tests put jobs in any stage without driving them there.
-fn job_of(record: JobRecord) -> Job {
-    Job::try_from(record).expect("a consistent job record")
-}
-
-/// Upstream has it and is generating.
-fn processing(r: &mut JobRecord) {
-    r.status = JobStatus::Processing;
-    r.phase = Phase::Polling;
-    r.upstream_id = Some("task".into());
-}
-
-/// Done, with a stored video.
-fn completed(r: &mut JobRecord) {
-    r.status = JobStatus::Completed;
-    r.phase = Phase::Finished;
-    r.upstream_id = Some("task".into());
-    r.content = Some(ContentFacts {
-        size_bytes: 1,
-        sha256: "00".repeat(32),
-        mime_type: "video/mp4".into(),
-        duration_seconds: 4.0,
-        width: 1280,
-        height: 720,
-        has_audio: false,
-        has_last_frame: false,
-        matches_request: true,
-        mismatch: String::new(),
-        blob_key: "videos/x.mp4".into(),
-        last_frame_key: None,
-        last_frame_size: None,
-    });
-}
-
-/// `job` with its stored form changed by `change`.
-fn edit(job: &Job, change: impl FnOnce(&mut JobRecord)) -> Job {
-    let mut record = JobRecord::of(job);
-    change(&mut record);
-    job_of(record)
-}
-
-fn created(outcome: Result<CreateOutcome, StoreError>) -> Job {
-    match outcome {
-        Ok(CreateOutcome::Created(job)) => job,
-        other => panic!("expected Created, got {other:?}"),
-    }
-}
-
-async fn all_events(store: &SqliteStore) -> Vec<StoredEvent> {
-    store
-        .events_after(&EventQuery {
-            limit: 100_000,
-            ..EventQuery::default()
-        })
-        .await
-        .expect("events_after")
-}
-
-#[tokio::test]
-async fn create_then_get_round_trips_every_field() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn create_then_get_round_trips_every_field(f: &mut Fixture) {
+    let store = f.store();
     let mut new = new_job("acme", Some("req-1"), "fp-1", 1_700_000_000_123);
     new.job = edit(&new.job, |r| {
         r.labels = BTreeMap::from([
@@ -202,7 +71,7 @@ async fn create_then_get_round_trips_every_field() {
     assert_eq!(stored, job);
     let submission = store.submission(&job.id).await.expect("submission");
     assert_eq!(submission, Some(submitted.submission));
-    let events = all_events(&store).await;
+    let events = all_events(&*store).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].sequence, job.last_sequence);
     assert_eq!(events[0].job_id, job.id);
@@ -219,10 +88,10 @@ async fn create_then_get_round_trips_every_field() {
     );
 }
 
-#[tokio::test]
-async fn same_request_id_and_fingerprint_returns_the_existing_job_without_an_event() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn same_request_id_and_fingerprint_returns_the_existing_job_without_an_event(
+    f: &mut Fixture,
+) {
+    let store = f.store();
     let first = created(
         store
             .create(new_job("acme", Some("key"), "fp", 1_000))
@@ -236,14 +105,16 @@ async fn same_request_id_and_fingerprint_returns_the_existing_job_without_an_eve
 
     assert_eq!(outcome, CreateOutcome::Existing(first.clone()));
     assert_eq!(store.latest_sequence().await.expect("latest"), sequence);
-    assert_eq!(all_events(&store).await.len(), 1, "a retry writes no event");
+    assert_eq!(
+        all_events(&*store).await.len(),
+        1,
+        "a retry writes no event"
+    );
     assert_eq!(store.get(&retry_id).await.expect("get"), None);
 }
 
-#[tokio::test]
-async fn same_request_id_with_another_fingerprint_is_refused() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn same_request_id_with_another_fingerprint_is_refused(f: &mut Fixture) {
+    let store = f.store();
     let first = created(
         store
             .create(new_job("acme", Some("key"), "fp-a", 1_000))
@@ -264,13 +135,11 @@ async fn same_request_id_with_another_fingerprint_is_refused() {
         }
         other => panic!("expected RequestIdReused, got {other:?}"),
     }
-    assert_eq!(all_events(&store).await.len(), 1);
+    assert_eq!(all_events(&*store).await.len(), 1);
 }
 
-#[tokio::test]
-async fn request_ids_are_per_tenant_and_jobs_without_one_never_collide() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn request_ids_are_per_tenant_and_jobs_without_one_never_collide(f: &mut Fixture) {
+    let store = f.store();
     let a = created(
         store
             .create(new_job("acme", Some("key"), "fp", 1_000))
@@ -288,12 +157,10 @@ async fn request_ids_are_per_tenant_and_jobs_without_one_never_collide() {
     assert_eq!(ids.len(), 4);
 }
 
-#[tokio::test]
-async fn concurrent_creates_share_commits_and_get_unique_increasing_sequences() {
+pub async fn concurrent_creates_share_commits_and_get_unique_increasing_sequences(f: &mut Fixture) {
     const CREATES: usize = 200;
-    let dir = TempDir::new();
-    let store = Arc::new(open(&dir.db()).await);
-    let batches_before = store.batches_committed();
+    let store = f.store();
+    let batches_before = f.batches_committed();
 
     let tasks: Vec<_> = (0..CREATES)
         .map(|i| {
@@ -311,7 +178,7 @@ async fn concurrent_creates_share_commits_and_get_unique_increasing_sequences() 
         jobs.push(created(task.await.expect("task")));
     }
 
-    let batches = store.batches_committed() - batches_before;
+    let batches = f.batches_committed() - batches_before;
     assert!(batches >= 1);
     assert!(
         batches < CREATES as u64,
@@ -324,7 +191,7 @@ async fn concurrent_creates_share_commits_and_get_unique_increasing_sequences() 
         (1..=CREATES as i64).collect::<Vec<_>>(),
         "one sequence each, no duplicates, no gaps"
     );
-    let events = all_events(&store).await;
+    let events = all_events(&*store).await;
     assert_eq!(events.len(), CREATES);
     assert!(events.windows(2).all(|w| w[0].sequence < w[1].sequence));
     for event in &events {
@@ -334,12 +201,10 @@ async fn concurrent_creates_share_commits_and_get_unique_increasing_sequences() 
     }
 }
 
-#[tokio::test]
-async fn duplicate_keys_inside_one_batch_create_exactly_one_job() {
+pub async fn duplicate_keys_inside_one_batch_create_exactly_one_job(f: &mut Fixture) {
     const RETRIES: usize = 50;
-    let dir = TempDir::new();
-    let store = Arc::new(open(&dir.db()).await);
-    let batches_before = store.batches_committed();
+    let store = f.store();
+    let batches_before = f.batches_committed();
 
     let tasks: Vec<_> = (0..RETRIES)
         .map(|_| {
@@ -362,7 +227,7 @@ async fn duplicate_keys_inside_one_batch_create_exactly_one_job() {
     }
 
     // Fewer commits than creates: some batch held at least two of these same-key creates.
-    assert!(store.batches_committed() - batches_before < RETRIES as u64);
+    assert!(f.batches_committed() - batches_before < RETRIES as u64);
     assert_eq!(created_jobs.len(), 1, "exactly one create wins");
     assert_eq!(existing.len(), RETRIES - 1);
     assert!(existing.iter().all(|job| *job == created_jobs[0]));
@@ -375,13 +240,11 @@ async fn duplicate_keys_inside_one_batch_create_exactly_one_job() {
         .await
         .expect("list");
     assert_eq!(listed.len(), 1);
-    assert_eq!(all_events(&store).await.len(), 1);
+    assert_eq!(all_events(&*store).await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_refused_create_does_not_fail_the_others_of_its_batch() {
-    let dir = TempDir::new();
-    let store = Arc::new(open(&dir.db()).await);
+pub async fn a_refused_create_does_not_fail_the_others_of_its_batch(f: &mut Fixture) {
+    let store = f.store();
     let first = created(
         store
             .create(new_job("acme", Some("taken"), "fp-a", 1_000))
@@ -411,130 +274,11 @@ async fn a_refused_create_does_not_fail_the_others_of_its_batch() {
             (i, other) => panic!("create {i}: unexpected {other:?}"),
         }
     }
-    assert_eq!(all_events(&store).await.len(), 11);
+    assert_eq!(all_events(&*store).await.len(), 11);
 }
 
-#[tokio::test]
-async fn a_command_that_fails_midway_is_rolled_back_alone() {
-    let dir = TempDir::new();
-    let store = Arc::new(open(&dir.db()).await);
-    let poisoned = new_job("acme", Some("poisoned"), "fp", 1_000);
-    let poisoned_id = poisoned.job.id.clone();
-    // The job row, its submission and its labels are written before the event, which this
-    // trigger refuses: everything of that command must disappear, nothing of the others.
-    let mut poisoned = poisoned;
-    poisoned.job.labels.insert("k".into(), "v".into());
-    side_sql(
-        &dir.db(),
-        &format!(
-            "CREATE TRIGGER refuse_event BEFORE INSERT ON events WHEN NEW.job_id = '{poisoned_id}'
-             BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-        ),
-    )
-    .await;
-
-    let a = tokio::spawn({
-        let store = store.clone();
-        async move { store.create(new_job("acme", Some("a"), "fp", 1_000)).await }
-    });
-    let bad = tokio::spawn({
-        let store = store.clone();
-        async move { store.create(poisoned).await }
-    });
-    let c = tokio::spawn({
-        let store = store.clone();
-        async move { store.create(new_job("acme", Some("c"), "fp", 1_000)).await }
-    });
-    let a = created(a.await.expect("task"));
-    let bad = bad.await.expect("task");
-    let c = created(c.await.expect("task"));
-
-    match bad {
-        Err(StoreError::Unavailable(message)) => assert!(message.contains("create"), "{message}"),
-        other => panic!("expected Unavailable, got {other:?}"),
-    }
-    assert_eq!(store.get(&poisoned_id).await.expect("get"), None);
-    assert_eq!(
-        store.submission(&poisoned_id).await.expect("submission"),
-        None
-    );
-    assert_eq!(
-        c.last_sequence,
-        a.last_sequence + 1,
-        "the failed command's sequence is reused"
-    );
-    let labelled = store
-        .list(&ListQuery {
-            tenant: "acme".into(),
-            labels: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
-            limit: 10,
-            ..ListQuery::default()
-        })
-        .await
-        .expect("list");
-    assert!(labelled.is_empty(), "the rolled back labels are gone");
-}
-
-#[tokio::test]
-async fn a_failed_commit_fails_every_caller_of_the_batch_and_publishes_nothing() {
-    let dir = TempDir::new();
-    let store = Arc::new(open(&dir.db()).await);
-    let mut events = store.subscribe();
-    let poison = new_job("acme", Some("poison"), "fp", 1_000);
-    let poison_id = poison.job.id.clone();
-    // A deferred foreign key is only checked at COMMIT: the statements succeed, the commit
-    // of the batch holding the poisoned create fails.
-    side_sql(
-        &dir.db(),
-        &format!(
-            "CREATE TABLE trap_parent (id TEXT PRIMARY KEY);
-             CREATE TABLE trap (id TEXT REFERENCES trap_parent (id) DEFERRABLE INITIALLY DEFERRED);
-             CREATE TRIGGER poison AFTER INSERT ON events WHEN NEW.job_id = '{poison_id}'
-             BEGIN INSERT INTO trap (id) VALUES ('missing'); END"
-        ),
-    )
-    .await;
-    let batches_before = store.batches_committed();
-
-    let tasks: Vec<_> = [
-        new_job("acme", Some("x"), "fp", 1_000),
-        poison,
-        new_job("acme", Some("y"), "fp", 1_000),
-    ]
-    .into_iter()
-    .map(|new| {
-        let store = store.clone();
-        let id = new.job.id.clone();
-        tokio::spawn(async move { (id, store.create(new).await) })
-    })
-    .collect();
-    let mut ids = Vec::new();
-    for task in tasks {
-        let (id, outcome) = task.await.expect("task");
-        assert!(
-            matches!(outcome, Err(StoreError::Unavailable(_))),
-            "every caller of the failed batch is told: {outcome:?}"
-        );
-        ids.push(id);
-    }
-
-    assert_eq!(store.batches_committed(), batches_before);
-    assert!(events.try_recv().is_err(), "nothing was published");
-    for id in &ids {
-        assert_eq!(store.get(id).await.expect("get"), None);
-    }
-    assert_eq!(store.latest_sequence().await.expect("latest"), 0);
-    // The writer recovers: the next batch commits.
-    let job = created(store.create(new_job("acme", Some("x"), "fp", 1_000)).await);
-    assert_eq!(job.last_sequence, 1);
-    let event = events.recv().await.expect("event");
-    assert_eq!(event.sequence, 1);
-}
-
-#[tokio::test]
-async fn a_failed_job_round_trips_its_error_and_upstream_id() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn a_failed_job_round_trips_its_error_and_upstream_id(f: &mut Fixture) {
+    let store = f.store();
     let mut new = new_job("acme", None, "fp-failed", 1_700_000_000_123);
     new.job = edit(&new.job, |r| {
         r.status = JobStatus::Failed;
@@ -559,10 +303,8 @@ async fn a_failed_job_round_trips_its_error_and_upstream_id() {
     assert_eq!(stored.upstream_id(), Some("task_43"));
 }
 
-#[tokio::test]
-async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn updates_are_refused_on_stale_versions_and_append_events_when_asked(f: &mut Fixture) {
+    let store = f.store();
     let job = created(store.create(new_job("acme", None, "fp", 1_000)).await);
 
     let mut next = job.clone();
@@ -586,7 +328,7 @@ async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
         store.get(&job.id).await.expect("get"),
         Some(updated.clone())
     );
-    let events = all_events(&store).await;
+    let events = all_events(&*store).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[1].sequence, updated.last_sequence);
     assert_eq!(events[1].job, updated);
@@ -613,7 +355,7 @@ async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
     assert_eq!(quiet.last_sequence, updated.last_sequence);
     assert_eq!(quiet.polls(), 7);
     assert_eq!(store.get(&job.id).await.expect("get"), Some(quiet.clone()));
-    assert_eq!(all_events(&store).await.len(), 2);
+    assert_eq!(all_events(&*store).await.len(), 2);
 
     let mut ghost = quiet.clone();
     ghost.id = "vid_ghost".into();
@@ -623,10 +365,8 @@ async fn updates_are_refused_on_stale_versions_and_append_events_when_asked() {
     ));
 }
 
-#[tokio::test]
-async fn concurrent_updates_of_one_version_let_exactly_one_win() {
-    let dir = TempDir::new();
-    let store = Arc::new(open(&dir.db()).await);
+pub async fn concurrent_updates_of_one_version_let_exactly_one_win(f: &mut Fixture) {
+    let store = f.store();
     let job = created(store.create(new_job("acme", None, "fp", 1_000)).await);
 
     let tasks: Vec<_> = (0..10u32)
@@ -647,17 +387,15 @@ async fn concurrent_updates_of_one_version_let_exactly_one_win() {
     }
 
     assert_eq!(wins, 1);
-    assert_eq!(all_events(&store).await.len(), 2);
+    assert_eq!(all_events(&*store).await.len(), 2);
     assert_eq!(
         store.get(&job.id).await.expect("get").map(|j| j.version),
         Some(2)
     );
 }
 
-#[tokio::test]
-async fn labels_follow_updates() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn labels_follow_updates(f: &mut Fixture) {
+    let store = f.store();
     let mut new = new_job("acme", None, "fp", 1_000);
     new.job.labels.insert("team".into(), "a".into());
     let job = created(store.create(new).await);
@@ -692,11 +430,9 @@ async fn labels_follow_updates() {
     );
 }
 
-#[tokio::test]
-async fn list_pages_newest_first_each_job_once_with_filters() {
+pub async fn list_pages_newest_first_each_job_once_with_filters(f: &mut Fixture) {
     const JOBS: i64 = 120;
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+    let store = f.store();
     let mut all = Vec::new();
     for i in 0..JOBS {
         // Three jobs per millisecond: ties on create_time_ms are broken by id.
@@ -814,10 +550,8 @@ async fn list_pages_newest_first_each_job_once_with_filters() {
     assert!(other_tenant.is_empty());
 }
 
-#[tokio::test]
-async fn claim_due_takes_only_due_live_jobs_soonest_first() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn claim_due_takes_only_due_live_jobs_soonest_first(f: &mut Fixture) {
+    let store = f.store();
     let schedule = [Some(300), Some(100), None, Some(5_000), Some(200)];
     let mut jobs = Vec::new();
     for next_action_ms in schedule {
@@ -852,30 +586,11 @@ async fn claim_due_takes_only_due_live_jobs_soonest_first() {
     );
 }
 
-fn ids(jobs: &[Job]) -> Vec<String> {
-    jobs.iter().map(|j| j.id.clone()).collect()
-}
-
-/// A job created due at `due`, then claimed with a lease ending at `until`.
-async fn claimed(store: &SqliteStore, due: i64, until: i64) -> (Lease, Job) {
-    let mut new = new_job("acme", None, "fp", 1_000);
-    new.job = edit(&new.job, |r| r.next_action_ms = Some(due));
-    let job = created(store.create(new).await);
-    let (lease, jobs) = store.claim_due(due, until, 1).await.expect("claim");
-    let [claimed] = jobs.as_slice() else {
-        panic!("one job claimed, got {jobs:?}")
-    };
-    assert_eq!(claimed.id, job.id);
-    (lease, claimed.clone())
-}
-
-#[tokio::test]
-async fn a_lease_holds_a_job_until_it_ends_and_then_another_claim_takes_it() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn a_lease_holds_a_job_until_it_ends_and_then_another_claim_takes_it(f: &mut Fixture) {
+    let store = f.store();
     // next_due_ms reads the clock: this test's times are around now.
     let now = vidgate::job::now_ms();
-    let (first, job) = claimed(&store, now - 1_000, now + 60_000).await;
+    let (first, job) = claimed(&*store, now - 1_000, now + 60_000).await;
     let (_, none) = store
         .claim_due(now + 59_999, now + 90_000, 10)
         .await
@@ -894,11 +609,9 @@ async fn a_lease_holds_a_job_until_it_ends_and_then_another_claim_takes_it() {
     assert_ne!(first.token, second.token, "every claim is a new owner");
 }
 
-#[tokio::test]
-async fn a_paused_owner_whose_lease_was_taken_over_cannot_write() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
-    let (paused, job) = claimed(&store, 100, 1_000).await;
+pub async fn a_paused_owner_whose_lease_was_taken_over_cannot_write(f: &mut Fixture) {
+    let store = f.store();
+    let (paused, job) = claimed(&*store, 100, 1_000).await;
     let (owner, _) = store.claim_due(2_000, 9_000, 1).await.expect("takeover");
 
     let mut stale = job.clone();
@@ -922,10 +635,10 @@ async fn a_paused_owner_whose_lease_was_taken_over_cannot_write() {
     assert_eq!(ids(&again), vec![job.id.clone()]);
 }
 
-#[tokio::test]
-async fn a_cancel_of_an_unowned_job_applies_at_once_and_an_owned_one_waits_for_its_owner() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn a_cancel_of_an_unowned_job_applies_at_once_and_an_owned_one_waits_for_its_owner(
+    f: &mut Fixture,
+) {
+    let store = f.store();
     let free = created(store.create(new_job("acme", None, "fp", 1_000)).await);
     match store
         .request(&free.id, "acme", OwnerRequest::Cancel, 1_500)
@@ -952,7 +665,7 @@ async fn a_cancel_of_an_unowned_job_applies_at_once_and_an_owned_one_waits_for_i
         "another tenant's job does not exist for this caller"
     );
 
-    let (lease, owned) = claimed(&store, 100, 10_000).await;
+    let (lease, owned) = claimed(&*store, 100, 10_000).await;
     match store
         .request(&owned.id, "acme", OwnerRequest::Cancel, 2_000)
         .await
@@ -990,7 +703,7 @@ async fn a_cancel_of_an_unowned_job_applies_at_once_and_an_owned_one_waits_for_i
         0,
         "the owner's change is in, then the cancel"
     );
-    let events = all_events(&store).await;
+    let events = all_events(&*store).await;
     assert_eq!(events.last().map(|e| e.sequence), Some(before + 1));
     assert_eq!(store.get(&owned.id).await.expect("get"), Some(saved.job));
     // A finished job has no owner any more: the lease ended with it.
@@ -1004,10 +717,8 @@ async fn a_cancel_of_an_unowned_job_applies_at_once_and_an_owned_one_waits_for_i
     );
 }
 
-#[tokio::test]
-async fn a_cancel_racing_a_completion_ends_in_exactly_one_outcome() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn a_cancel_racing_a_completion_ends_in_exactly_one_outcome(f: &mut Fixture) {
+    let store = f.store();
     let mut new = new_job("acme", None, "fp", 1_000);
     new.job = edit(&new.job, |r| {
         r.status = JobStatus::Processing;
@@ -1058,18 +769,14 @@ async fn a_cancel_racing_a_completion_ends_in_exactly_one_outcome() {
     }
 }
 
-#[tokio::test]
-async fn next_due_is_none_when_nothing_is_scheduled() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn next_due_is_none_when_nothing_is_scheduled(f: &mut Fixture) {
+    let store = f.store();
     created(store.create(new_job("acme", None, "fp", 1_000)).await);
     assert_eq!(store.next_due_ms().await.expect("next"), None);
 }
 
-#[tokio::test]
-async fn events_after_filters_by_tenant_and_job_from_a_cursor() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn events_after_filters_by_tenant_and_job_from_a_cursor(f: &mut Fixture) {
+    let store = f.store();
     let a1 = created(store.create(new_job("acme", None, "fp", 1_000)).await);
     let b1 = created(store.create(new_job("globex", None, "fp", 1_000)).await);
     let a2 = created(store.create(new_job("acme", None, "fp", 1_000)).await);
@@ -1125,10 +832,8 @@ async fn events_after_filters_by_tenant_and_job_from_a_cursor() {
     assert!(crossed.is_empty(), "filters combine");
 }
 
-#[tokio::test]
-async fn subscribers_receive_committed_events_in_order() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn subscribers_receive_committed_events_in_order(f: &mut Fixture) {
+    let store = f.store();
     let mut live = store.subscribe();
 
     let a = created(store.create(new_job("acme", Some("a"), "fp", 1_000)).await);
@@ -1147,46 +852,28 @@ async fn subscribers_receive_committed_events_in_order() {
         .await
         .expect("quiet update");
 
-    let mut received = Vec::new();
-    while let Ok(event) = live.try_recv() {
-        received.push(event);
-    }
+    // How live events are awaited is backend-specific (see `Fixture::live_events`).
+    let received = f.live_events(&mut live, 3).await;
     let sequences: Vec<i64> = received.iter().map(|e| e.sequence).collect();
     assert_eq!(
         sequences,
         [a.last_sequence, b.last_sequence, a_next.last_sequence]
     );
-    let logged = all_events(&store).await;
+    let logged = all_events(&*store).await;
     let received: Vec<StoredEvent> = received.iter().map(|e| (**e).clone()).collect();
     assert_eq!(received, logged, "live events are exactly the logged ones");
 }
 
-/// Waits until the wall clock has passed `ms`, so later commits carry later times.
-async fn wait_past(ms: i64) {
-    loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis() as i64;
-        if now > ms {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-}
-
-#[tokio::test]
-async fn pruning_deletes_old_events_and_records_pruned_through() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
+pub async fn pruning_deletes_old_events_and_records_pruned_through(f: &mut Fixture) {
+    let store = f.store();
     for _ in 0..3 {
         created(store.create(new_job("acme", None, "fp", 1_000)).await);
     }
-    let old = all_events(&store).await;
+    let old = all_events(&*store).await;
     let old_newest_time = old.iter().map(|e| e.time_ms).max().expect("events");
     wait_past(old_newest_time).await;
     let recent = created(store.create(new_job("acme", None, "fp", 1_000)).await);
-    let recent_time = all_events(&store).await[3].time_ms;
+    let recent_time = all_events(&*store).await[3].time_ms;
     assert!(recent_time > old_newest_time);
 
     assert_eq!(store.pruned_through().await.expect("pruned"), 0);
@@ -1195,7 +882,7 @@ async fn pruning_deletes_old_events_and_records_pruned_through() {
 
     assert_eq!(deleted, 3);
     assert_eq!(store.pruned_through().await.expect("pruned"), 3);
-    let left = all_events(&store).await;
+    let left = all_events(&*store).await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].sequence, recent.last_sequence);
 
@@ -1208,11 +895,9 @@ async fn pruning_deletes_old_events_and_records_pruned_through() {
     assert_eq!(store.pruned_through().await.expect("pruned"), 4);
 }
 
-#[tokio::test]
-async fn everything_survives_closing_and_reopening() {
-    let dir = TempDir::new();
+pub async fn everything_survives_closing_and_reopening(f: &mut Fixture) {
     let (jobs, events, latest) = {
-        let store = open(&dir.db()).await;
+        let store = f.store();
         let mut jobs = Vec::new();
         for i in 0..5 {
             let mut new = new_job("acme", Some(&format!("k{i}")), "fp", 1_000 + i);
@@ -1222,9 +907,9 @@ async fn everything_survives_closing_and_reopening() {
         let mut first = jobs[0].clone();
         first = edit(&first, completed);
         jobs[0] = store.update(first, Record::Event).await.expect("update");
-        let events = all_events(&store).await;
+        let events = all_events(&*store).await;
         let latest = store.latest_sequence().await.expect("latest");
-        store.close().await;
+        f.close().await;
         assert!(matches!(
             store.create(new_job("acme", None, "fp", 1)).await,
             Err(StoreError::Unavailable(_))
@@ -1233,19 +918,20 @@ async fn everything_survives_closing_and_reopening() {
         (jobs, events, latest)
     };
 
-    let check = |store: SqliteStore| {
+    let check = |store: Arc<dyn JobStore>| {
         let jobs = jobs.clone();
         let events = events.clone();
         async move {
             for job in &jobs {
                 assert_eq!(store.get(&job.id).await.expect("get").as_ref(), Some(job));
             }
-            assert_eq!(all_events(&store).await[..events.len()], events[..]);
+            assert_eq!(all_events(&*store).await[..events.len()], events[..]);
             store.health().await.expect("healthy");
-            store
         }
     };
-    let store = check(open(&dir.db()).await).await;
+    f.reopen().await;
+    check(f.store()).await;
+    let store = f.store();
     assert_eq!(store.latest_sequence().await.expect("latest"), latest);
     // The idempotency keys survive too.
     let retry = store
@@ -1257,58 +943,16 @@ async fn everything_survives_closing_and_reopening() {
     assert_eq!(later.last_sequence, latest + 1);
     // Dropped without close: still nothing lost.
     drop(store);
-    let store = check(open(&dir.db()).await).await;
+    f.drop_and_reopen().await;
+    check(f.store()).await;
+    let store = f.store();
     assert_eq!(store.get(&later.id).await.expect("get"), Some(later));
-    store.close().await;
+    f.close().await;
 }
 
-#[tokio::test]
-async fn the_synchronous_setting_is_applied_to_the_writer() {
-    let dir = TempDir::new();
-    let store = open(&dir.db()).await;
-    let settings = store.writer_settings().await.expect("settings");
-    assert_eq!(settings.synchronous, Synchronous::Full.pragma_level());
-    assert_eq!(settings.journal_mode, "wal");
-    assert!(settings.foreign_keys);
-    assert_eq!(settings.busy_timeout_ms, 5_000);
-    store.close().await;
-
-    let mut config = SqliteConfig::new(dir.db());
-    config.synchronous = Synchronous::Normal;
-    let store = SqliteStore::open(config).await.expect("open");
-    let settings = store.writer_settings().await.expect("settings");
-    assert_eq!(settings.synchronous, Synchronous::Normal.pragma_level());
-    assert_eq!(settings.journal_mode, "wal");
-}
-
-#[tokio::test]
-async fn open_refuses_memory_databases_and_empty_limits() {
-    let dir = TempDir::new();
-    assert!(matches!(
-        SqliteStore::open(SqliteConfig::new(":memory:")).await,
-        Err(StoreError::Unavailable(_))
-    ));
-    let mut config = SqliteConfig::new(dir.db());
-    config.max_batch = 0;
-    assert!(SqliteStore::open(config).await.is_err());
-    let mut config = SqliteConfig::new(dir.db());
-    config.event_buffer = 0;
-    assert!(SqliteStore::open(config).await.is_err());
-    let mut config = SqliteConfig::new(dir.db());
-    config.read_connections = 0;
-    assert!(SqliteStore::open(config).await.is_err());
-    assert!(
-        !dir.db().exists(),
-        "nothing is created for a refused configuration"
-    );
-}
-
-#[tokio::test]
-async fn a_batch_of_one_is_enough_when_max_batch_is_one() {
-    let dir = TempDir::new();
-    let mut config = SqliteConfig::new(dir.db());
-    config.max_batch = 1;
-    let store = Arc::new(SqliteStore::open(config).await.expect("open"));
+pub async fn a_batch_of_one_is_enough_when_max_batch_is_one(f: &mut Fixture) {
+    f.reopen_with_max_batch(1).await;
+    let store = f.store();
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let store = store.clone();
@@ -1318,23 +962,56 @@ async fn a_batch_of_one_is_enough_when_max_batch_is_one() {
     for task in tasks {
         created(task.await.expect("task"));
     }
-    assert_eq!(
-        store.batches_committed(),
-        10,
-        "max_batch bounds every batch"
-    );
+    assert_eq!(f.batches_committed(), 10, "max_batch bounds every batch");
 }
 
-/// Runs `sql` on a connection of its own, as an operator's tool would.
-async fn side_sql(path: &Path, sql: &str) {
-    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .connect()
+pub async fn cursors_are_saved_replaced_and_survive_reopening(f: &mut Fixture) {
+    let store = f.store();
+    assert_eq!(store.load_cursor("relay").await.expect("load"), None);
+    store.save_cursor("relay", 7).await.expect("save");
+    store.save_cursor("other", 3).await.expect("save");
+    store.save_cursor("relay", 42).await.expect("save again");
+    assert!(store.save_cursor("relay", -1).await.is_err());
+    assert_eq!(store.load_cursor("relay").await.expect("load"), Some(42));
+    drop(store);
+    f.reopen().await;
+    let store = f.store();
+    assert_eq!(store.load_cursor("relay").await.expect("load"), Some(42));
+    assert_eq!(store.load_cursor("other").await.expect("load"), Some(3));
+    assert_eq!(store.load_cursor("never").await.expect("load"), None);
+}
+
+pub async fn count_by_status_counts_live_jobs_by_wire_name(f: &mut Fixture) {
+    let store = f.store();
+    assert!(store.count_by_status().await.expect("count").is_empty());
+    for _ in 0..3 {
+        created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    }
+    for _ in 0..2 {
+        let job = created(store.create(new_job("globex", None, "fp", 1_000)).await);
+        store
+            .update(edit(&job, processing), Record::Event)
+            .await
+            .expect("update");
+    }
+    let done = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    store
+        .update(edit(&done, completed), Record::Quiet)
         .await
-        .expect("side connection");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&mut conn)
+        .expect("update");
+    let gone = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    store
+        .update(edit(&gone, |r| r.deleted = true), Record::Event)
         .await
-        .expect("side sql");
-    conn.close().await.expect("close side connection");
+        .expect("delete");
+
+    let mut expected = vec![
+        (JobStatus::Queued.as_str().to_owned(), 3),
+        (JobStatus::Processing.as_str().to_owned(), 2),
+        (JobStatus::Completed.as_str().to_owned(), 1),
+    ];
+    expected.sort();
+    let mut counted = store.count_by_status().await.expect("count");
+    counted.sort();
+    assert_eq!(counted, expected, "deleted jobs are not counted");
 }
