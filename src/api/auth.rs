@@ -144,14 +144,22 @@ impl Authenticator {
         if self.mode == AuthMode::None {
             return Ok(Tenant(self.no_auth_tenant.clone()));
         }
+        // Two values are refused, not resolved by taking the first: which one a proxy or a
+        // client library meant is a guess.
+        let count = metadata.get_all("authorization").iter().count();
+        if count > 1 {
+            return Err(ApiError::AmbiguousCredentials(count));
+        }
         let value = metadata
             .get("authorization")
             .ok_or(ApiError::MissingCredentials)?;
         let text = value.to_str().map_err(|_| ApiError::InvalidCredentials)?;
+        // The scheme is case-insensitive (RFC 7235 section 2.1): `Bearer`, `bearer`, `BEARER`.
         let token = text
-            .strip_prefix("Bearer ")
-            .or_else(|| text.strip_prefix("bearer "))
-            .map(str::trim)
+            .trim_start()
+            .split_once(|c: char| c == ' ' || c == '\t')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::MissingCredentials)?;
         self.tenant_of(token).ok_or(ApiError::InvalidCredentials)
@@ -210,6 +218,35 @@ mod tests {
             a.authenticate(&MetadataMap::new()),
             Err(ApiError::MissingCredentials)
         ));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_two_values_are_refused() {
+        let a = auth();
+        for spelling in [
+            "Bearer tok-acme",
+            "bearer tok-acme",
+            "BEARER tok-acme",
+            "bEaReR  tok-acme",
+        ] {
+            assert_eq!(
+                a.authenticate(&md(spelling)).unwrap(),
+                Tenant("acme".into()),
+                "{spelling}"
+            );
+        }
+        assert!(matches!(
+            a.authenticate(&md("Bearertok-acme")),
+            Err(ApiError::MissingCredentials)
+        ));
+        let mut two = md("Bearer tok-acme");
+        two.append("authorization", "Bearer tok-acme".parse().unwrap());
+        let error = a.authenticate(&two).unwrap_err();
+        assert!(
+            matches!(error, ApiError::AmbiguousCredentials(2)),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("exactly one"), "{error}");
     }
 
     #[test]

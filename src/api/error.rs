@@ -42,6 +42,11 @@ pub enum ApiError {
     /// A token that maps to no tenant.
     #[error("invalid credentials: the bearer token is not known")]
     InvalidCredentials,
+    /// More than one `authorization` value: which one counts would be a guess.
+    #[error(
+        "ambiguous credentials: {0} `authorization` values were sent; send exactly one (`authorization: Bearer <token>`)"
+    )]
+    AmbiguousCredentials(usize),
     /// Download of a video that is not completed.
     #[error("video {id} is {status}, not completed: there is no content to download yet")]
     VideoNotCompleted {
@@ -102,6 +107,7 @@ impl ApiError {
             Self::InvalidArgument { .. } => "INVALID_VIDEO_REQUEST",
             Self::MissingCredentials => "MISSING_CREDENTIALS",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::AmbiguousCredentials(_) => "AMBIGUOUS_CREDENTIALS",
             Self::VideoNotCompleted { .. } => "VIDEO_NOT_COMPLETED",
             Self::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
             Self::LastFrameNotAvailable(_) => "LAST_FRAME_NOT_AVAILABLE",
@@ -117,7 +123,9 @@ impl ApiError {
         match self {
             Self::Jobs(e) => jobs_code(e),
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::MissingCredentials | Self::InvalidCredentials => Code::Unauthenticated,
+            Self::MissingCredentials | Self::InvalidCredentials | Self::AmbiguousCredentials(_) => {
+                Code::Unauthenticated
+            }
             Self::LastFrameNotAvailable(_) => Code::NotFound,
             Self::VideoNotCompleted { .. } => Code::FailedPrecondition,
             Self::OffsetOutOfRange { .. } | Self::CursorExpired { .. } => Code::OutOfRange,

@@ -1057,3 +1057,43 @@ async fn retry_is_refused_for_completed_cancelled_unretryable_too_old_and_foreig
     assert_eq!(creates_of(&t, &no_content), 1);
     assert_eq!(creates_of(&t, &reset), 1);
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_two_authorization_values_are_refused() {
+    let mut t = spawn_app().await;
+    for scheme in ["BEARER", "bearer", "Bearer"] {
+        let mut request = tonic::Request::new(pb::ListVideosRequest::default());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("{scheme} {ACME}").parse().expect("ascii"),
+        );
+        t.client
+            .list_videos(request)
+            .await
+            .unwrap_or_else(|e| panic!("{scheme}: {e:?}"));
+    }
+    let mut request = tonic::Request::new(pb::ListVideosRequest::default());
+    request.metadata_mut().append(
+        "authorization",
+        format!("Bearer {ACME}").parse().expect("ascii"),
+    );
+    request.metadata_mut().append(
+        "authorization",
+        format!("Bearer {GLOBEX}").parse().expect("ascii"),
+    );
+    let refused = t
+        .client
+        .list_videos(request)
+        .await
+        .expect_err("two authorization values");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(
+        error_reason(&refused),
+        "AMBIGUOUS_CREDENTIALS",
+        "{refused:?}"
+    );
+    assert!(
+        !refused.message().contains(ACME) && !refused.message().contains(GLOBEX),
+        "tokens are not echoed: {refused:?}"
+    );
+}
