@@ -157,7 +157,7 @@ impl Authenticator {
         // The scheme is case-insensitive (RFC 7235 section 2.1): `Bearer`, `bearer`, `BEARER`.
         let token = text
             .trim_start()
-            .split_once(|c: char| c == ' ' || c == '\t')
+            .split_once([' ', '\t'])
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
