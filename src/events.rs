@@ -95,6 +95,15 @@ pub enum FeedError {
         /// The first sequence still kept.
         first_kept: i64,
     },
+    /// The cursor is beyond the latest committed sequence: no stream sent it, and waiting
+    /// for it would silently skip every event until then.
+    #[error("after_sequence {cursor} is beyond the latest sequence {latest}")]
+    CursorAhead {
+        /// The cursor.
+        cursor: i64,
+        /// The latest committed sequence.
+        latest: i64,
+    },
     /// The watched video does not exist for this tenant (or was deleted).
     #[error("video {0} not found")]
     VideoNotFound(String),
@@ -203,6 +212,16 @@ impl Feed {
                     return Stop::Error(FeedError::CursorExpired {
                         cursor: request.after_sequence,
                         first_kept: pruned + 1,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return Stop::Error(e.into()),
+            }
+            match self.store.latest_sequence().await {
+                Ok(latest) if request.after_sequence > latest => {
+                    return Stop::Error(FeedError::CursorAhead {
+                        cursor: request.after_sequence,
+                        latest,
                     });
                 }
                 Ok(_) => {}

@@ -76,6 +76,16 @@ pub enum ApiError {
         /// The first sequence still kept.
         first_kept: i64,
     },
+    /// A cursor beyond the latest committed sequence.
+    #[error(
+        "after_sequence {cursor} is beyond the latest sequence {latest}: resume from a sequence a stream sent, or watch from 0"
+    )]
+    CursorAhead {
+        /// The cursor.
+        cursor: i64,
+        /// The latest committed sequence.
+        latest: i64,
+    },
     /// The subscriber fell behind its bounded buffer.
     #[error("the stream fell behind and was ended; resume with after_sequence = {last_sequence}")]
     SubscriberLagged {
@@ -112,6 +122,7 @@ impl ApiError {
             Self::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
             Self::LastFrameNotAvailable(_) => "LAST_FRAME_NOT_AVAILABLE",
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
+            Self::CursorAhead { .. } => "CURSOR_AHEAD",
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
             Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
@@ -128,7 +139,9 @@ impl ApiError {
             }
             Self::LastFrameNotAvailable(_) => Code::NotFound,
             Self::VideoNotCompleted { .. } => Code::FailedPrecondition,
-            Self::OffsetOutOfRange { .. } | Self::CursorExpired { .. } => Code::OutOfRange,
+            Self::OffsetOutOfRange { .. }
+            | Self::CursorExpired { .. }
+            | Self::CursorAhead { .. } => Code::OutOfRange,
             Self::SubscriberLagged { .. } => Code::Aborted,
             Self::ShuttingDown { .. } => Code::Unavailable,
             Self::MessageTooLarge(_) => Code::ResourceExhausted,
@@ -196,6 +209,7 @@ impl From<FeedError> for ApiError {
             FeedError::CursorExpired { cursor, first_kept } => {
                 Self::CursorExpired { cursor, first_kept }
             }
+            FeedError::CursorAhead { cursor, latest } => Self::CursorAhead { cursor, latest },
             FeedError::VideoNotFound(id) => Self::Jobs(JobsError::VideoNotFound(id)),
             FeedError::Lagged { last_sequence } => Self::SubscriberLagged { last_sequence },
             FeedError::Store(e) => e.into(),
@@ -227,6 +241,9 @@ impl From<ApiError> for Status {
             }
             ApiError::CursorExpired { first_kept, .. } => {
                 metadata.insert("first_kept_sequence".to_owned(), first_kept.to_string());
+            }
+            ApiError::CursorAhead { latest, .. } => {
+                metadata.insert("latest_sequence".to_owned(), latest.to_string());
             }
             ApiError::Jobs(JobsError::VideoNotRetryable {
                 status,

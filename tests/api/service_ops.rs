@@ -100,6 +100,69 @@ async fn a_cursor_older_than_retention_is_out_of_range_cursor_expired() {
 }
 
 #[tokio::test]
+async fn a_cursor_beyond_the_latest_sequence_is_out_of_range_cursor_ahead() {
+    let mut t = spawn_app().await;
+    let v = t
+        .client
+        .create_video(req(ACME, veo(&unique("ahead"))))
+        .await
+        .unwrap()
+        .into_inner();
+    let latest = v.last_sequence;
+    let mut s = t
+        .client
+        .subscribe(req(
+            ACME,
+            pb::SubscribeRequest {
+                after_sequence: latest + 1_000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = s.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(error_reason(&status), "CURSOR_AHEAD");
+    assert!(status.message().contains("beyond the latest"), "{status:?}");
+    // WatchVideo too, however far: no stream that silently never ends.
+    let mut w = t
+        .client
+        .watch_video(req(
+            ACME,
+            pb::WatchVideoRequest {
+                id: v.id.clone(),
+                after_sequence: i64::MAX,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = w.next().await.unwrap().unwrap_err();
+    assert_eq!(error_reason(&status), "CURSOR_AHEAD", "{status:?}");
+    // The latest itself is a valid cursor (a stream that saw everything resumes there).
+    let mut ok = t
+        .client
+        .subscribe(req(
+            ACME,
+            pb::SubscribeRequest {
+                after_sequence: latest,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), ok.next())
+            .await
+            .is_err(),
+        "no error and no event: waiting for the next one"
+    );
+}
+
+#[tokio::test]
 async fn the_video_is_downloaded_from_upstream_once_however_many_read_it() {
     let mut t = spawn_app().await;
     let v = t
