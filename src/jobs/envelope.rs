@@ -26,31 +26,61 @@ pub(super) fn envelope_violations(request: &pb::CreateVideoRequest) -> Vec<Field
             format!("request_id must be at most {MAX_REQUEST_ID_CHARS} characters without control characters (a UUID is a good choice)"),
         ));
     }
-    if request.labels.len() > MAX_LABELS {
+    out.extend(label_violations(&request.labels));
+    out
+}
+
+/// Longest part of a caller's key echoed in a field path (the rest is elided): a 5 MiB key
+/// must not come back as 5 MiB of error.
+const ECHO_KEY_CHARS: usize = 64;
+
+/// The rules of labels, at create and in a listing's label filter alike.
+pub(super) fn label_violations(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<FieldViolation> {
+    let mut out = Vec::new();
+    if labels.len() > MAX_LABELS {
         out.push(violation(
             "labels",
-            format!("at most {MAX_LABELS} labels (got {})", request.labels.len()),
+            format!("at most {MAX_LABELS} labels (got {})", labels.len()),
         ));
+        // Each of thousands of keys would add its own violation: the count says enough.
+        return out;
     }
-    for (k, v) in &request.labels {
+    for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.chars().count() <= MAX_LABEL_KEY_CHARS
             && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        let shown = echo(k);
         if !key_ok {
             out.push(violation(
-                format!("labels[{k}]"),
+                format!("labels[{shown}]"),
                 format!("label keys must be 1-{MAX_LABEL_KEY_CHARS} characters of a-z, A-Z, 0-9, '-', '_', '.', '/'"),
             ));
         }
         if v.chars().count() > MAX_LABEL_VALUE_CHARS || v.chars().any(char::is_control) {
             out.push(violation(
-                format!("labels[{k}]"),
+                format!("labels[{shown}]"),
                 format!("label values must be at most {MAX_LABEL_VALUE_CHARS} characters without control characters"),
             ));
         }
     }
     out
+}
+
+/// A caller's key as echoed: at most [`ECHO_KEY_CHARS`] characters, control characters
+/// escaped.
+fn echo(key: &str) -> String {
+    let mut shown: String = key
+        .chars()
+        .take(ECHO_KEY_CHARS)
+        .flat_map(char::escape_default)
+        .collect();
+    if key.chars().count() > ECHO_KEY_CHARS {
+        shown.push_str("...");
+    }
+    shown
 }
 
 fn violation(field: impl Into<String>, description: String) -> FieldViolation {

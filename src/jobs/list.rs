@@ -46,6 +46,17 @@ impl Jobs {
             n => (n as u32).min(MAX_PAGE_SIZE),
         };
         let statuses = parse_statuses(&req.statuses)?;
+        // The label filter follows the rules of labels at create: a filter no job can match
+        // is the caller's mistake, and thousands of filters are not a store outage.
+        if let Some(bad) = super::envelope::label_violations(&req.labels)
+            .into_iter()
+            .next()
+        {
+            return Err(JobsError::InvalidArgument {
+                field: "labels",
+                description: format!("{}: {}", bad.field, bad.description),
+            });
+        }
 
         let filters = filter_hash(req);
         let after = if req.page_token.is_empty() {

@@ -1097,3 +1097,61 @@ async fn the_bearer_scheme_is_case_insensitive_and_two_authorization_values_are_
         "tokens are not echoed: {refused:?}"
     );
 }
+
+#[tokio::test]
+async fn list_label_filters_follow_the_label_rules_and_long_keys_are_not_echoed_whole() {
+    let mut t = spawn_app().await;
+    let many: BTreeMap<String, String> = (0..1_000)
+        .map(|i| (format!("k{i}"), "v".to_owned()))
+        .collect();
+    let refused = t
+        .client
+        .list_videos(req(
+            ACME,
+            pb::ListVideosRequest {
+                labels: many,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("1 000 label filters");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("labels"), "{refused:?}");
+    assert!(refused.message().contains("at most 64"), "{refused:?}");
+
+    let long_key = "k".repeat(1_000_000);
+    let refused = t
+        .client
+        .list_videos(req(
+            ACME,
+            pb::ListVideosRequest {
+                labels: BTreeMap::from([(long_key.clone(), "v".to_owned())]),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("a key longer than allowed");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().len() < 1_000,
+        "the key is not echoed whole ({} bytes)",
+        refused.message().len()
+    );
+    let mut create = veo(&unique("long label"));
+    create.labels.insert(long_key, "v".into());
+    let refused = t
+        .client
+        .create_video(req(ACME, create))
+        .await
+        .expect_err("a key longer than allowed");
+    let violations = refused.get_error_details();
+    let field = violations
+        .bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default();
+    assert!(
+        field.starts_with("labels[") && field.len() < 100,
+        "the field path names the key, elided: {} bytes",
+        field.len()
+    );
+}
