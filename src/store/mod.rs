@@ -6,6 +6,7 @@
 //! commit order) stated here, not left to one backend.
 
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

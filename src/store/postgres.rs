@@ -63,7 +63,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -73,11 +73,12 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::shared::{CreateDecision, KnownKey, decide_creates, decode_job, encode_job};
 use super::{
     CreateOutcome, EventQuery, JobStore, Lease, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
     Saved, StoreError, StoredEvent,
 };
-use crate::job::{Job, NewJob, Record};
+use crate::job::{Job, NewJob, Record, now_ms};
 
 /// Connections in the pool by default: the writer, the listening connection, and reads.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
@@ -784,20 +785,6 @@ async fn apply_one(
     Ok(())
 }
 
-/// A stored (or earlier in the run) job under an idempotency key: its id, its fingerprint, and
-/// the job or why it cannot be read.
-type KnownKey = (String, String, Result<Job, String>);
-
-/// A stored job found by its idempotency key: tenant, request id, id, fingerprint, JSON.
-type KeyRow = (String, String, String, String, String);
-
-/// What one create of a run will do.
-enum CreateDecision {
-    New { job: Job, json: String },
-    Existing(Job),
-    Refused(StoreError),
-}
-
 /// A run of creates: one idempotency lookup, then one `INSERT ... SELECT FROM UNNEST` per
 /// table, in one savepoint. `Ok(None)`: a statement failed and the run was rolled back (the
 /// caller applies it one create at a time, so the failure answers its own caller).
@@ -849,49 +836,7 @@ async fn apply_creates(
         }
     }
 
-    let mut sequence = first_sequence;
-    let mut decisions = Vec::with_capacity(news.len());
-    for new in &news {
-        let key = new
-            .job
-            .request_id
-            .as_ref()
-            .map(|r| (new.job.tenant.clone(), r.clone()));
-        if let Some(key) = &key
-            && let Some((existing_id, fingerprint, job)) = known.get(key)
-        {
-            decisions.push(if *fingerprint != new.job.fingerprint {
-                CreateDecision::Refused(StoreError::RequestIdReused {
-                    request_id: key.1.clone(),
-                    existing_id: existing_id.clone(),
-                })
-            } else {
-                match job {
-                    Ok(job) => CreateDecision::Existing(job.clone()),
-                    Err(why) => CreateDecision::Refused(StoreError::Corrupt(why.clone())),
-                }
-            });
-            continue;
-        }
-        let mut job = new.job.clone();
-        job.version = 1;
-        job.last_sequence = sequence;
-        let json = match encode_job(OP, &job) {
-            Ok(json) => json,
-            Err(e) => {
-                decisions.push(CreateDecision::Refused(e));
-                continue;
-            }
-        };
-        sequence += 1;
-        if let Some(key) = key {
-            known.insert(
-                key,
-                (job.id.clone(), job.fingerprint.clone(), Ok(job.clone())),
-            );
-        }
-        decisions.push(CreateDecision::New { job, json });
-    }
+    let decisions = decide_creates(&news, &mut known, first_sequence);
 
     let fresh: Vec<(&Job, &str, &NewJob)> = decisions
         .iter()
@@ -942,6 +887,9 @@ async fn rolled_back(
         .await?;
     Ok(None)
 }
+
+/// A stored job found by its idempotency key: tenant, request id, id, fingerprint, JSON.
+type KeyRow = (String, String, String, String, String);
 
 /// Inserts new jobs with their submissions, labels and first events: one statement per table.
 async fn insert_jobs(
@@ -1471,25 +1419,6 @@ async fn next_notification(listener: &mut Option<PgListener>) -> Wake {
     }
 }
 
-fn encode_job(op: &str, job: &Job) -> Result<String, StoreError> {
-    serde_json::to_string(job).map_err(|e| {
-        StoreError::Unavailable(format!("{op}: job {} cannot be encoded: {e}", job.id))
-    })
-}
-
-/// Decodes a stored job. The error names where the JSON broke, never what it contained.
-fn decode_job(op: &str, id: &str, json: &str) -> Result<Job, StoreError> {
-    serde_json::from_str(json).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "{op}: job {id} is stored in a shape this vidgate cannot read \
-             ({:?} error at line {}, column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })
-}
-
 /// Maps a database error: undecodable rows are `Corrupt`, everything else (connections,
 /// timeouts, a server restarting) `Unavailable`. sqlx's messages carry PostgreSQL's text and
 /// codes, never bound values.
@@ -1508,13 +1437,6 @@ fn db_error(op: &str, error: sqlx::Error) -> StoreError {
     } else {
         StoreError::Unavailable(message)
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[async_trait]

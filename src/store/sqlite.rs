@@ -46,7 +46,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -57,11 +57,12 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::shared::{CreateDecision, KnownKey, decide_creates, decode_job, encode_job};
 use super::{
     CreateOutcome, EventQuery, JobStore, Lease, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
     Saved, StoreError, StoredEvent,
 };
-use crate::job::{Job, NewJob, Record};
+use crate::job::{Job, NewJob, Record, now_ms};
 
 /// Most commands committed in one transaction by default. Large enough that a burst of
 /// concurrent creates shares one fsync; small enough that one transaction (and the callers
@@ -804,20 +805,6 @@ const ROWS_PER_INSERT: usize = 64;
 /// Most request ids looked up by one `SELECT`.
 const KEYS_PER_LOOKUP: usize = 500;
 
-/// A stored (or earlier in the run) job under an idempotency key: its id, its fingerprint, and
-/// the job or why it cannot be read.
-type KnownKey = (String, String, Result<Job, String>);
-
-/// What one create of a run will do, decided before anything is written.
-enum CreateDecision {
-    /// A new job, with its JSON (row and event share it).
-    New { job: Job, json: String },
-    /// An idempotent repeat: this job (stored before, or earlier in the same run).
-    Existing(Job),
-    /// Refused (a reused key, an undecodable stored job).
-    Refused(StoreError),
-}
-
 /// Applies a run of creates with one idempotency lookup per tenant and one multi-row `INSERT`
 /// per table, all inserts in a single round trip to SQLite inside one savepoint: the same rows,
 /// sequences and answers as applying them one by one, for a handful of statements instead of
@@ -880,49 +867,7 @@ async fn apply_creates(
     }
 
     // Decide every create in order; a create earlier in the run counts as stored.
-    let mut sequence = first_sequence;
-    let mut decisions = Vec::with_capacity(news.len());
-    for new in &news {
-        let key = new
-            .job
-            .request_id
-            .as_ref()
-            .map(|r| (new.job.tenant.clone(), r.clone()));
-        if let Some(key) = &key
-            && let Some((existing_id, fingerprint, job)) = known.get(key)
-        {
-            decisions.push(if *fingerprint != new.job.fingerprint {
-                CreateDecision::Refused(StoreError::RequestIdReused {
-                    request_id: key.1.clone(),
-                    existing_id: existing_id.clone(),
-                })
-            } else {
-                match job {
-                    Ok(job) => CreateDecision::Existing(job.clone()),
-                    Err(why) => CreateDecision::Refused(StoreError::Corrupt(why.clone())),
-                }
-            });
-            continue;
-        }
-        let mut job = new.job.clone();
-        job.version = 1;
-        job.last_sequence = sequence;
-        let json = match encode_job(OP, &job) {
-            Ok(json) => json,
-            Err(e) => {
-                decisions.push(CreateDecision::Refused(e));
-                continue;
-            }
-        };
-        sequence += 1;
-        if let Some(key) = key {
-            known.insert(
-                key,
-                (job.id.clone(), job.fingerprint.clone(), Ok(job.clone())),
-            );
-        }
-        decisions.push(CreateDecision::New { job, json });
-    }
+    let decisions = decide_creates(&news, &mut known, first_sequence);
 
     let fresh: Vec<(&Job, &str, &NewJob)> = decisions
         .iter()
@@ -1535,25 +1480,6 @@ async fn apply_save_cursor(
     Ok(())
 }
 
-fn encode_job(op: &str, job: &Job) -> Result<String, StoreError> {
-    serde_json::to_string(job).map_err(|e| {
-        StoreError::Unavailable(format!("{op}: job {} cannot be encoded: {e}", job.id))
-    })
-}
-
-/// Decodes a stored job. The error names where the JSON broke, never what it contained.
-fn decode_job(op: &str, id: &str, json: &str) -> Result<Job, StoreError> {
-    serde_json::from_str(json).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "{op}: job {id} is stored in a shape this vidgate cannot read \
-             ({:?} error at line {}, column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })
-}
-
 /// Maps a database error to the store's: damaged files and undecodable rows are `Corrupt`,
 /// everything else (locks, I/O, closed pools) `Unavailable`. sqlx's messages carry SQLite's
 /// text and codes, never bound values.
@@ -1578,13 +1504,6 @@ fn db_error(op: &str, error: sqlx::Error) -> StoreError {
     } else {
         StoreError::Unavailable(message)
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Converts a caller's limit for SQLite, whose `LIMIT` takes a signed integer.
