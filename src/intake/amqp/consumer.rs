@@ -61,6 +61,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const PERSISTENT: u8 = 2;
 
 /// The supervised intake.
+/// First wait before a delivery whose job could not be stored is tried again in place.
+const STORE_WAIT_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between those tries.
+const STORE_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How long one delivery is held and tried again before it is requeued (and its delivery
+/// counted): with the default delivery limit of 20, an outage of about 20 minutes.
+const STORE_WAIT_PER_DELIVERY: Duration = Duration::from_secs(60);
+
 pub(crate) struct Intake {
     config: Arc<AmqpConfig>,
     jobs: Jobs,
@@ -212,6 +220,7 @@ impl Intake {
             publisher,
             status: self.status.clone(),
             rebuild: rebuild.clone(),
+            shutdown: self.shutdown.clone(),
         });
         let mut in_flight = JoinSet::new();
         // The broker sends at most `prefetch` unacknowledged deliveries; this bound only
@@ -378,6 +387,8 @@ struct Handler {
     /// Cancelled when the publishing channel is closed for good (e.g. by a broker error):
     /// the session is rebuilt, since lapin does not reopen a channel the broker closed.
     rebuild: CancellationToken,
+    /// The application's shutdown: a held delivery stops waiting for the store.
+    shutdown: CancellationToken,
 }
 
 impl Handler {
@@ -416,7 +427,24 @@ impl Handler {
             s.deliveries += 1;
             s.redelivered += u64::from(redelivered);
         });
-        match self.decide(&delivery).await {
+        // A store that cannot answer (a database restarting) is waited for with the delivery
+        // held, not answered by requeueing at once: every requeue counts towards the queue's
+        // delivery limit, and twenty immediate ones would dead-letter a valid job within
+        // milliseconds of an outage. Held deliveries are bounded by the prefetch.
+        let mut decision = self.decide(&delivery).await;
+        let give_up = tokio::time::Instant::now() + STORE_WAIT_PER_DELIVERY;
+        let mut wait = STORE_WAIT_MIN;
+        while matches!(decision, Decision::Retry(_)) && tokio::time::Instant::now() + wait < give_up
+        {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = self.rebuild.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(STORE_WAIT_MAX);
+            decision = self.decide(&delivery).await;
+        }
+        match decision {
             Decision::Stored { new } => {
                 ack(&delivery).await;
                 span.record(
