@@ -651,3 +651,47 @@ async fn a_dead_letter_that_cannot_be_published_is_requeued_and_dead_lettered_af
     stop(t).await;
     c.cleanup(&n).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_naming_vidgates_own_queues_is_refused_and_nothing_is_published_there() {
+    let broker = broker().await;
+    let n = names("replyto");
+    let (mut t, handle) = spawn(amqp_config(&broker.url, &n)).await;
+    let c = client(&broker.url, &n.connection_name).await;
+    let mut dead_rx = c.consume(&n.dead_queue).await;
+    for (i, own) in [&n.jobs_queue, &n.dead_queue, &n.events_exchange]
+        .into_iter()
+        .enumerate()
+    {
+        c.publish(
+            &n.jobs_exchange,
+            "video.create",
+            &body(&veo(&unique("reply into vidgate"))),
+            job_properties(Some(&format!("m-{i}-{}", unique("own"))))
+                .with_reply_to(short(own))
+                .with_correlation_id(short(&format!("own-{i}"))),
+        )
+        .await;
+        let d = next(&mut dead_rx, "the refused message").await;
+        assert_eq!(
+            header(&d, "x-vidgate-reason").as_deref(),
+            Some("REPLY_TO_NOT_ALLOWED"),
+            "reply_to {own}"
+        );
+        assert!(
+            header(&d, "x-vidgate-message")
+                .unwrap_or_default()
+                .contains("own queues or exchanges"),
+            "{d:?}"
+        );
+    }
+    // Exactly the three refusals: no rejection reply went into the intake (it would come back
+    // as a fourth, undecodable, dead letter), and no job was made.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let status = handle.status();
+    assert_eq!(status.dead_lettered, 3, "{status:?}");
+    assert_eq!(status.created, 0, "{status:?}");
+    assert!(all_videos(&mut t).await.is_empty());
+    stop(t).await;
+    c.cleanup(&n).await;
+}

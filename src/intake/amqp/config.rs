@@ -324,6 +324,21 @@ impl AmqpConfig {
         Ok(())
     }
 
+    /// Whether a message's `reply_to` may receive vidgate's replies: never one of vidgate's own
+    /// queues or exchanges (its events would be published into its own intake or dead
+    /// letters).
+    pub fn reply_to_allowed(&self, reply_to: &str) -> bool {
+        ![
+            &self.jobs_queue,
+            &self.dead_queue,
+            &self.jobs_exchange,
+            &self.dead_exchange,
+            &self.events_exchange,
+        ]
+        .iter()
+        .any(|own| own.as_str() == reply_to)
+    }
+
     /// The tenant of a message: a trusted header when configured, else the broker-checked
     /// `user_id` mapped through `users`, else the queue's one tenant. `Err` says why none.
     pub fn tenant_of(&self, properties: &BasicProperties) -> Result<Tenant, String> {

@@ -42,6 +42,9 @@ pub const REASON_MESSAGE_TOO_LARGE: &str = "MESSAGE_TOO_LARGE";
 /// errors: a field violation on `request_id`).
 pub const REASON_INVALID_VIDEO_REQUEST: &str = "INVALID_VIDEO_REQUEST";
 
+/// Reason: `reply_to` names one of vidgate's own queues or exchanges.
+pub const REASON_REPLY_TO_NOT_ALLOWED: &str = "REPLY_TO_NOT_ALLOWED";
+
 /// `content_type` of proto3 JSON bodies (the default when none is given).
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// `content_type` of binary protobuf bodies.
@@ -503,6 +506,16 @@ impl Handler {
             Ok(tenant) => tenant,
             Err(why) => return Decision::Reject(Rejection::new(REASON_UNKNOWN_TENANT, why)),
         };
+        if let Some(reply_to) = properties.reply_to().as_ref().map(ShortString::as_str)
+            && !self.config.reply_to_allowed(reply_to)
+        {
+            return Decision::Reject(Rejection::new(
+                REASON_REPLY_TO_NOT_ALLOWED,
+                format!(
+                    "reply_to {reply_to:?} is one of vidgate's own queues or exchanges; name a queue of your own (or none)"
+                ),
+            ));
+        }
         let mut request =
             match decode_body(properties, &delivery.data, self.config.max_message_bytes) {
                 Ok(request) => request,
@@ -602,7 +615,7 @@ impl Handler {
             .reply_to()
             .as_ref()
             .map(ShortString::as_str)
-            .filter(|r| !r.is_empty())
+            .filter(|r| !r.is_empty() && self.config.reply_to_allowed(r))
         else {
             return;
         };
