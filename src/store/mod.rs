@@ -33,6 +33,19 @@ pub struct StoredEvent {
     pub job: Job,
 }
 
+impl StoredEvent {
+    /// The event of `job` as of its `last_sequence`, committed at `time_ms`.
+    pub fn of(job: &Job, time_ms: i64) -> Self {
+        Self {
+            sequence: job.last_sequence,
+            job_id: job.id.clone(),
+            tenant: job.tenant.clone(),
+            time_ms,
+            job: job.clone(),
+        }
+    }
+}
+
 /// What [`JobStore::create`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {

@@ -858,20 +858,7 @@ async fn apply_creates(
         let Write::Create { reply, .. } = write else {
             continue;
         };
-        reply.result = Some(match decision {
-            CreateDecision::New { job, .. } => {
-                events.push(StoredEvent {
-                    sequence: job.last_sequence,
-                    job_id: job.id.clone(),
-                    tenant: job.tenant.clone(),
-                    time_ms: now_ms,
-                    job: job.clone(),
-                });
-                Ok(CreateOutcome::Created(job))
-            }
-            CreateDecision::Existing(job) => Ok(CreateOutcome::Existing(job)),
-            CreateDecision::Refused(e) => Err(e),
-        });
+        reply.result = Some(decision.settle(now_ms, &mut events));
     }
     Ok(Some(events))
 }
@@ -1019,13 +1006,7 @@ async fn apply_create(
     insert_jobs(tx, &[(&job, json.as_str(), new)], now_ms)
         .await
         .map_err(db)?;
-    let event = StoredEvent {
-        sequence,
-        job_id: job.id.clone(),
-        tenant: job.tenant.clone(),
-        time_ms: now_ms,
-        job: job.clone(),
-    };
+    let event = StoredEvent::of(&job, now_ms);
     Ok((CreateOutcome::Created(job), Some(event)))
 }
 
@@ -1201,13 +1182,7 @@ async fn apply_update(
             .execute(&mut **tx)
             .await
             .map_err(db)?;
-            Some(StoredEvent {
-                sequence,
-                job_id: job.id.clone(),
-                tenant: job.tenant.clone(),
-                time_ms: now_ms,
-                job: job.clone(),
-            })
+            Some(StoredEvent::of(&job, now_ms))
         }
         None => None,
     };

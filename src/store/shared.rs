@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::StoreError;
+use super::{CreateOutcome, StoreError, StoredEvent};
 use crate::job::{Job, NewJob};
 
 /// A stored (or earlier in the run) job under an idempotency key: its id, its fingerprint, and
@@ -18,6 +18,24 @@ pub(super) enum CreateDecision {
     Existing(Job),
     /// Refused (a reused key, an undecodable stored job).
     Refused(StoreError),
+}
+
+impl CreateDecision {
+    /// The caller's answer once the run is written; a new job's first event joins `events`.
+    pub(super) fn settle(
+        self,
+        time_ms: i64,
+        events: &mut Vec<StoredEvent>,
+    ) -> Result<CreateOutcome, StoreError> {
+        match self {
+            Self::New { job, .. } => {
+                events.push(StoredEvent::of(&job, time_ms));
+                Ok(CreateOutcome::Created(job))
+            }
+            Self::Existing(job) => Ok(CreateOutcome::Existing(job)),
+            Self::Refused(e) => Err(e),
+        }
+    }
 }
 
 /// Decides every create of a run in order, numbering new jobs' events from `first_sequence`.

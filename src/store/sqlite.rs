@@ -949,20 +949,7 @@ async fn apply_creates(
         let Write::Create { reply, .. } = write else {
             continue;
         };
-        reply.result = Some(match decision {
-            CreateDecision::New { job, .. } => {
-                events.push(StoredEvent {
-                    sequence: job.last_sequence,
-                    job_id: job.id.clone(),
-                    tenant: job.tenant.clone(),
-                    time_ms: now_ms,
-                    job: job.clone(),
-                });
-                Ok(CreateOutcome::Created(job))
-            }
-            CreateDecision::Existing(job) => Ok(CreateOutcome::Existing(job)),
-            CreateDecision::Refused(e) => Err(e),
-        });
+        reply.result = Some(decision.settle(now_ms, &mut events));
     }
     Ok(Some(events))
 }
@@ -1407,13 +1394,7 @@ async fn insert_event(
     .bind(json)
     .execute(&mut *conn)
     .await?;
-    Ok(StoredEvent {
-        sequence: job.last_sequence,
-        job_id: job.id.clone(),
-        tenant: job.tenant.clone(),
-        time_ms: now_ms,
-        job: job.clone(),
-    })
+    Ok(StoredEvent::of(job, now_ms))
 }
 
 async fn apply_prune_step(
