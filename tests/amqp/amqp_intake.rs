@@ -45,28 +45,7 @@ fn body(request: &pb::CreateVideoRequest) -> Vec<u8> {
 
 /// Every video of `acme`, all pages.
 async fn all_videos(t: &mut TestApp) -> Vec<pb::Video> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = t
-            .client
-            .list_videos(req(
-                ACME,
-                pb::ListVideosRequest {
-                    page_size: 500,
-                    page_token,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        out.extend(page.videos);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = page.next_page_token;
-    }
+    all_videos_of(&mut t.client, ACME).await
 }
 
 async fn stop(mut t: TestApp) {

@@ -49,31 +49,6 @@ async fn sim(config: SimConfig) -> SimHandle {
         .expect("simulator starts")
 }
 
-/// Every video of `acme` as `client` sees it, all pages.
-async fn all_videos(client: &mut VideoServiceClient<Channel>) -> Vec<pb::Video> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_videos(req(
-                ACME,
-                pb::ListVideosRequest {
-                    page_size: 500,
-                    page_token,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        out.extend(page.videos);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 fn terminal(v: &pb::Video) -> bool {
     matches!(
         v.status(),
@@ -89,7 +64,7 @@ async fn wait_all_terminal(
 ) -> Vec<pb::Video> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let videos = all_videos(client).await;
+        let videos = all_videos_of(client, ACME).await;
         if videos.len() >= count && videos.iter().all(terminal) {
             return videos;
         }
@@ -522,7 +497,7 @@ async fn one_request_id_on_two_instances_at_once_is_one_job() {
         );
         assert_eq!(a.id, b.id, "round {round}: both callers get the one job");
     }
-    assert_eq!(all_videos(&mut one).await.len(), 30);
+    assert_eq!(all_videos_of(&mut one, ACME).await.len(), 30);
     stop_all(apps).await;
     schema.drop().await;
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -198,6 +198,34 @@ pub fn seedance(prompt: &str) -> pb::CreateVideoRequest {
 }
 
 /// A unique prompt, so simulator counters per prompt are per test.
+/// Every video of `token`'s tenant as `client` sees it, all pages.
+pub async fn all_videos_of(
+    client: &mut VideoServiceClient<Channel>,
+    token: &str,
+) -> Vec<pb::Video> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_videos(req(
+                token,
+                pb::ListVideosRequest {
+                    page_size: 500,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        out.extend(page.videos);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix} {}", uuid::Uuid::now_v7().simple())
 }
