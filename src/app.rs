@@ -25,6 +25,7 @@ use crate::domain::{CatalogError, ModelCatalog};
 use crate::intake::amqp::{self, AmqpHandle};
 use crate::job::now_ms;
 use crate::jobs::Jobs;
+use crate::netguard::{AddressGuard, NetworkParseError};
 use crate::pb;
 use crate::pb::video_service_server::VideoServiceServer;
 use crate::store::postgres::{PostgresConfig, PostgresStore};
@@ -78,6 +79,9 @@ pub enum StartupError {
     /// The key is unusable.
     #[error("{0}")]
     ApiKey(String),
+    /// `upstream.allowed_networks` is unusable.
+    #[error("{0}")]
+    Networks(#[from] NetworkParseError),
     /// The gRPC port could not be bound.
     #[error("could not listen on {addr} for gRPC: {source}")]
     Bind {
@@ -543,11 +547,19 @@ async fn start_upstream(config: &Config, metrics: &Metrics) -> Result<Upstream, 
         StartupError::ApiKey(format!("upstream.base_url {base_url:?} is not a URL: {e}"))
     })?;
     let api_key = ApiKey::new(key).map_err(|e| StartupError::ApiKey(e.to_string()))?;
+    let allowed_networks = AddressGuard::parse_networks(
+        "upstream.allowed_networks",
+        &config.upstream.allowed_networks,
+    )?;
     let client = UpstreamClient::new(UpstreamConfig {
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
         read_idle_timeout: Duration::from_millis(config.upstream.read_idle_timeout_ms),
         limits: config.upstream.limits.clone(),
+        max_content_bytes: config.upstream.max_content_bytes,
+        min_transfer_rate: config.upstream.min_transfer_rate,
+        transfer_rate_window: Duration::from_millis(config.upstream.transfer_rate_window_ms),
+        allowed_networks,
         ..UpstreamConfig::new(base_url, api_key)
     })?
     .with_metrics(metrics.clone());
@@ -604,6 +616,14 @@ fn start_readiness(
             .enabled
             .then(|| dispatcher.clone() as Arc<dyn Heartbeat>),
         Duration::from_millis(config.dispatcher.idle_wake_ms),
+    )
+    .with_disk_floor(
+        config.storage.data_dir.clone(),
+        if config.dispatcher.enabled {
+            config.dispatcher.min_free_disk_bytes
+        } else {
+            0
+        },
     )
 }
 

@@ -17,6 +17,42 @@ use object_store::{GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt};
 /// Where partial downloads live, inside the store's root.
 const PARTIAL_DIR: &str = "partial";
 
+/// Bytes free for an unprivileged writer on the file system holding `path` (`statvfs`).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = rustix::fs::statvfs(path).map_err(std::io::Error::from)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // No floor where the platform call is not wired in.
+        let _ = path;
+        Ok(u64::MAX)
+    }
+}
+
+/// `Some(why)` when the file system under `root` has less than `floor` bytes free (or cannot
+/// say: then downloads go on, and the warning names the cause).
+pub fn disk_below_floor(root: &std::path::Path, floor: u64) -> Option<String> {
+    if floor == 0 {
+        return None;
+    }
+    match free_bytes(root) {
+        Ok(free) if free < floor => Some(format!(
+            "{} MiB free under {}, below dispatcher.min_free_disk_bytes ({} MiB): downloads wait until space is freed",
+            free / (1024 * 1024),
+            root.display(),
+            floor / (1024 * 1024)
+        )),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(root = %root.display(), error = %e, "could not read the free disk space; downloads go on");
+            None
+        }
+    }
+}
+
 /// Blob store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -71,6 +107,11 @@ impl BlobStore {
             store: Arc::new(store),
             root,
         })
+    }
+
+    /// The directory downloads are written under (the free-space floor is measured here).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The local file a partial download of `name` is written to.

@@ -13,7 +13,9 @@ use crate::intake::amqp::AmqpConfig;
 use crate::intake::amqp::config::URL_ENV as AMQP_URL_ENV;
 use crate::upstream::LimitConfig;
 use crate::upstream::client::{
-    DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONTENT_BYTES,
+    DEFAULT_MIN_TRANSFER_RATE, DEFAULT_READ_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TRANSFER_RATE_WINDOW,
 };
 use crate::upstream::sim::SimConfig;
 
@@ -268,6 +270,16 @@ pub struct UpstreamSection {
     pub read_idle_timeout_ms: u64,
     /// The shared rate limit.
     pub limits: LimitConfig,
+    /// The largest video downloaded, in bytes (`Content-Length` first, then counted).
+    pub max_content_bytes: u64,
+    /// The slowest download kept going, in bytes per second over `transfer_rate_window_ms`
+    /// (0 = no minimum); a slower one is resumed later with `Range`.
+    pub min_transfer_rate: u64,
+    /// Milliseconds over which `min_transfer_rate` is measured.
+    pub transfer_rate_window_ms: u64,
+    /// Internal networks (CIDR) that URLs upstream hands back (`last_frame_url`, redirects) may
+    /// lead to anyway; empty = only public addresses (and the configured `base_url`).
+    pub allowed_networks: Vec<String>,
 }
 
 impl Default for UpstreamSection {
@@ -279,6 +291,10 @@ impl Default for UpstreamSection {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
             read_idle_timeout_ms: DEFAULT_READ_IDLE_TIMEOUT.as_millis() as u64,
             limits: LimitConfig::default(),
+            max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
+            min_transfer_rate: DEFAULT_MIN_TRANSFER_RATE,
+            transfer_rate_window_ms: DEFAULT_TRANSFER_RATE_WINDOW.as_millis() as u64,
+            allowed_networks: Vec::new(),
         }
     }
 }

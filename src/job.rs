@@ -173,6 +173,10 @@ pub struct ContentFacts {
     pub last_frame_key: Option<String>,
     /// Size of the last frame image, if any.
     pub last_frame_size: Option<u64>,
+    /// Why a last frame that was asked for is not stored (not an image, too large, an
+    /// internal address, none given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_frame_dropped: Option<String>,
 }
 
 /// One job: what was accepted (public, never changed after acceptance but for the caller's
@@ -616,6 +620,17 @@ impl Job {
         }
         self.progress.attempts += 1;
         self.progress.next_action_ms = Some(retry_at);
+        self.touch(now);
+        Ok(Record::Quiet)
+    }
+
+    /// The same step again at `at`, without counting a failed attempt: the job waits for
+    /// something outside it (disk space), not for a fault of its own.
+    pub fn wait_until(&mut self, now: i64, at: i64) -> Result<Record, TransitionError> {
+        if self.is_terminal() {
+            return Err(self.refuse("wait"));
+        }
+        self.progress.next_action_ms = Some(at);
         self.touch(now);
         Ok(Record::Quiet)
     }
@@ -1076,6 +1091,7 @@ mod tests {
                     blob_key: String::new(),
                     last_frame_key: None,
                     last_frame_size: None,
+                    last_frame_dropped: None,
                 }
             )
             .is_err()

@@ -21,6 +21,7 @@
 //! | [`convert`] | the one edge between `vidgate.v1` wire types and domain types |
 //! | [`submission`] | the stored form of an accepted create: the validated spec (versioned JSON) and the catalog rules it passed; reads older protobuf rows too |
 //! | [`pb`] | the generated `vidgate.v1` protobuf types and service (from `proto/`), shared by both transports |
+//! | [`netguard`] | the one guard against outbound requests to internal addresses (SSRF): URLs others hand vidgate are fetched only from public addresses, checked after DNS |
 //! | [`media`] | probing MP4 files (duration, size, tracks) to check downloaded videos; `mp4parse` underneath |
 //! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything, a function per part; and the one bounded stop path (`shutdown`) |
 //! | [`config`] | one typed configuration from a TOML file and a few environment variables |
@@ -45,6 +46,7 @@ pub mod intake;
 pub mod job;
 pub mod jobs;
 pub mod media;
+pub mod netguard;
 pub mod pb;
 pub mod store;
 pub mod submission;

@@ -66,6 +66,14 @@ pub enum ApiError {
     /// The last frame was not asked for, or upstream gave none.
     #[error("video {0} has no last frame: ask for one with seedance.return_last_frame = true")]
     LastFrameNotAvailable(String),
+    /// The last frame was asked for, and vidgate dropped what upstream gave.
+    #[error("video {id} has no last frame: it was asked for, and dropped: {why}")]
+    LastFrameDropped {
+        /// The video.
+        id: String,
+        /// Why it was dropped.
+        why: String,
+    },
     /// A cursor older than the event retention.
     #[error(
         "after_sequence {cursor} is older than the retained events (kept from {first_kept}); read the current state with GetVideo and watch from 0"
@@ -120,7 +128,9 @@ impl ApiError {
             Self::AmbiguousCredentials(_) => "AMBIGUOUS_CREDENTIALS",
             Self::VideoNotCompleted { .. } => "VIDEO_NOT_COMPLETED",
             Self::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
-            Self::LastFrameNotAvailable(_) => "LAST_FRAME_NOT_AVAILABLE",
+            Self::LastFrameNotAvailable(_) | Self::LastFrameDropped { .. } => {
+                "LAST_FRAME_NOT_AVAILABLE"
+            }
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::CursorAhead { .. } => "CURSOR_AHEAD",
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
@@ -137,7 +147,7 @@ impl ApiError {
             Self::MissingCredentials | Self::InvalidCredentials | Self::AmbiguousCredentials(_) => {
                 Code::Unauthenticated
             }
-            Self::LastFrameNotAvailable(_) => Code::NotFound,
+            Self::LastFrameNotAvailable(_) | Self::LastFrameDropped { .. } => Code::NotFound,
             Self::VideoNotCompleted { .. } => Code::FailedPrecondition,
             Self::OffsetOutOfRange { .. }
             | Self::CursorExpired { .. }

@@ -210,7 +210,16 @@ impl VideoService for VideoApi {
             Ok(pb::ContentVariant::LastFrame) => {
                 match (&content.last_frame_key, content.last_frame_size) {
                     (Some(k), Some(s)) => (k.clone(), s),
-                    _ => return Err(ApiError::LastFrameNotAvailable(job.id.clone()).into()),
+                    _ => {
+                        return Err(match &content.last_frame_dropped {
+                            Some(why) => ApiError::LastFrameDropped {
+                                id: job.id.clone(),
+                                why: why.clone(),
+                            },
+                            None => ApiError::LastFrameNotAvailable(job.id.clone()),
+                        }
+                        .into());
+                    }
                 }
             }
             Err(_) => {

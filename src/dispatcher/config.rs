@@ -33,6 +33,13 @@ pub const DEFAULT_LEASE_MS: u64 = 120_000;
 /// of a cancel or delete recorded for its job.
 pub const MAX_RENEW_INTERVAL_MS: u64 = 5_000;
 
+/// Free space the data directory keeps: below it downloads wait (and readiness says why)
+/// instead of filling the disk the database lives on. 1 GiB: a few real videos, and room for
+/// the database to keep writing while an operator frees space.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 1024 * 1024 * 1024;
+/// How long a download waits before it looks at the free space again.
+pub const DISK_WAIT_MS: u64 = 30_000;
+
 /// What to do when a create's outcome is unknown (ARCHITECTURE.md, "No double spend").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +84,8 @@ pub struct DispatcherConfig {
     pub submit_lease_ms: u64,
     /// See [`DEFAULT_LEASE_MS`].
     pub lease_ms: u64,
+    /// See [`DEFAULT_MIN_FREE_DISK_BYTES`]; 0 = no floor.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -96,6 +105,7 @@ impl Default for DispatcherConfig {
             idle_wake_ms: DEFAULT_IDLE_WAKE_MS,
             submit_lease_ms: DEFAULT_SUBMIT_LEASE_MS,
             lease_ms: DEFAULT_LEASE_MS,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
         }
     }
 }

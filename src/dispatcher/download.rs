@@ -12,8 +12,22 @@ use crate::media;
 use crate::store::LeaseEnd;
 use crate::upstream::{ContentStart, UpstreamError};
 
-/// The largest last-frame image copied (S10); a PNG frame is well under this.
-pub const MAX_LAST_FRAME_BYTES: u64 = 50 * 1024 * 1024;
+/// The largest last-frame image copied (S10): a 1080p PNG frame is 2-6 MB; anything past this
+/// is not a frame of the video and is dropped with the reason.
+pub const MAX_LAST_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+/// How often (in bytes written) a running download looks at the free disk space again.
+const DISK_CHECK_EVERY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What a last frame must start with: PNG or JPEG.
+fn image_kind(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(("png", "image/png"))
+    } else if head.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some(("jpg", "image/jpeg"))
+    } else {
+        None
+    }
+}
 
 impl Dispatcher {
     pub(super) async fn download(&self, job: Job, owned: &Owned) -> Result<(), StepError> {
@@ -21,6 +35,9 @@ impl Dispatcher {
             .upstream_id()
             .ok_or_else(|| job_refused(&job, "download"))?
             .to_owned();
+        if let Some(low) = self.disk_below_floor() {
+            return self.wait_for_disk(owned, job, low).await;
+        }
         let name = format!("{}.mp4.part", job.id);
         let path = self.blobs.partial_path(&name);
         let (have, mut hasher) = resume_state(&path).await.map_err(|e| {
@@ -28,6 +45,10 @@ impl Dispatcher {
         })?;
         let stream = match self.client.content(&upstream_id, have).await {
             Ok(s) => s,
+            Err(e @ (UpstreamError::TooLarge { .. } | UpstreamError::Blocked { .. })) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return self.refuse_content(owned, job, &upstream_id, &e).await;
+            }
             Err(UpstreamError::NotFound { message, .. }) => {
                 let msg = format!(
                     "upstream reported task {upstream_id} completed but has no content for it (HTTP 404): this is how a moderation refusal looks, and upstream may still bill it"
@@ -86,6 +107,9 @@ impl Dispatcher {
         let mut writer = PartWriter::start(file.into_std().await, hasher, start);
         let mut broke = None;
         let mut stopped = false;
+        let mut disk_low = None;
+        let mut next_disk_check = start + DISK_CHECK_EVERY_BYTES;
+        let mut received = start;
         loop {
             let chunk = tokio::select! {
                 chunk = body.next() => chunk,
@@ -99,6 +123,14 @@ impl Dispatcher {
             let Some(chunk) = chunk else { break };
             match chunk {
                 Ok(bytes) => {
+                    received += bytes.len() as u64;
+                    if received >= next_disk_check {
+                        next_disk_check = received + DISK_CHECK_EVERY_BYTES;
+                        if let Some(low) = self.disk_below_floor() {
+                            disk_low = Some(low);
+                            break;
+                        }
+                    }
                     if let Err(e) = writer.write(bytes).await {
                         // The writer thread stopped: its own error says why.
                         return Err(writing_error(writer.finish().await.err().unwrap_or(e)));
@@ -121,6 +153,15 @@ impl Dispatcher {
                 let _ = tokio::fs::remove_file(&path).await;
             }
             return Ok(());
+        }
+        if let Some(low) = disk_low {
+            drop(body);
+            return self.wait_for_disk(owned, job, low).await;
+        }
+        if let Some(e @ (UpstreamError::TooLarge { .. } | UpstreamError::Blocked { .. })) = broke {
+            drop(body);
+            let _ = tokio::fs::remove_file(&path).await;
+            return self.refuse_content(owned, job, &upstream_id, &e).await;
         }
         if let Some(e) = broke {
             return self
@@ -177,19 +218,33 @@ impl Dispatcher {
                     .compare(facts.width, facts.height, facts.duration_seconds)
             })
             .unwrap_or_default();
-        let (last_frame_key, last_frame_size) = match (
+        let mut mismatch = mismatch;
+        let asked_frame = spec.is_some_and(|s| s.has_last_frame_requested());
+        let (last_frame_key, last_frame_size, last_frame_dropped) = match (
             job.last_frame_url(),
-            spec.map(|s| s.has_last_frame_requested()),
+            asked_frame,
         ) {
-            (Some(url), Some(true)) => match self.copy_last_frame(&job.id, url).await {
-                Ok((key, size)) => (Some(key), Some(size)),
+            (Some(url), true) => match self.copy_last_frame(&job.id, url).await {
+                Ok((key, size)) => (Some(key), Some(size), None),
                 Err(why) => {
-                    tracing::warn!(job_id = %job.id, why = %why, "last frame could not be copied; the video is kept without it");
-                    (None, None)
+                    tracing::warn!(job_id = %job.id, why = %why, "last frame dropped; the video is kept without it");
+                    (None, None, Some(why))
                 }
             },
-            _ => (None, None),
+            (None, true) => (
+                None,
+                None,
+                Some("upstream gave no last_frame_url".to_owned()),
+            ),
+            _ => (None, None, None),
         };
+        if let Some(why) = &last_frame_dropped {
+            if !mismatch.is_empty() {
+                mismatch.push_str("; ");
+            }
+            mismatch.push_str("last frame asked for but dropped: ");
+            mismatch.push_str(why);
+        }
         let key = format!("videos/{}.mp4", job.id);
         self.blobs
             .commit_partial(&name, &key)
@@ -209,6 +264,7 @@ impl Dispatcher {
             blob_key: key,
             last_frame_key,
             last_frame_size,
+            last_frame_dropped,
         };
         if !content.matches_request {
             tracing::warn!(job_id = %job.id, mismatch = %content.mismatch, "stored video differs from the request");
@@ -219,36 +275,98 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Copies the last frame (S10): at most [`MAX_LAST_FRAME_BYTES`], and only a PNG or JPEG
+    /// (by its first bytes). `Err` says why it was dropped.
     async fn copy_last_frame(&self, job_id: &str, url: &str) -> Result<(String, u64), String> {
         let stream = self
             .client
-            .last_frame(url)
+            .last_frame(url, MAX_LAST_FRAME_BYTES)
             .await
             .map_err(|e| e.to_string())?;
         let name = format!("{job_id}.last_frame.part");
         let path = self.blobs.partial_path(&name);
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut size = 0u64;
-        let mut body = stream.body;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            size += chunk.len() as u64;
-            if size > MAX_LAST_FRAME_BYTES {
-                return Err(format!(
-                    "last frame is larger than {MAX_LAST_FRAME_BYTES} bytes"
-                ));
+        let copied = async {
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut size = 0u64;
+            let mut head = Vec::with_capacity(8);
+            let mut kind = None;
+            let mut body = stream.body;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                size += chunk.len() as u64;
+                if kind.is_none() {
+                    head.extend_from_slice(&chunk[..chunk.len().min(8 - head.len())]);
+                    if head.len() >= 8 {
+                        kind = Some(image_kind(&head).ok_or_else(|| {
+                            format!(
+                                "the last frame is not a PNG or JPEG image (it starts with {})",
+                                hex::encode(&head)
+                            )
+                        })?);
+                    }
+                }
+                file.write_all(&chunk).await.map_err(|e| e.to_string())?;
             }
-            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            let (ext, _mime) = match kind {
+                Some(k) => k,
+                None => image_kind(&head).ok_or_else(|| {
+                    format!("the last frame is not a PNG or JPEG image ({size} bytes)")
+                })?,
+            };
+            file.sync_all().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((ext, size))
         }
-        file.sync_all().await.map_err(|e| e.to_string())?;
-        let key = format!("frames/{job_id}.png");
+        .await;
+        let (ext, size) = match copied {
+            Ok(c) => c,
+            Err(why) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(why);
+            }
+        };
+        let key = format!("frames/{job_id}.{ext}");
         self.blobs
             .commit_partial(&name, &key)
             .await
             .map_err(|e| e.to_string())?;
         Ok((key, size))
+    }
+
+    /// Below the free-space floor: why, for the log and readiness.
+    fn disk_below_floor(&self) -> Option<String> {
+        crate::blob::disk_below_floor(self.blobs.root(), self.config.min_free_disk_bytes)
+    }
+
+    /// The disk is nearly full: the download waits (what arrived is kept), without counting as
+    /// a failed attempt, and looks again after [`super::DISK_WAIT_MS`].
+    async fn wait_for_disk(&self, owned: &Owned, job: Job, why: String) -> Result<(), StepError> {
+        let mut job = job;
+        let now = now_ms();
+        let record = job.wait_until(now, now + super::DISK_WAIT_MS as i64)?;
+        tracing::warn!(job_id = %job.id, why = %why, wait_ms = super::DISK_WAIT_MS, "download waits for disk space");
+        self.metrics.retry("download_disk_wait");
+        self.save(owned, job, record, LeaseEnd::Release).await?;
+        Ok(())
+    }
+
+    /// Content vidgate will not take (larger than the limit, or behind a redirect to an
+    /// internal address): the job fails with the reason; trying again would meet the same.
+    async fn refuse_content(
+        &self,
+        owned: &Owned,
+        job: Job,
+        upstream_id: &str,
+        e: &UpstreamError,
+    ) -> Result<(), StepError> {
+        let (reason, what) = match e {
+            UpstreamError::TooLarge { .. } => (FailureReason::ContentInvalid, "was refused"),
+            _ => (FailureReason::ContentMissing, "could not be fetched"),
+        };
+        let msg = format!("upstream's content for task {upstream_id} {what}: {e}");
+        self.fail(owned, job, reason, msg, false, Some(e)).await?;
+        Ok(())
     }
 
     async fn retry_download(

@@ -33,8 +33,9 @@ use crate::upstream::{UpstreamClient, UpstreamError};
 pub use config::{
     DEFAULT_BACKOFF_MAX_MS, DEFAULT_BACKOFF_MIN_MS, DEFAULT_BATCH, DEFAULT_FIRST_POLL_AFTER_MS,
     DEFAULT_IDLE_WAKE_MS, DEFAULT_LEASE_MS, DEFAULT_MAX_AGE_MS, DEFAULT_MAX_CONCURRENT_JOBS,
-    DEFAULT_POLL_INTERVAL_MS, DEFAULT_POLL_JITTER, DEFAULT_SUBMIT_LEASE_MS, DispatcherConfig,
-    MAX_RENEW_INTERVAL_MS, UnknownCreatePolicy,
+    DEFAULT_MIN_FREE_DISK_BYTES, DEFAULT_POLL_INTERVAL_MS, DEFAULT_POLL_JITTER,
+    DEFAULT_SUBMIT_LEASE_MS, DISK_WAIT_MS, DispatcherConfig, MAX_RENEW_INTERVAL_MS,
+    UnknownCreatePolicy,
 };
 pub use download::MAX_LAST_FRAME_BYTES;
 pub use schedule::{backoff_ms, jitter};
@@ -235,9 +236,7 @@ impl Dispatcher {
                         never = renewal => match never {},
                     };
                     if let Err(e) = result {
-                        // Its lease is left to end: the job is taken again after it, which is
-                        // also the backoff of a step that failed for a local reason.
-                        tracing::warn!(job_id = %id, error = %e, "dispatcher step stopped; the job is taken again when its lease ends");
+                        this.after_failed_step(&id, &owned, e).await;
                     }
                     drop(permit);
                 }
@@ -265,6 +264,47 @@ impl Dispatcher {
                 Err(e) => {
                     tracing::warn!(job_id = %id, error = %e, "could not renew the lease of a running step");
                 }
+            }
+        }
+    }
+
+    /// A step stopped early. A local failure (a file that cannot be opened, descriptors used
+    /// up, a stored record that cannot be read) backs off like an upstream error: the job is
+    /// looked at again after the exponential backoff, with one log line per try, never in a
+    /// loop. A lost lease or a store that cannot record the backoff leaves the job to the end
+    /// of its lease, which is then its backoff.
+    async fn after_failed_step(&self, id: &str, owned: &Owned, error: StepError) {
+        if let StepError::Store(StoreError::LeaseLost(_) | StoreError::VersionConflict { .. }) =
+            error
+        {
+            tracing::info!(job_id = %id, error = %error, "dispatcher step stopped: another owner holds the job now");
+            return;
+        }
+        let backed_off = async {
+            let mut job = self
+                .store
+                .get(id)
+                .await?
+                .ok_or_else(|| StepError::Local(format!("job {id} is gone")))?;
+            if job.is_terminal() {
+                return Ok(None);
+            }
+            let attempts = job.attempts() + 1;
+            let delay = self.backoff(attempts);
+            let now = now_ms();
+            let record = job.retry_later(now, now + delay as i64)?;
+            self.save(owned, job, record, LeaseEnd::Release).await?;
+            Ok::<_, StepError>(Some((attempts, delay)))
+        }
+        .await;
+        match backed_off {
+            Ok(Some((attempts, delay_ms))) => {
+                self.metrics.retry("local");
+                tracing::warn!(job_id = %id, error = %error, attempts, delay_ms, "dispatcher step failed here (not upstream); trying again after the backoff");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %error, backoff_error = %e, "dispatcher step failed and its backoff could not be recorded; the job is taken again when its lease ends");
             }
         }
     }

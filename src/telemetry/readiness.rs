@@ -9,6 +9,9 @@
 //!   says (this module knows nothing of the dispatcher's type either). A disabled dispatcher
 //!   (`dispatcher.enabled = false`) is reported as such and does not make vidgate unready: jobs
 //!   are accepted and wait, as configured;
+//! - **disk** (only when a free-space floor is set for downloads): the data directory's file
+//!   system has at least `dispatcher.min_free_disk_bytes` free; below it downloads wait, and
+//!   this says so (a nearly full disk also threatens the embedded database's writes);
 //! - **shutting down**: once [`Readiness::shut_down`] is called, never ready again.
 //!
 //! Checks that must be asked (store, dispatcher) run in [`Readiness::refresh`] (every `/readyz`
@@ -62,12 +65,14 @@ pub struct ReadinessReport {
     pub broker: Check,
     /// The dispatcher loop.
     pub dispatcher: Check,
+    /// Free disk space for downloads.
+    pub disk: Check,
 }
 
 impl ReadinessReport {
     fn settle(&mut self) {
         self.ready = !self.shutting_down
-            && [&self.store, &self.broker, &self.dispatcher]
+            && [&self.store, &self.broker, &self.dispatcher, &self.disk]
                 .iter()
                 .all(|c| !matches!(c, Check::Failing(_)));
     }
@@ -78,6 +83,8 @@ impl ReadinessReport {
 pub struct Readiness {
     store: Arc<dyn JobStore>,
     dispatcher: Option<(Arc<dyn Heartbeat>, Duration)>,
+    /// The directory downloads go to, and the free space it must keep.
+    disk: Option<(std::path::PathBuf, u64)>,
     state: Arc<watch::Sender<ReadinessReport>>,
     /// One refresh at a time, so an older result is never published over a newer one.
     refreshing: Arc<Mutex<()>>,
@@ -105,13 +112,23 @@ impl Readiness {
             } else {
                 Check::Disabled
             },
+            disk: Check::Disabled,
         };
         Self {
             store,
             dispatcher: dispatcher.map(|d| (d, stall)),
+            disk: None,
             state: Arc::new(watch::Sender::new(initial)),
             refreshing: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Checks that `dir` keeps `min_free` bytes free (0 = no check).
+    pub fn with_disk_floor(mut self, dir: std::path::PathBuf, min_free: u64) -> Self {
+        if min_free > 0 {
+            self.disk = Some((dir, min_free));
+        }
+        self
     }
 
     /// The state as last published (no check runs).
@@ -149,9 +166,17 @@ impl Readiness {
                 }
             }
         };
+        let disk = match &self.disk {
+            None => Check::Disabled,
+            Some((dir, floor)) => match crate::blob::disk_below_floor(dir, *floor) {
+                Some(why) => Check::Failing(why),
+                None => Check::Ok,
+            },
+        };
         self.update(|r| {
             r.store = store;
             r.dispatcher = dispatcher;
+            r.disk = disk;
         })
     }
 
@@ -189,6 +214,7 @@ mod tests {
             store,
             broker,
             dispatcher: Check::Disabled,
+            disk: Check::Disabled,
         };
         r.settle();
         r

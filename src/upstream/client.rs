@@ -12,11 +12,13 @@ use serde::Deserialize;
 use url::Url;
 
 use super::error::{Endpoint, UpstreamError, parse_retry_after, upstream_message_from_body};
-use super::limiter::{InFlight, LimitConfig, LimitConfigError, UpstreamLimiter};
+use super::limiter::{InFlight, LimitConfig, LimitConfigError, Pool, UpstreamLimiter};
 use super::secret::ApiKey;
 use super::status::{NormalisedStatus, UpstreamState, normalise};
 use super::wire::CreateBody;
+use crate::netguard::{AddressGuard, GuardError, GuardedResolver};
 use crate::telemetry::Metrics;
+use ipnet::IpNet;
 use tracing::Instrument;
 
 /// CONTRACT.md: the upstream's base URL.
@@ -29,6 +31,19 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_READ_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest JSON answer read from the upstream; a status object is a few hundred bytes.
 pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
+/// The largest video accepted: far above real ones (an 8 s 1080p video is 5-30 MB), far below
+/// what fills a disk. An upstream that streams without end is cut here, not at a full disk.
+pub const DEFAULT_MAX_CONTENT_BYTES: u64 = 1024 * 1024 * 1024;
+/// The slowest download kept going, in bytes per second over [`DEFAULT_TRANSFER_RATE_WINDOW`]:
+/// a transfer slower than this is broken off and resumed later with `Range` (what arrived is
+/// kept), so one trickling connection cannot hold a download slot for hours. 32 KiB/s is a
+/// tenth of a poor mobile link; a CDN serves megabytes per second.
+pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 32 * 1024;
+/// The window over which [`DEFAULT_MIN_TRANSFER_RATE`] is measured: long enough for a stall of
+/// a few seconds, short enough that a 1 byte/s trickle ends within half a minute.
+pub const DEFAULT_TRANSFER_RATE_WINDOW: Duration = Duration::from_secs(30);
+/// Redirects followed for one request (a CDN hop or two); more is a loop or an attack.
+pub const MAX_REDIRECTS: usize = 3;
 
 /// How to reach the upstream.
 #[derive(Debug, Clone)]
@@ -43,8 +58,16 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     /// See [`DEFAULT_READ_IDLE_TIMEOUT`].
     pub read_idle_timeout: Duration,
-    /// The shared rate limit and concurrency cap.
+    /// The shared rate limit and concurrency caps.
     pub limits: LimitConfig,
+    /// See [`DEFAULT_MAX_CONTENT_BYTES`].
+    pub max_content_bytes: u64,
+    /// See [`DEFAULT_MIN_TRANSFER_RATE`]; 0 = no minimum.
+    pub min_transfer_rate: u64,
+    /// See [`DEFAULT_TRANSFER_RATE_WINDOW`].
+    pub transfer_rate_window: Duration,
+    /// Internal networks that URLs upstream hands back may lead to anyway ([`crate::netguard`]).
+    pub allowed_networks: Vec<IpNet>,
 }
 
 impl UpstreamConfig {
@@ -57,6 +80,10 @@ impl UpstreamConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             read_idle_timeout: DEFAULT_READ_IDLE_TIMEOUT,
             limits: LimitConfig::default(),
+            max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
+            min_transfer_rate: DEFAULT_MIN_TRANSFER_RATE,
+            transfer_rate_window: DEFAULT_TRANSFER_RATE_WINDOW,
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -165,16 +192,27 @@ impl std::fmt::Debug for ContentStream {
     }
 }
 
-/// The upstream client. Cheap to clone; every clone shares one connection pool and one
+/// The upstream client. Cheap to clone; every clone shares its connection pools and one
 /// [`UpstreamLimiter`].
+///
+/// Two pools: `http` for creates and status calls, `transfer` for content and last frames, each
+/// with its own in-flight cap ([`LimitConfig::max_in_flight`], [`LimitConfig::max_downloads`]),
+/// so a slow download slows only itself and never takes the slot a create or a poll needs.
+/// Both resolve names through [`GuardedResolver`] and check every redirect: whatever URL
+/// upstream hands back, nothing internal is fetched.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     http: reqwest::Client,
+    transfer: reqwest::Client,
     base_url: Url,
     api_key: ApiKey,
     request_timeout: Duration,
     limiter: Arc<UpstreamLimiter>,
     metrics: Metrics,
+    guard: Arc<AddressGuard>,
+    max_content_bytes: u64,
+    min_transfer_rate: u64,
+    transfer_rate_window: Duration,
 }
 
 impl UpstreamClient {
@@ -185,19 +223,45 @@ impl UpstreamClient {
             return Err(ClientBuildError::BaseUrlScheme(scheme.to_owned()));
         }
         let limiter = Arc::new(UpstreamLimiter::new(&config.limits)?);
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_idle_timeout)
-            .user_agent(concat!("vidgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientBuildError::Http(e.to_string()))?;
+        let guard = Arc::new(AddressGuard::new(
+            Some(&config.base_url),
+            config.allowed_networks.clone(),
+        ));
+        let build = || {
+            let redirect_guard = Arc::clone(&guard);
+            reqwest::Client::builder()
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.read_idle_timeout)
+                .user_agent(concat!("vidgate/", env!("CARGO_PKG_VERSION")))
+                .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&guard))))
+                // reqwest drops `Authorization` on a redirect to another origin; this checks
+                // where the redirect leads (a name is checked again when it resolves).
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() > MAX_REDIRECTS {
+                        return attempt.error(RedirectRefused(format!(
+                            "more than {MAX_REDIRECTS} redirects"
+                        )));
+                    }
+                    match redirect_guard.check_redirect(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(e) => attempt.error(RedirectRefused(e.to_string())),
+                    }
+                }))
+                .build()
+                .map_err(|e| ClientBuildError::Http(e.to_string()))
+        };
         Ok(Self {
-            http,
+            http: build()?,
+            transfer: build()?,
             base_url: config.base_url,
             api_key: config.api_key,
             request_timeout: config.request_timeout,
             limiter,
             metrics: Metrics::disabled(),
+            guard,
+            max_content_bytes: config.max_content_bytes,
+            min_transfer_rate: config.min_transfer_rate,
+            transfer_rate_window: config.transfer_rate_window,
         })
     }
 
@@ -318,34 +382,38 @@ impl UpstreamClient {
     pub async fn content(&self, id: &str, offset: u64) -> Result<ContentStream, UpstreamError> {
         let endpoint = Endpoint::Content;
         let url = self.task_url(endpoint, id, Some("content"))?;
-        let request = self.http.get(url).bearer_auth(self.api_key.expose());
-        self.stream(endpoint, request, offset).await
+        let request = self.transfer.get(url).bearer_auth(self.api_key.expose());
+        self.stream(endpoint, request, offset, self.max_content_bytes)
+            .await
     }
 
-    /// Downloads the last frame from the URL upstream gave (S10). The API key is sent only when
-    /// the URL is on the upstream's own origin: a presigned storage URL elsewhere must never
-    /// receive our key.
-    pub async fn last_frame(&self, url: &str) -> Result<ContentStream, UpstreamError> {
+    /// Downloads the last frame from the URL upstream gave (S10), at most `max_bytes` of it.
+    /// The API key is sent only when the URL is on the upstream's own origin: a presigned
+    /// storage URL elsewhere must never receive our key. The URL must lead to a public address
+    /// ([`crate::netguard`]), checked here and again at each redirect and connection.
+    pub async fn last_frame(
+        &self,
+        url: &str,
+        max_bytes: u64,
+    ) -> Result<ContentStream, UpstreamError> {
         let endpoint = Endpoint::LastFrame;
-        let parsed = Url::parse(url).map_err(|e| UpstreamError::InvalidRequest {
+        let parsed = Url::parse(url).map_err(|e| UpstreamError::Blocked {
             endpoint,
             detail: format!("last_frame_url is not a URL: {e}"),
         })?;
-        if parsed.scheme() != "https" && parsed.scheme() != "http" {
-            return Err(UpstreamError::InvalidRequest {
+        self.guard
+            .check_url("last_frame_url", &parsed)
+            .await
+            .map_err(|e| UpstreamError::Blocked {
                 endpoint,
-                detail: format!(
-                    "last_frame_url has scheme {:?}; only http(s)",
-                    parsed.scheme()
-                ),
-            });
-        }
-        let same_origin = parsed.origin() == self.base_url.origin();
-        let mut request = self.http.get(parsed);
+                detail: self.api_key.scrub(&e.to_string()),
+            })?;
+        let same_origin = self.guard.is_trusted(&parsed);
+        let mut request = self.transfer.get(parsed);
         if same_origin {
             request = request.bearer_auth(self.api_key.expose());
         }
-        self.stream(endpoint, request, 0).await
+        self.stream(endpoint, request, 0, max_bytes).await
     }
 
     async fn stream(
@@ -353,11 +421,12 @@ impl UpstreamClient {
         endpoint: Endpoint,
         mut request: reqwest::RequestBuilder,
         offset: u64,
+        max_bytes: u64,
     ) -> Result<ContentStream, UpstreamError> {
         if offset > 0 {
             request = request.header(RANGE, format!("bytes={offset}-"));
         }
-        let slot = self.enter(endpoint).await?;
+        let slot = self.enter_transfer(endpoint).await?;
         let response = self.send(endpoint, request).await?;
         let status = response.status();
         let headers = response.headers();
@@ -391,15 +460,33 @@ impl UpstreamClient {
         } else {
             (ContentStart::Full, content_length)
         };
-        let scrub_key = self.api_key.clone();
-        let body = response
-            .bytes_stream()
-            .map(move |item| {
-                // The slot is held for as long as the body streams: a download is in flight.
-                let _held: &InFlight = &slot;
-                item.map_err(|e| classify_reqwest(endpoint, &e, &scrub_key))
-            })
-            .boxed();
+        if let Some(total) = total_len
+            && total > max_bytes
+        {
+            return Err(UpstreamError::TooLarge {
+                endpoint,
+                limit: max_bytes,
+                announced: Some(total),
+            });
+        }
+        let first_byte = match start {
+            ContentStart::Resumed(from) => from,
+            ContentStart::Full => 0,
+        };
+        let body = bounded_body(
+            response,
+            BodyLimits {
+                endpoint,
+                // What may still come after the bytes this response starts at.
+                room: max_bytes.saturating_sub(first_byte),
+                limit: max_bytes,
+                min_rate: self.min_transfer_rate,
+                window: self.transfer_rate_window,
+            },
+            // The slot is held for as long as the body streams: a download is in flight.
+            slot,
+            self.api_key.clone(),
+        );
         Ok(ContentStream {
             start,
             total_len,
@@ -409,9 +496,17 @@ impl UpstreamClient {
     }
 
     async fn enter(&self, endpoint: Endpoint) -> Result<InFlight, UpstreamError> {
+        self.enter_pool(endpoint, Pool::Calls).await
+    }
+
+    async fn enter_transfer(&self, endpoint: Endpoint) -> Result<InFlight, UpstreamError> {
+        self.enter_pool(endpoint, Pool::Transfers).await
+    }
+
+    async fn enter_pool(&self, endpoint: Endpoint, pool: Pool) -> Result<InFlight, UpstreamError> {
         let slot = self
             .limiter
-            .acquire()
+            .acquire(pool)
             .await
             .ok_or_else(|| UpstreamError::Connect {
                 endpoint,
@@ -494,7 +589,12 @@ impl UpstreamClient {
         let body = read_bounded(response, MAX_JSON_BODY_BYTES)
             .await
             .unwrap_or_default();
-        let message = self.api_key.scrub(&upstream_message_from_body(&body));
+        // Scrubbed before the message is cut to length (a cut must not leave half a key), and
+        // again after the JSON is read (a key written with escapes).
+        let body = self.api_key.scrub(&String::from_utf8_lossy(&body));
+        let message = self
+            .api_key
+            .scrub(&upstream_message_from_body(body.as_bytes()));
         let code = status.as_u16();
         let err = match code {
             429 => {
@@ -546,10 +646,14 @@ impl UpstreamClient {
                 },
                 ReadError::Http(e) => classify_reqwest(endpoint, &e, &self.api_key),
             })?;
-        serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
+        let mut json = serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
             endpoint,
             detail: format!("answer is not JSON ({e})"),
-        })
+        })?;
+        // Whatever upstream says is stored, logged or returned somewhere: an echoed key is
+        // redacted before any of it is read.
+        self.api_key.scrub_json(&mut json);
+        Ok(json)
     }
 
     fn videos_url(&self, segments: &[&str]) -> Url {
@@ -605,7 +709,136 @@ async fn read_bounded(response: Response, limit: usize) -> Result<Bytes, ReadErr
     Ok(buf.freeze())
 }
 
+/// What a streamed body may do.
+struct BodyLimits {
+    endpoint: Endpoint,
+    /// Bytes this response may still deliver.
+    room: u64,
+    /// The whole limit, for the message.
+    limit: u64,
+    /// Bytes per second over `window`; 0 = no minimum.
+    min_rate: u64,
+    window: Duration,
+}
+
+/// The body of a content or last-frame response, bounded: it ends with
+/// [`UpstreamError::TooLarge`] at the size limit (nothing beyond is handed on) and with
+/// [`UpstreamError::Timeout`] when a whole window brings fewer bytes than the minimum rate
+/// (the caller keeps what arrived and resumes with `Range`). `held` (the in-flight slot) is
+/// released when the body is dropped.
+fn bounded_body(
+    response: Response,
+    limits: BodyLimits,
+    held: InFlight,
+    key: ApiKey,
+) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+    let BodyLimits {
+        endpoint,
+        room,
+        limit,
+        min_rate,
+        window,
+    } = limits;
+    let window = window.max(Duration::from_millis(1));
+    let needed = (min_rate as u128 * window.as_millis() / 1000) as u64;
+    async_stream::stream! {
+        let _held = held;
+        let mut body = response.bytes_stream();
+        let mut received = 0u64;
+        let mut window_end = tokio::time::Instant::now() + window;
+        let mut in_window = 0u64;
+        loop {
+            let next = if min_rate > 0 {
+                match tokio::time::timeout_at(window_end, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) if in_window >= needed => {
+                        window_end = tokio::time::Instant::now() + window;
+                        in_window = 0;
+                        continue;
+                    }
+                    Err(_) => {
+                        yield Err(too_slow(endpoint, in_window, window, min_rate));
+                        break;
+                    }
+                }
+            } else {
+                body.next().await
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    yield Err(classify_reqwest(endpoint, &e, &key));
+                    break;
+                }
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > room {
+                        yield Err(UpstreamError::TooLarge { endpoint, limit, announced: None });
+                        break;
+                    }
+                    in_window += chunk.len() as u64;
+                    let now = tokio::time::Instant::now();
+                    if min_rate > 0 && now >= window_end {
+                        if in_window < needed {
+                            yield Err(too_slow(endpoint, in_window, window, min_rate));
+                            break;
+                        }
+                        window_end = now + window;
+                        in_window = 0;
+                    }
+                    yield Ok(chunk);
+                }
+            }
+        }
+    }
+    .boxed()
+}
+
+fn too_slow(endpoint: Endpoint, got: u64, window: Duration, min_rate: u64) -> UpstreamError {
+    UpstreamError::Timeout {
+        endpoint,
+        detail: format!(
+            "the transfer brought {got} bytes in {} ms, below the minimum of {min_rate} bytes/s (upstream.min_transfer_rate); it is resumed later from where it stopped",
+            window.as_millis()
+        ),
+    }
+}
+
+/// The error a refused redirect carries through reqwest, recognised by [`classify_reqwest`].
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// The guard's refusal, if `e` is one (a refused redirect, or a name that resolved to an
+/// internal address).
+fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(r) = err.downcast_ref::<RedirectRefused>() {
+            return Some(r.0.clone());
+        }
+        if let Some(g) = err.downcast_ref::<GuardError>() {
+            return Some(g.to_string());
+        }
+        current = err.source();
+    }
+    None
+}
+
 fn classify_reqwest(endpoint: Endpoint, e: &reqwest::Error, key: &ApiKey) -> UpstreamError {
+    if let Some(why) = refusal(e) {
+        return UpstreamError::Blocked {
+            endpoint,
+            detail: key.scrub(&why),
+        };
+    }
     // reqwest's message names the URL, never headers; scrub anyway in case a URL carries a key.
     let detail = key.scrub(&error_chain(e));
     if e.is_connect() {

@@ -104,6 +104,28 @@ pub enum UpstreamError {
     /// vidgate could not build the request (nothing was sent).
     #[error("vidgate could not build the {endpoint} request (nothing was sent): {detail}")]
     InvalidRequest { endpoint: Endpoint, detail: String },
+    /// vidgate refused to follow where upstream pointed it (an internal address, too many
+    /// redirects): see [`crate::netguard`]. Trying again leads to the same place.
+    #[error("vidgate refused to follow {endpoint} there: {detail}")]
+    Blocked { endpoint: Endpoint, detail: String },
+    /// The content is larger than the configured maximum (`Content-Length`, or counted while
+    /// streaming): nothing beyond the limit is written.
+    #[error(
+        "the upstream's {endpoint} answer is larger than the limit of {limit} bytes{}; raise upstream.max_content_bytes if such files are real",
+        announced_text(.announced)
+    )]
+    TooLarge {
+        endpoint: Endpoint,
+        limit: u64,
+        announced: Option<u64>,
+    },
+}
+
+fn announced_text(announced: &Option<u64>) -> String {
+    match announced {
+        Some(n) => format!(" (it announced {n} bytes)"),
+        None => String::new(),
+    }
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {
@@ -140,7 +162,9 @@ impl UpstreamError {
             | Self::Rejected { endpoint, .. }
             | Self::RangeNotSatisfiable { endpoint }
             | Self::Protocol { endpoint, .. }
-            | Self::InvalidRequest { endpoint, .. } => *endpoint,
+            | Self::InvalidRequest { endpoint, .. }
+            | Self::Blocked { endpoint, .. }
+            | Self::TooLarge { endpoint, .. } => *endpoint,
         }
     }
 
@@ -168,10 +192,14 @@ impl UpstreamError {
             | Self::Rejected { .. }
             | Self::RangeNotSatisfiable { .. }
             | Self::InvalidRequest { .. } => CreateFailure::NotTakenPermanent,
+            // A create is sent to the configured origin; a refused redirect or an oversized
+            // answer means the request did leave.
             Self::Server { .. }
             | Self::Timeout { .. }
             | Self::Transport { .. }
-            | Self::Protocol { .. } => CreateFailure::OutcomeUnknown,
+            | Self::Protocol { .. }
+            | Self::Blocked { .. }
+            | Self::TooLarge { .. } => CreateFailure::OutcomeUnknown,
         }
     }
 

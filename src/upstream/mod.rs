@@ -15,6 +15,6 @@ pub use client::{
     UpstreamConfig, UpstreamVideo,
 };
 pub use error::{CreateFailure, Endpoint, UpstreamError};
-pub use limiter::{LimitConfig, UpstreamLimiter};
+pub use limiter::{LimitConfig, Pool, UpstreamLimiter};
 pub use secret::ApiKey;
 pub use status::{NormalisedStatus, UpstreamState};

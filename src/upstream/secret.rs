@@ -51,6 +51,31 @@ impl ApiKey {
         }
         text.replace(key, REDACTED)
     }
+
+    /// [`ApiKey::scrub`] of every string (and object key) in an upstream JSON answer, wherever
+    /// it sits: a failed task's message, a status spelling, a field nobody reads yet. Parsed
+    /// strings are unescaped, so a key written as `\/`-escaped JSON is found too.
+    pub fn scrub_json(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => {
+                if text.contains(self.expose()) {
+                    *text = self.scrub(text);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_json(v)),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains(self.expose())) {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        map.insert(self.scrub(&k), v);
+                    }
+                }
+                map.values_mut().for_each(|v| self.scrub_json(v));
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -88,6 +113,28 @@ mod tests {
             ApiKey::new("a b").unwrap_err(),
             ApiKeyError::InvalidCharacters
         );
+    }
+
+    #[test]
+    fn scrub_json_reaches_every_string_also_escaped_ones() {
+        let key = ApiKey::new("sk/abc").unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(
+            r#"{"status":"failed","error":{"message":"header was Authorization: Bearer sk\/abc"},
+                "echo":["sk/abc", {"sk/abc": 1}], "n": 3}"#,
+        )
+        .unwrap();
+        key.scrub_json(&mut v);
+        let text = v.to_string();
+        assert!(
+            !text.contains("sk/abc") && !text.contains("sk\\/abc"),
+            "{text}"
+        );
+        assert_eq!(
+            v["error"]["message"],
+            "header was Authorization: Bearer [REDACTED]"
+        );
+        assert_eq!(v["echo"][1]["[REDACTED]"], 1);
+        assert_eq!(v["n"], 3);
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn second_dispatcher(t: &TestApp) -> Arc<Dispatcher> {
         limits: LimitConfig {
             requests_per_second: 10_000,
             max_in_flight: 64,
+            max_downloads: 64,
             rate_limited_pause_ms: 50,
         },
         ..UpstreamConfig::new(

@@ -51,6 +51,7 @@ pub async fn create_then_get_round_trips_every_field(f: &mut Fixture) {
             blob_key: "acme/vid/video.mp4".to_owned(),
             last_frame_key: Some("acme/vid/last.png".to_owned()),
             last_frame_size: Some(999),
+            last_frame_dropped: None,
         });
         r.next_action_ms = Some(1_700_000_005_000);
         r.attempts = 3;

@@ -306,6 +306,7 @@ pub fn completed(r: &mut JobRecord) {
         blob_key: "videos/x.mp4".into(),
         last_frame_key: None,
         last_frame_size: None,
+        last_frame_dropped: None,
     });
 }
 

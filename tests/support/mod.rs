@@ -7,12 +7,15 @@
 //! - [`upstream`]: vidgate's upstream client against the simulator, outside the app;
 //! - [`amqp`]: the broker (`VIDGATE_TEST_AMQP_URL`, else testcontainers, else the test fails
 //!   saying what to set), unique names, the test's own client, a proxy the test can cut;
+//! - [`hostile`]: an upstream that misbehaves on purpose (endless or trickling content,
+//!   redirects to internal addresses, echoed keys), per job by a word in its prompt;
 //! - [`postgres`]: the database (`VIDGATE_TEST_DATABASE_URL`, else testcontainers, else the
 //!   test fails saying what to set) and a schema of the test's own.
 #![allow(dead_code)]
 
 pub mod amqp;
 pub mod app;
+pub mod hostile;
 pub mod postgres;
 pub mod upstream;
 

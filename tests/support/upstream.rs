@@ -46,6 +46,7 @@ pub fn client_config_for(base_url: &str, key: ApiKey) -> UpstreamConfig {
         limits: LimitConfig {
             requests_per_second: 10_000,
             max_in_flight: 64,
+            max_downloads: 64,
             rate_limited_pause_ms: 50,
         },
         ..UpstreamConfig::new(Url::parse(base_url).expect("base URL"), key)

@@ -254,7 +254,10 @@ async fn seedance_last_frame_is_offered_and_downloads_as_png_s10() {
         .last_frame_url
         .expect("S10: a last_frame_url once completed");
     assert!(done.video_url.is_some());
-    let stream = client.last_frame(&url).await.expect("last frame");
+    let stream = client
+        .last_frame(&url, vidgate::dispatcher::MAX_LAST_FRAME_BYTES)
+        .await
+        .expect("last frame");
     assert_eq!(stream.content_type.as_deref(), Some("image/png"));
     assert_eq!(stream.start, ContentStart::Full);
     let (png, err) = drain(stream).await;
@@ -932,6 +935,33 @@ async fn the_api_key_appears_in_no_log_line_error_or_debug_output() {
             .expect_err("401"),
         wrong.get(&id).await.expect_err("401"),
     ];
+
+    // A failed task whose message echoes the request's header (#14): read, stored and logged
+    // without the key.
+    sim.push_fault(
+        FaultRule::new(
+            FaultEndpoint::Create,
+            Fault::FailTask {
+                code: "bad_request".into(),
+                message: format!("rejected; headers were Authorization: Bearer {key}"),
+            },
+        )
+        .prompt_contains("echoing")
+        .times(1),
+    );
+    let echoed = created(&client, "an echoing cat").await;
+    let seen = poll_until_terminal(&client, &echoed).await;
+    let failed = seen.last().expect("a terminal status");
+    let message = failed
+        .error
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .expect("the failed task's message");
+    assert_eq!(
+        message,
+        "rejected; headers were Authorization: Bearer [REDACTED]"
+    );
+    tracing::info!(message = %message, "the failed task's message, logged as the dispatcher does");
 
     let logs = captured.text();
     assert!(
