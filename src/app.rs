@@ -204,6 +204,7 @@ impl Application {
             auth,
             config.events.chunk_bytes,
         )
+        .with_stream_budget(config.events.stream_budget_bytes)
         .with_metrics(telemetry.metrics.clone())
         .with_draining(draining.clone());
         let (listener, grpc_addr) = bind_grpc(&config).await?;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::api::auth::AuthConfig;
 use crate::dispatcher::DispatcherConfig;
-use crate::events::DEFAULT_CHUNK_BYTES;
+use crate::events::{DEFAULT_CHUNK_BYTES, DEFAULT_STREAM_BUDGET_BYTES};
 use crate::intake::amqp::AmqpConfig;
 use crate::intake::amqp::config::URL_ENV as AMQP_URL_ENV;
 use crate::upstream::LimitConfig;
@@ -326,12 +326,16 @@ impl Default for AdminConfig {
 pub struct EventsConfig {
     /// Content chunk size of `DownloadVideo` and watch streams.
     pub chunk_bytes: usize,
+    /// What one event stream may hold for its client, in bytes; past it the subscriber is
+    /// lagging (`ABORTED` / `SUBSCRIBER_LAGGED`). See [`DEFAULT_STREAM_BUDGET_BYTES`].
+    pub stream_budget_bytes: usize,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
         }
     }
 }

@@ -1,20 +1,24 @@
 //! Fan-out of the event log to live subscribers (`WatchVideo`, `Subscribe`).
 //!
-//! Each stream is a spawned producer feeding a bounded channel. It subscribes to the store's
-//! live broadcast first, then reads the durable log after the caller's cursor, then forwards
-//! live events, skipping what the log already gave: no gap, no repeat. The broadcast ring is
-//! bounded; a producer whose client does not keep up falls behind it and ends the stream with
-//! `SUBSCRIBER_LAGGED`, carrying the last sequence delivered so the client can resume. When the
+//! Each stream is a spawned producer feeding a channel bounded in bytes ([`crate::budget`]). It
+//! subscribes to the store's live broadcast first, then reads the durable log after the
+//! caller's cursor (waiting for the client between pages), then forwards live events, skipping
+//! what the log already gave: no gap, no repeat. A client that does not keep up with live events
+//! ends with `SUBSCRIBER_LAGGED`, carrying the last sequence queued for it (it reads those first)
+//! so it can resume, as soon as the next event would take its stream past its byte budget (or it
+//! falls behind the bounded broadcast ring): a never-read stream holds at most its budget. When the
 //! server stops, every stream ends the same way with `SERVER_SHUTTING_DOWN` (`UNAVAILABLE`).
 //! Those endings are [`FeedError`]s; the transport (the gRPC adapter) maps them to its terms.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use prost::Message;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::blob::BlobStore;
+use crate::budget::{self, SendError};
 use crate::convert;
 use crate::job::{Job, JobStatus};
 use crate::pb;
@@ -27,6 +31,23 @@ pub const BACKLOG_PAGE: u32 = 500;
 pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
 /// The largest chunk size an operator may configure: each message stays well under 4 MB.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// What one stream may hold for its client, in encoded bytes: a few hundred ordinary events, or
+/// six of the fattest (a 16,000-character prompt and 64 labels of 256 characters, ~40 KB). A
+/// subscriber past it is lagging: 2,000 streams that never read hold at most ~0.5 GB, and then
+/// only until the next event ends them.
+pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 256 * 1024;
+
+/// The sending half of a stream's channel.
+pub type FeedSender = budget::Sender<FeedItem>;
+
+/// How a stream's item is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Wait for room: the source can wait (the log, a download).
+    Wait,
+    /// Live events: no room means the client is lagging; it resumes after `delivered`.
+    OrLag { delivered: i64 },
+}
 
 /// What a stream wants to see.
 #[derive(Debug, Clone, Default)]
@@ -172,7 +193,7 @@ impl Feed {
 
     /// Produces the stream's events into `tx` until the client leaves, the watch ends, or an
     /// error ends it (sent as the last item).
-    pub async fn pump(&self, request: FeedRequest, tx: mpsc::Sender<FeedItem>) {
+    pub async fn pump(&self, request: FeedRequest, tx: FeedSender) {
         let _live = self.metrics.subscriber(rpc_method(&request));
         // Subscribe before reading anything, so nothing committed meanwhile is missed.
         let rx = self.store.subscribe();
@@ -191,9 +212,9 @@ impl Feed {
         }));
         match stop {
             Stop::Done => {}
-            Stop::Error(e) => {
-                let _ = tx.send(Err(e)).await;
-            }
+            // After what is queued (the resume point counts it), past the budget: a client
+            // that never reads still finds why its stream ended, and nothing more is held.
+            Stop::Error(e) => tx.end(Err(e)),
         }
     }
 
@@ -201,7 +222,7 @@ impl Feed {
         &self,
         request: &FeedRequest,
         mut rx: broadcast::Receiver<Arc<StoredEvent>>,
-        tx: &mpsc::Sender<FeedItem>,
+        tx: &FeedSender,
         delivered: &mut i64,
     ) -> Stop {
         let filter = &request.filter;
@@ -237,7 +258,14 @@ impl Feed {
             seen = job.last_sequence;
             let terminal = job.is_terminal();
             if let Some(stop) = self
-                .send_state(&job, job.last_sequence, job.update_time_ms(), request, tx)
+                .send_state(
+                    &job,
+                    job.last_sequence,
+                    job.update_time_ms(),
+                    request,
+                    tx,
+                    Pace::Wait,
+                )
                 .await
             {
                 return stop;
@@ -277,7 +305,10 @@ impl Feed {
             let full = page.len() as u32 == BACKLOG_PAGE;
             for event in page {
                 seen = event.sequence;
-                if let Some(stop) = self.deliver(&event, request, tx, delivered).await {
+                if let Some(stop) = self
+                    .deliver(&event, request, tx, delivered, Pace::Wait)
+                    .await
+                {
                     return stop;
                 }
             }
@@ -287,7 +318,10 @@ impl Feed {
         }
 
         // Live. A client that left is noticed at once, not at the next matching event, so a
-        // quiet stream does not hold its task (and the subscriber count) for ever.
+        // quiet stream does not hold its task (and the subscriber count) for ever. A stream that
+        // carries content waits for its client (a download is paced by its reader, and the
+        // broadcast ring still bounds how far behind it may fall).
+        let lag = !request.include_content;
         loop {
             let received = tokio::select! {
                 biased;
@@ -300,7 +334,14 @@ impl Feed {
                         continue;
                     }
                     seen = event.sequence;
-                    if let Some(stop) = self.deliver(&event, request, tx, delivered).await {
+                    let pace = if lag {
+                        Pace::OrLag {
+                            delivered: *delivered,
+                        }
+                    } else {
+                        Pace::Wait
+                    };
+                    if let Some(stop) = self.deliver(&event, request, tx, delivered, pace).await {
                         return stop;
                     }
                 }
@@ -319,14 +360,15 @@ impl Feed {
         &self,
         event: &StoredEvent,
         request: &FeedRequest,
-        tx: &mpsc::Sender<FeedItem>,
+        tx: &FeedSender,
         delivered: &mut i64,
+        pace: Pace,
     ) -> Option<Stop> {
         if !request.filter.matches(&event.job) {
             return None;
         }
         if let Some(stop) = self
-            .send_state(&event.job, event.sequence, event.time_ms, request, tx)
+            .send_state(&event.job, event.sequence, event.time_ms, request, tx, pace)
             .await
         {
             return Some(stop);
@@ -345,7 +387,8 @@ impl Feed {
         sequence: i64,
         time_ms: i64,
         request: &FeedRequest,
-        tx: &mpsc::Sender<FeedItem>,
+        tx: &FeedSender,
+        pace: Pace,
     ) -> Option<Stop> {
         let event = pb::VideoEvent {
             sequence,
@@ -353,8 +396,23 @@ impl Feed {
             time: Some(convert::timestamp(time_ms)),
             kind: Some(pb::video_event::Kind::Video(convert::video(job))),
         };
-        if tx.send(Ok(event)).await.is_err() {
-            return Some(Stop::Done);
+        let bytes = event.encoded_len();
+        match pace {
+            Pace::Wait => {
+                if tx.send(Ok(event), bytes).await.is_err() {
+                    return Some(Stop::Done);
+                }
+            }
+            Pace::OrLag { delivered } => match tx.try_send(Ok(event), bytes) {
+                Ok(()) => {}
+                Err(SendError::Closed(_)) => return Some(Stop::Done),
+                Err(SendError::Full(_)) => {
+                    self.metrics.stream_lagged(rpc_method(request));
+                    return Some(Stop::Error(FeedError::Lagged {
+                        last_sequence: delivered,
+                    }));
+                }
+            },
         }
         if request.include_content && job.status() == JobStatus::Completed {
             return self
@@ -368,7 +426,7 @@ impl Feed {
         &self,
         job: &Job,
         time_ms: i64,
-        tx: &mpsc::Sender<FeedItem>,
+        tx: &FeedSender,
         method: &'static str,
     ) -> Option<Stop> {
         use futures::StreamExt;
@@ -405,7 +463,8 @@ impl Feed {
                     data,
                 })),
             };
-            if tx.send(Ok(event)).await.is_err() {
+            let bytes = event.encoded_len();
+            if tx.send(Ok(event), bytes).await.is_err() {
                 return Some(Stop::Done);
             }
             self.metrics
@@ -421,7 +480,8 @@ impl Feed {
                 sha256: content.sha256.clone(),
             })),
         };
-        if tx.send(Ok(end)).await.is_err() {
+        let bytes = end.encoded_len();
+        if tx.send(Ok(end), bytes).await.is_err() {
             return Some(Stop::Done);
         }
         None

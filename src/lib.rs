@@ -13,6 +13,7 @@
 //! | [`dispatcher`] | job progress, a file per phase: claims due jobs with a lease (one writer per job, recorded in the store), submits once, polls politely, downloads and verifies once, applies cancel/delete requests recorded for the jobs it holds |
 //! | [`events`] | fan-out of the event log to live streams, bounded, resumable by cursor; its own [`events::FeedError`] |
 //! | [`store`] | jobs, idempotency keys, leases and owner requests, and the event log behind [`store::JobStore`]; SQLite embedded |
+//! | [`budget`] | a channel bounded in bytes: what one server stream may hold for a client that does not read |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
 //! | [`upstream::sim`] | a faithful simulator of the upstream for tests, benchmarks and the no-key demo |
@@ -35,6 +36,7 @@
 pub mod api;
 pub mod app;
 pub mod blob;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod convert;

@@ -100,6 +100,16 @@ pub enum ApiError {
         /// The last sequence delivered on this stream.
         last_sequence: i64,
     },
+    /// A download's client took nothing for [`super::service::DOWNLOAD_STALL`]: the stream ends
+    /// (its open file is closed), naming the offset to resume from.
+    #[error(
+        "the download was not read for {} s and was ended; resume with read_offset = {next_offset}",
+        super::service::DOWNLOAD_STALL.as_secs()
+    )]
+    DownloadStalled {
+        /// The offset of the first byte not sent.
+        next_offset: i64,
+    },
     /// The server is stopping: new calls are refused and open streams end, naming where to
     /// resume (`last_sequence` for event streams, `next_offset` for downloads).
     #[error("the server is shutting down; reconnect and {}", resume_hint(*.last_sequence, *.next_offset))]
@@ -134,6 +144,7 @@ impl ApiError {
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::CursorAhead { .. } => "CURSOR_AHEAD",
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
+            Self::DownloadStalled { .. } => "DOWNLOAD_STALLED",
             Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
             Self::Internal(_) => "INTERNAL",
@@ -152,7 +163,7 @@ impl ApiError {
             Self::OffsetOutOfRange { .. }
             | Self::CursorExpired { .. }
             | Self::CursorAhead { .. } => Code::OutOfRange,
-            Self::SubscriberLagged { .. } => Code::Aborted,
+            Self::SubscriberLagged { .. } | Self::DownloadStalled { .. } => Code::Aborted,
             Self::ShuttingDown { .. } => Code::Unavailable,
             Self::MessageTooLarge(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
@@ -243,6 +254,9 @@ impl From<ApiError> for Status {
             ApiError::ShuttingDown {
                 next_offset: Some(offset),
                 ..
+            }
+            | ApiError::DownloadStalled {
+                next_offset: offset,
             } => {
                 metadata.insert("next_offset".to_owned(), offset.to_string());
             }

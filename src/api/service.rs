@@ -14,23 +14,26 @@ use tonic::{Request, Response, Status};
 use super::auth::Authenticator;
 use super::error::ApiError;
 use crate::blob::{BlobError, BlobStore};
+use crate::budget;
 use crate::convert;
 use crate::domain::Tenant;
-use crate::events::{Feed, FeedFilter, FeedItem, FeedRequest};
+use crate::events::{DEFAULT_STREAM_BUDGET_BYTES, Feed, FeedFilter, FeedItem, FeedRequest};
 use crate::jobs::{IntakeOrigin, Jobs, parse_statuses};
 use crate::pb;
 use crate::pb::video_service_server::VideoService;
 use crate::store::JobStore;
 use crate::telemetry::Metrics;
 
-/// Messages buffered per server stream; past this the producer waits for the client.
-pub const STREAM_BUFFER: usize = 32;
 /// Messages buffered per stream that carries video bytes (`DownloadVideo`, watch and subscribe
 /// with `include_content`): 2 chunks (128 KiB at the default chunk size) per stream. With 32,
 /// 100 watchers of one video held ~350 MB while their clients were slower than the disk; with
 /// 4, ~95 MB; with 2, ~70 MB at the same throughput, since chunks in the page cache are read
 /// without a thread hop (the benchmark harness's `watch` scenario, BENCHMARKS.md).
 pub const CONTENT_STREAM_BUFFER: usize = 2;
+/// A `DownloadVideo` whose client takes nothing for this long is ended `ABORTED` /
+/// `DOWNLOAD_STALLED` with the offset to resume from, and its file is closed then: a thousand
+/// never-read downloads must not pin a thousand file descriptors until their clients go away.
+pub const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The service.
 #[derive(Clone)]
@@ -40,6 +43,7 @@ pub struct VideoApi {
     auth: Arc<Authenticator>,
     feed: Feed,
     chunk_bytes: usize,
+    stream_budget: usize,
     metrics: Metrics,
     draining: CancellationToken,
 }
@@ -61,9 +65,17 @@ impl VideoApi {
             auth,
             feed,
             chunk_bytes,
+            stream_budget: DEFAULT_STREAM_BUDGET_BYTES,
             metrics: Metrics::disabled(),
             draining: CancellationToken::new(),
         }
+    }
+
+    /// What one event stream may hold for its client ([`DEFAULT_STREAM_BUDGET_BYTES`]); a
+    /// stream that carries content holds its chunks on top.
+    pub fn with_stream_budget(mut self, bytes: usize) -> Self {
+        self.stream_budget = bytes.max(1);
+        self
     }
 
     /// Once `draining` is cancelled, new calls are refused and open streams end, all with
@@ -100,8 +112,10 @@ impl VideoApi {
 /// A stream of one RPC's answers, each error already a `Status`.
 type ApiStream<T> = ReceiverStream<Result<T, Status>>;
 /// A stream of the event feed, its errors mapped to `Status` as they pass.
-type EventStream =
-    futures::stream::Map<ReceiverStream<FeedItem>, fn(FeedItem) -> Result<pb::VideoEvent, Status>>;
+type EventStream = futures::stream::Map<
+    budget::Receiver<FeedItem>,
+    fn(FeedItem) -> Result<pb::VideoEvent, Status>,
+>;
 
 #[tonic::async_trait]
 impl VideoService for VideoApi {
@@ -258,6 +272,7 @@ impl VideoService for VideoApi {
                 // client), naming the offset to resume from: an open stream must not hold the
                 // server's shutdown.
                 let mut stopped = false;
+                let mut stalled = false;
                 loop {
                     let chunk = tokio::select! {
                         biased;
@@ -284,13 +299,26 @@ impl VideoService for VideoApi {
                             stopped = true;
                             break;
                         }
-                        sent = tx.send(item) => sent.is_ok(),
+                        sent = tokio::time::timeout(DOWNLOAD_STALL, tx.send(item)) => sent,
+                    };
+                    let sent = match sent {
+                        Ok(sent) => sent.is_ok(),
+                        Err(_) => {
+                            stalled = true;
+                            break;
+                        }
                     };
                     if !sent || failed {
                         break;
                     }
                     at += len as i64;
                     metrics.stream_bytes("DownloadVideo", len as u64);
+                }
+                // The file is closed before waiting for the client to take the last word.
+                drop(chunks);
+                if stalled {
+                    let stall = ApiError::DownloadStalled { next_offset: at };
+                    let _ = tx.send(Err(stall.into())).await;
                 }
                 if stopped {
                     let stop = ApiError::ShuttingDown {
@@ -382,15 +410,15 @@ impl VideoService for VideoApi {
 
 impl VideoApi {
     fn spawn_feed(&self, request: FeedRequest) -> EventStream {
-        let buffer = if request.include_content {
-            CONTENT_STREAM_BUFFER
+        let budget = if request.include_content {
+            self.stream_budget + CONTENT_STREAM_BUFFER * self.chunk_bytes
         } else {
-            STREAM_BUFFER
+            self.stream_budget
         };
-        let (tx, rx) = mpsc::channel(buffer);
+        let (tx, rx) = budget::channel(budget);
         let feed = self.feed.clone();
         tokio::spawn(async move { feed.pump(request, tx).await });
-        ReceiverStream::new(rx).map(event_or_status as fn(FeedItem) -> _)
+        rx.map(event_or_status as fn(FeedItem) -> _)
     }
 }
 

@@ -20,6 +20,7 @@
 //! | `vidgate.store.slow_operations` | counter | store operations past the slow threshold (PostgreSQL only) |
 //! | `vidgate.subscribers` | up-down counter | `rpc.method` (live server streams) |
 //! | `vidgate.stream.sent` (By) | counter | `rpc.method` (video bytes sent to clients) |
+//! | `vidgate.stream.lagged` | counter | `rpc.method` (streams ended past their byte budget) |
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -69,6 +70,7 @@ struct Inner {
     retries: Counter<u64>,
     subscribers: UpDownCounter<i64>,
     stream_bytes: Counter<u64>,
+    stream_lagged: Counter<u64>,
     models: Mutex<HashSet<String>>,
     /// Keeps a private provider alive for [`Metrics::disabled`].
     _provider: Option<SdkMeterProvider>,
@@ -155,6 +157,12 @@ impl Metrics {
                     .with_unit("By")
                     .with_description("Video bytes streamed to clients")
                     .build(),
+                stream_lagged: meter
+                    .u64_counter("vidgate.stream.lagged")
+                    .with_description(
+                        "Streams ended SUBSCRIBER_LAGGED: the next event would have taken them past their byte budget",
+                    )
+                    .build(),
                 models: Mutex::new(HashSet::new()),
                 _provider: provider,
             }),
@@ -236,6 +244,13 @@ impl Metrics {
         self.inner
             .retries
             .add(1, &[KeyValue::new("vidgate.step", step)]);
+    }
+
+    /// A `method` stream was ended past its byte budget.
+    pub fn stream_lagged(&self, method: &'static str) {
+        self.inner
+            .stream_lagged
+            .add(1, &[KeyValue::new("rpc.method", method)]);
     }
 
     /// `bytes` of video were sent on a `method` stream.

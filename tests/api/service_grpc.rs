@@ -1155,3 +1155,63 @@ async fn list_label_filters_follow_the_label_rules_and_long_keys_are_not_echoed_
         field.len()
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_past_its_byte_budget_is_ended_as_lagging_however_few_its_events() {
+    // A broadcast ring far larger than the flood: only the byte budget can end this stream.
+    let mut t = spawn_app_with(|c| {
+        c.storage.event_buffer = 100_000;
+        c.events.stream_budget_bytes = 64 * 1024;
+    })
+    .await;
+    // A client whose HTTP/2 window is small (64 KiB), so what it does not read stays on the
+    // server (hyper's client default, 2 MB per stream, would hold the whole flood itself).
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", t.app().grpc_addr()))
+            .unwrap()
+            .initial_stream_window_size(Some(65_535))
+            .initial_connection_window_size(Some(65_535))
+            .connect()
+            .await
+            .unwrap();
+    let mut sub = pb::video_service_client::VideoServiceClient::new(channel)
+        .subscribe(req(ACME, pb::SubscribeRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    // Fat jobs: a 16,000-character prompt and 64 labels of 256 characters, ~37 KB per event.
+    let labels: BTreeMap<String, String> = (0..64)
+        .map(|i| (format!("k{i}"), "v".repeat(256)))
+        .collect();
+    const FAT: usize = 40;
+    for n in 0..FAT {
+        let mut r = veo(&format!("{n} {}", "p".repeat(15_990)));
+        r.labels = labels.clone();
+        create(&mut t, ACME, r).await;
+    }
+    let mut delivered = Vec::new();
+    let read = async {
+        loop {
+            match sub.next().await {
+                Some(Ok(ev)) => delivered.push(ev.sequence),
+                Some(Err(status)) => break status,
+                None => panic!("stream ended without an error after {}", delivered.len()),
+            }
+        }
+    };
+    let status = tokio::time::timeout(DRIVE_DEADLINE, read)
+        .await
+        .expect("the subscriber past its budget was never ended");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(error_reason(&status), "SUBSCRIBER_LAGGED");
+    let cursor: i64 = status.get_details_error_info().unwrap().metadata["last_sequence"]
+        .parse()
+        .unwrap();
+    assert_eq!(Some(&cursor), delivered.last());
+    // The budget (64 KiB) and the HTTP/2 window on the way hold a handful of these, not 40.
+    assert!(
+        delivered.len() < FAT / 2,
+        "{} of {FAT} fat events were held for a client that did not read",
+        delivered.len()
+    );
+}
