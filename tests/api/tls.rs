@@ -328,29 +328,39 @@ async fn a_broken_replacement_is_refused_and_the_previous_certificate_stays_in_u
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_delays_no_one_and_is_cut_at_the_timeout() {
+    // Long enough that serving another client cannot take as long, even on a busy machine.
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
     let ca = Ca::new("vidgate test CA");
     let files = Files::new();
     let mut tls = files.server(&ca.server());
-    tls.handshake_timeout_ms = 1_000;
+    tls.handshake_timeout_ms = HANDSHAKE_TIMEOUT.as_millis() as u64;
     let (app, _sim) = start(tls).await;
     let started = Instant::now();
     let mut stalled = tokio::net::TcpStream::connect(app.grpc_addr())
         .await
         .expect("TCP connect");
+    let mut buf = [0u8; 1];
 
     // While the stalled client holds its handshake open, another is served.
     let outcome = call(&app, Some(tls_client(&ca.pem(), None))).await;
     assert!(matches!(outcome, Outcome::Served), "{outcome:?}");
+    let still_open = tokio::time::timeout(Duration::from_millis(10), stalled.read(&mut buf))
+        .await
+        .is_err();
+    assert!(
+        still_open,
+        "another client was served only after the stalled handshake ended ({:?}): handshakes are not concurrent",
+        started.elapsed()
+    );
 
-    // The server closes the stalled connection after the timeout, not before.
-    let mut buf = [0u8; 1];
+    // The server closes the stalled connection at the timeout, not before.
     let read = tokio::time::timeout(DEADLINE, stalled.read(&mut buf)).await;
     assert!(
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "the stalled connection was not closed: {read:?}"
     );
     assert!(
-        started.elapsed() >= Duration::from_millis(1_000),
+        started.elapsed() >= HANDSHAKE_TIMEOUT,
         "closed after {:?}, before the timeout",
         started.elapsed()
     );
