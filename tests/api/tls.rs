@@ -136,7 +136,10 @@ async fn start(tls: TlsConfig) -> (Application, SimHandle) {
 
 /// What a client got.
 #[derive(Debug)]
-#[allow(dead_code, reason = "the messages are read through Debug, in failure messages")]
+#[allow(
+    dead_code,
+    reason = "the messages are read through Debug, in failure messages"
+)]
 enum Outcome {
     Served,
     /// The server answered the call with a status of its own: the connection was up.
