@@ -35,6 +35,7 @@ use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::metrics::{AmqpCounters, StateGauges};
 use crate::telemetry::readiness::{Heartbeat, Readiness};
 use crate::telemetry::{self, Metrics, OtlpSettings};
+use crate::tls::{LoadError as TlsLoadError, TlsHandle, TlsServer};
 use crate::upstream::client::{ClientBuildError, UpstreamConfig};
 use crate::upstream::sim::{SimError, SimHandle, Simulator};
 use crate::upstream::{ApiKey, UpstreamClient};
@@ -103,6 +104,9 @@ pub enum StartupError {
     /// Metrics could not be set up.
     #[error("metrics: {0}")]
     Telemetry(String),
+    /// `[server.tls]` names files that cannot be used.
+    #[error("TLS on the gRPC port: {0}")]
+    Tls(#[from] TlsLoadError),
     /// Reflection descriptors could not be loaded (a build problem).
     #[error("gRPC reflection: {0}")]
     Reflection(String),
@@ -138,6 +142,7 @@ pub async fn prune_events(
 /// A running vidgate.
 pub struct Application {
     grpc_addr: SocketAddr,
+    grpc_tls: Option<TlsHandle>,
     admin_addr: Option<SocketAddr>,
     meter_provider: SdkMeterProvider,
     store: OpenedStore,
@@ -172,6 +177,12 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let auth = authenticator(&config)?;
         let catalog = Arc::new(model_catalog(&config)?);
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(TlsServer::load)
+            .transpose()?;
         let store = open_store(&config).await?;
         let telemetry = Telemetry::start()?;
         let blobs = BlobStore::local(config.storage.data_dir.join("blobs"))?;
@@ -229,13 +240,9 @@ impl Application {
             gauges: gauges.clone(),
         };
         let admin_addr = start_admin(&config, admin, &stop, &mut tasks).await?;
-        tasks.serve.push(serve_grpc(
-            &config,
-            listener,
-            api,
-            readiness.clone(),
-            stop.clone(),
-        )?);
+        let (grpc_tasks, grpc_tls) =
+            serve_grpc(&config, listener, tls, api, readiness.clone(), stop.clone())?;
+        tasks.serve.extend(grpc_tasks);
         if config.dispatcher.enabled {
             let d = dispatcher.clone();
             let draining = draining.clone();
@@ -257,9 +264,10 @@ impl Application {
             .push(prune_old_events(&config, store_dyn, draining.clone()));
 
         let simulator = upstream.simulator;
-        tracing::info!(%grpc_addr, admin_addr = ?admin_addr, data_dir = %config.storage.data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
+        tracing::info!(%grpc_addr, grpc_tls = grpc_tls.is_some(), admin_addr = ?admin_addr, data_dir = %config.storage.data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
         Ok(Self {
             grpc_addr,
+            grpc_tls,
             admin_addr,
             meter_provider: telemetry.provider,
             store,
@@ -279,6 +287,12 @@ impl Application {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// What the gRPC port serves over TLS (certificate fingerprint, reloads), when
+    /// `[server.tls]` is set.
+    pub fn grpc_tls(&self) -> Option<&TlsHandle> {
+        self.grpc_tls.as_ref()
     }
 
     /// The bound admin HTTP address (`/healthz`, `/readyz`, `/metrics`), when enabled.
@@ -670,14 +684,16 @@ async fn start_admin(
     Ok(Some(bound))
 }
 
-/// The gRPC server: health over readiness, reflection, and `vidgate.v1.VideoService`.
+/// The gRPC server: health over readiness, reflection, and `vidgate.v1.VideoService`, in
+/// plaintext or, with `[server.tls]`, over TLS (all on the one port either way).
 fn serve_grpc(
     config: &Config,
     listener: tokio::net::TcpListener,
+    tls: Option<TlsServer>,
     api: VideoApi,
     readiness: Readiness,
     stop: CancellationToken,
-) -> Result<JoinHandle<()>, StartupError> {
+) -> Result<(Vec<JoinHandle<()>>, Option<TlsHandle>), StartupError> {
     let health_service = ReadinessHealth::server(
         readiness,
         &[<VideoServiceServer<VideoApi> as NamedService>::NAME],
@@ -704,19 +720,36 @@ fn serve_grpc(
     // The server stops only once the work has drained: until then health answers
     // NOT_SERVING and new calls are refused with a reason, rather than connections reset.
     // Open streams have ended by then, so its own graceful stop does not wait on them.
-    Ok(tokio::spawn(async move {
+    let Some(tls) = tls else {
+        return Ok((
+            vec![tokio::spawn(async move {
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(
+                        // Nagle's algorithm on accepted sockets plus the client's delayed ACK
+                        // held every unary answer ~40 ms (measured by the benchmark harness).
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        stop.cancelled(),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server stopped with an error");
+                }
+            })],
+            None,
+        ));
+    };
+    // The accept loop sets TCP_NODELAY itself and ends on `stop` too.
+    let (incoming, handle, mut tasks) = tls.start(listener, stop.clone());
+    tasks.push(tokio::spawn(async move {
         if let Err(e) = server
-            .serve_with_incoming_shutdown(
-                // Nagle's algorithm on accepted sockets plus the client's delayed ACK
-                // held every unary answer ~40 ms (measured by the benchmark harness).
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stop.cancelled(),
-            )
+            .serve_with_incoming_shutdown(incoming, stop.cancelled())
             .await
         {
             tracing::error!(error = %e, "gRPC server stopped with an error");
         }
-    }))
+    }));
+    Ok((tasks, Some(handle)))
 }
 
 /// Re-runs readiness's asked checks now and then, so a store or dispatcher that stops working

@@ -54,6 +54,15 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("VIDGATE_CONFIG", "the TOML configuration file"),
     ("VIDGATE_GRPC_LISTEN", "server.grpc_listen"),
     (
+        crate::tls::CERT_ENV,
+        "server.tls.cert_path (with VIDGATE_TLS_KEY: TLS on the gRPC port)",
+    ),
+    (crate::tls::KEY_ENV, "server.tls.key_path"),
+    (
+        crate::tls::CLIENT_CA_ENV,
+        "server.tls.client_ca_path (clients must present a certificate)",
+    ),
+    (
         "VIDGATE_ADMIN_LISTEN",
         "admin.listen (/healthz, /readyz, /metrics)",
     ),
@@ -108,6 +117,8 @@ pub struct ServerConfig {
     pub keepalive_secs: u64,
     /// See [`DEFAULT_SHUTDOWN_GRACE_MS`].
     pub shutdown_grace_ms: u64,
+    /// `[server.tls]`: absent = plaintext gRPC (the local default).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +130,7 @@ impl Default for ServerConfig {
             max_create_message_bytes: DEFAULT_MAX_CREATE_MESSAGE_BYTES,
             keepalive_secs: DEFAULT_KEEPALIVE_SECS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            tls: None,
         }
     }
 }
@@ -464,6 +476,7 @@ impl Config {
                 message: format!("{listen:?} is not a socket address like 127.0.0.1:50051 ({e})"),
             })?;
         }
+        crate::tls::TlsConfig::apply_env(&mut self.server.tls, &get)?;
         if let Some(listen) = get("VIDGATE_ADMIN_LISTEN").filter(|v| !v.is_empty()) {
             self.admin.listen = listen.parse().map_err(|e| ConfigError::Invalid {
                 key: "VIDGATE_ADMIN_LISTEN",
@@ -507,6 +520,9 @@ impl Config {
                 "server.shutdown_grace_ms",
                 "must be at least 1 (milliseconds)".into(),
             );
+        }
+        if let Some(tls) = &self.server.tls {
+            tls.validate()?;
         }
         if self.dispatcher.lease_ms == 0 {
             return invalid(

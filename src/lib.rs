@@ -27,6 +27,7 @@
 //! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything, a function per part; and the one bounded stop path (`shutdown`) |
 //! | [`config`] | one typed configuration from a TOML file and a few environment variables |
 //! | [`telemetry`] | tracing, metrics, readiness and the admin HTTP port |
+//! | [`tls`] | TLS on the gRPC port (`[server.tls]`, optional client certificates): handshakes off the accept path, certificates re-read while serving |
 //! | [`healthcheck`] | `vidgate healthcheck`: one readiness GET against the admin port, for container health checks |
 //! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, retry, delete) over gRPC |
 //!
@@ -53,4 +54,5 @@ pub mod pb;
 pub mod store;
 pub mod submission;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -194,6 +194,7 @@ async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
             addr: addr.clone(),
             token: None,
             json: false,
+            tls: vidgate::cli::TlsOpts::default(),
         };
         if let Err(e) = vidgate::cli::run(opts, parsed.command).await {
             result = Err(e);

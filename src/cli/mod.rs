@@ -9,6 +9,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`rpc`] | connecting with the bearer token, retry/backoff decisions, rendering a `Status` |
+//! | [`tls`] | `--tls`, `--ca-cert`, `--cert`/`--key`: TLS and client certificates towards the server |
 //! | `create` | flags (or a JSON file) to a `CreateVideoRequest`, then optionally wait and download |
 //! | `query` | `get`, `list`, `cancel`, `retry`, `delete` |
 //! | `watch` | following one job's events, optionally saving its content from the stream |
@@ -24,6 +25,7 @@ mod progress;
 mod query;
 mod render;
 pub mod rpc;
+pub mod tls;
 mod watch;
 
 use std::io::Write;
@@ -32,6 +34,7 @@ pub use create::CreateArgs;
 pub use download::DownloadArgs;
 pub use query::{GetArgs, IdArgs, ListArgs, RetryArgs};
 pub use rpc::RpcError;
+pub use tls::TlsOpts;
 pub use watch::WatchArgs;
 
 /// Where and how to reach `vidgate serve`, shared by every client command.
@@ -46,6 +49,9 @@ pub struct ClientOpts {
     /// Print results as proto3 JSON instead of text
     #[arg(long)]
     pub json: bool,
+    /// TLS towards the server.
+    #[command(flatten)]
+    pub tls: TlsOpts,
 }
 
 /// The client commands.

@@ -58,7 +58,8 @@ pub async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
         // No token: the server answers UNAUTHENTICATED, and the error hint says how to pass one.
         None => BearerAuth(None),
     };
-    let endpoint = Endpoint::from_shared(opts.addr.clone())
+    let (addr, tls) = opts.tls.configure(&opts.addr)?;
+    let mut endpoint = Endpoint::from_shared(addr.clone())
         .with_context(|| {
             format!(
                 "--addr {:?} is not a valid URL; expected e.g. http://127.0.0.1:50051",
@@ -66,12 +67,23 @@ pub async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
             )
         })?
         .connect_timeout(CONNECT_TIMEOUT);
-    let channel = endpoint.connect().await.with_context(|| {
-        format!(
-            "cannot connect to {}: is `vidgate serve` running there? Set --addr or VIDGATE_ADDR",
-            opts.addr
-        )
-    })?;
+    let hint = match tls {
+        Some(tls) => {
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("cannot set up TLS; check --ca-cert, --cert and --key")?;
+            "is `vidgate serve` running there with TLS, does --ca-cert (or the system's roots) \
+             trust its certificate, does the certificate name this host (else --tls-server-name), \
+             and does the server require a client certificate (--cert/--key)?"
+        }
+        None => {
+            "is `vidgate serve` running there (over TLS? then add --tls)? Set --addr or VIDGATE_ADDR"
+        }
+    };
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}: {hint}"))?;
     Ok(VideoServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES))
 }
@@ -124,6 +136,11 @@ impl fmt::Display for RpcError {
         if let Some(reason) = reason {
             write!(f, "\n  reason: {reason}")?;
         }
+        // A status made on this side from a broken connection (not sent by the server) says
+        // only "transport error"; its innermost cause says why (e.g. a TLS alert).
+        if let Some(cause) = innermost_cause(status) {
+            write!(f, "\n  cause: {cause}")?;
+        }
         if let Some(hint) = hint(status.code(), reason) {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -132,6 +149,15 @@ impl fmt::Display for RpcError {
 }
 
 impl std::error::Error for RpcError {}
+
+/// The last error in `status`'s source chain, when it has one.
+fn innermost_cause(status: &Status) -> Option<String> {
+    let mut cause = std::error::Error::source(status)?;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    Some(cause.to_string())
+}
 
 /// What the user can do about a failure, when there is something specific to say.
 fn hint(code: Code, reason: Option<&str>) -> Option<&'static str> {

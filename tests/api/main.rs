@@ -1,6 +1,7 @@
 //! The service from the outside, one test binary: the gRPC semantics users rely on
 //! (`service_grpc`), operability and the stop (`service_ops`), the client commands
-//! (`cli_client`) and the README's request examples (`readme_examples`).
+//! (`cli_client`), the README's request examples (`readme_examples`) and TLS on the gRPC port
+//! (`tls`).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,3 +10,4 @@ mod cli_client;
 mod readme_examples;
 mod service_grpc;
 mod service_ops;
+mod tls;

@@ -652,6 +652,64 @@ fn both_replicas_share_postgresql_once_it_is_healthy_and_one_data_volume() {
     );
 }
 
+#[test]
+fn the_tls_variant_is_opt_in_and_its_files_come_from_the_mounted_directory() {
+    let compose = compose();
+    let service = &compose["services"]["vidgate-tls"];
+    assert_eq!(
+        service["profiles"],
+        json!(["tls"]),
+        "TLS is a profile: plain `docker compose up` stays plaintext"
+    );
+    assert!(
+        environment(vidgate_service(&compose))
+            .keys()
+            .all(|k| !k.starts_with("VIDGATE_TLS_")),
+        "the default replica speaks plaintext"
+    );
+    let known = known_variables();
+    let mut env = dockerfile_env(&dockerfile());
+    env.extend(
+        environment(service)
+            .into_iter()
+            .map(|(k, v)| (k, interpolate_unset(&v))),
+    );
+    for name in env.keys() {
+        assert!(
+            known.contains(name.as_str()),
+            "{name} is not read by vidgate"
+        );
+    }
+    let mut config = Config::default();
+    config
+        .apply_env(|name| env.get(name).cloned())
+        .expect("the TLS variant's environment is valid");
+    let tls = config.server.tls.expect("TLS is on");
+    let (source, target) = mounts(service)
+        .into_iter()
+        .find(|(_, target)| tls.cert_path.starts_with(target))
+        .expect("the certificate's directory is mounted");
+    assert!(
+        tls.key_path.starts_with(&target)
+            && tls
+                .client_ca_path
+                .as_ref()
+                .is_some_and(|ca| ca.starts_with(&target)),
+        "{tls:?} outside {target}"
+    );
+    // The files deploy/tls/dev-certs.sh writes into the mounted directory.
+    let script = read("deploy/tls/dev-certs.sh");
+    assert_eq!(source, "./deploy/tls");
+    for path in [&tls.cert_path, &tls.key_path] {
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .expect("a file name");
+        assert!(script.contains(&format!("leaf {name} ")), "{name}");
+    }
+    assert!(script.contains("-out ca.pem"));
+}
+
 /// A tiny admin port: `/readyz` ready, `/unready` 503 with a long body, `/hang` never answers.
 async fn admin_stub() -> (String, tokio::task::JoinHandle<()>) {
     let long_reason = format!("broker: unreachable {}", "x".repeat(500));
