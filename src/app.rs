@@ -63,6 +63,14 @@ pub enum StartupError {
     /// `[storage]` is unusable.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The data directory could not be created (or made private).
+    #[error("data directory {dir} (storage.data_dir / VIDGATE_DATA_DIR): {source}")]
+    DataDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The store did not open.
     #[error("job store: {0}")]
     Store(#[from] StoreError),
@@ -168,6 +176,12 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let auth = authenticator(&config)?;
         let catalog = Arc::new(model_catalog(&config)?);
+        crate::datadir::private_dir(&config.storage.data_dir).map_err(|source| {
+            StartupError::DataDir {
+                dir: config.storage.data_dir.clone(),
+                source,
+            }
+        })?;
         let store = open_store(&config).await?;
         let telemetry = Telemetry::start()?;
         let blobs = BlobStore::local(config.storage.data_dir.join("blobs"))?;

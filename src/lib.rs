@@ -23,6 +23,7 @@
 //! | [`pb`] | the generated `vidgate.v1` protobuf types and service (from `proto/`), shared by both transports |
 //! | [`media`] | probing MP4 files (duration, size, tracks) to check downloaded videos; `mp4parse` underneath |
 //! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything, a function per part; and the one bounded stop path (`shutdown`) |
+//! | [`datadir`] | the data directory private: directories 0700, files 0600, wider ones tightened |
 //! | [`config`] | one typed configuration from a TOML file and a few environment variables |
 //! | [`telemetry`] | tracing, metrics, readiness and the admin HTTP port |
 //! | [`healthcheck`] | `vidgate healthcheck`: one readiness GET against the admin port, for container health checks |
@@ -37,6 +38,7 @@ pub mod blob;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod datadir;
 pub mod dispatcher;
 pub mod domain;
 pub mod events;
