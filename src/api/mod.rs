@@ -2,6 +2,8 @@
 //! `grpc.health.v1.Health` over readiness.
 
 pub mod auth;
+pub mod codec;
 pub mod error;
 pub mod health;
 pub mod service;
+pub mod streams;
