@@ -215,7 +215,8 @@ impl Application {
             config.events.chunk_bytes,
         )
         .with_metrics(telemetry.metrics.clone())
-        .with_draining(draining.clone());
+        .with_draining(draining.clone())
+        .with_max_streams_per_tenant(config.server.max_streams_per_tenant);
         let (listener, grpc_addr) = bind_grpc(&config).await?;
 
         let mut tasks = Tasks::default();
@@ -656,10 +657,18 @@ async fn start_admin(
         .await
         .map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
+    let limits = admin::AdminLimits {
+        header_read_timeout: Duration::from_millis(config.admin.header_read_timeout_ms),
+        max_connections: config.admin.max_connections,
+        token: config.admin.token.as_deref().map(admin::AdminToken::new),
+    };
     // Served until the work has drained, so `/readyz` says 503 meanwhile.
-    tasks
-        .serve
-        .push(tokio::spawn(admin::serve(listener, state, stop.clone())));
+    tasks.serve.push(tokio::spawn(admin::serve(
+        listener,
+        state,
+        limits,
+        stop.clone(),
+    )));
     Ok(Some(bound))
 }
 
@@ -690,10 +699,17 @@ fn serve_grpc(
         .trace_fn(telemetry::propagation::grpc_server_span)
         .layer(telemetry::grpc::RecordStatusLayer)
         .http2_keepalive_interval(Some(Duration::from_secs(config.server.keepalive_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(
+            config.server.keepalive_timeout_secs,
+        )))
+        .max_concurrent_streams(config.server.max_concurrent_streams)
+        .initial_stream_window_size(config.server.initial_stream_window_bytes)
+        .initial_connection_window_size(config.server.initial_connection_window_bytes)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(video_service);
+    let tcp_keepalive = Duration::from_secs(config.server.tcp_keepalive_secs);
     // The server stops only once the work has drained: until then health answers
     // NOT_SERVING and new calls are refused with a reason, rather than connections reset.
     // Open streams have ended by then, so its own graceful stop does not wait on them.
@@ -702,7 +718,9 @@ fn serve_grpc(
             .serve_with_incoming_shutdown(
                 // Nagle's algorithm on accepted sockets plus the client's delayed ACK
                 // held every unary answer ~40 ms (measured by the benchmark harness).
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(tcp_keepalive)),
                 stop.cancelled(),
             )
             .await

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
 use super::error::ApiError;
+use super::streams::{DEFAULT_MAX_STREAMS_PER_TENANT, Guarded, StreamLimiter};
 use crate::blob::{BlobError, BlobStore};
 use crate::convert;
 use crate::domain::Tenant;
@@ -42,6 +43,7 @@ pub struct VideoApi {
     chunk_bytes: usize,
     metrics: Metrics,
     draining: CancellationToken,
+    streams: StreamLimiter,
 }
 
 impl VideoApi {
@@ -63,7 +65,14 @@ impl VideoApi {
             chunk_bytes,
             metrics: Metrics::disabled(),
             draining: CancellationToken::new(),
+            streams: StreamLimiter::new(DEFAULT_MAX_STREAMS_PER_TENANT),
         }
+    }
+
+    /// At most `max` concurrent server streams per tenant (see [`super::streams`]).
+    pub fn with_max_streams_per_tenant(mut self, max: usize) -> Self {
+        self.streams = StreamLimiter::new(max);
+        self
     }
 
     /// Once `draining` is cancelled, new calls are refused and open streams end, all with
@@ -97,11 +106,14 @@ impl VideoApi {
     }
 }
 
-/// A stream of one RPC's answers, each error already a `Status`.
-type ApiStream<T> = ReceiverStream<Result<T, Status>>;
-/// A stream of the event feed, its errors mapped to `Status` as they pass.
-type EventStream =
-    futures::stream::Map<ReceiverStream<FeedItem>, fn(FeedItem) -> Result<pb::VideoEvent, Status>>;
+/// A stream of one RPC's answers, each error already a `Status`; it holds its tenant's
+/// stream slot.
+type ApiStream<T> = Guarded<ReceiverStream<Result<T, Status>>>;
+/// A stream of the event feed, its errors mapped to `Status` as they pass; it holds its
+/// tenant's stream slot.
+type EventStream = Guarded<
+    futures::stream::Map<ReceiverStream<FeedItem>, fn(FeedItem) -> Result<pb::VideoEvent, Status>>,
+>;
 
 #[tonic::async_trait]
 impl VideoService for VideoApi {
@@ -233,6 +245,7 @@ impl VideoService for VideoApi {
         } else {
             offset.saturating_add(req.read_limit as u64).min(size)
         };
+        let slot = self.streams.admit(&tenant)?;
         let (tx, rx) = mpsc::channel(CONTENT_STREAM_BUFFER);
         if offset < end {
             let mut chunks = self
@@ -292,7 +305,7 @@ impl VideoService for VideoApi {
                 }
             });
         }
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Guarded::new(ReceiverStream::new(rx), slot)))
     }
 
     type WatchVideoStream = EventStream;
@@ -314,6 +327,7 @@ impl VideoService for VideoApi {
             }
             .into());
         }
+        let slot = self.streams.admit(&tenant)?;
         let feed_req = FeedRequest {
             filter: FeedFilter {
                 tenant: tenant.0,
@@ -325,7 +339,7 @@ impl VideoService for VideoApi {
             until_terminal: true,
             now_sequence: None,
         };
-        Ok(Response::new(self.spawn_feed(feed_req)))
+        Ok(Response::new(self.spawn_feed(feed_req, slot)))
     }
 
     type SubscribeStream = EventStream;
@@ -346,6 +360,7 @@ impl VideoService for VideoApi {
             .into());
         }
         let statuses = parse_statuses(&req.statuses)?;
+        let slot = self.streams.admit(&tenant)?;
         // "From now" is when the call arrived, not when the stream's task first runs: a create
         // committed in between must not be skipped.
         let now_sequence = if req.after_sequence == 0 {
@@ -367,12 +382,12 @@ impl VideoService for VideoApi {
             until_terminal: false,
             now_sequence,
         };
-        Ok(Response::new(self.spawn_feed(feed_req)))
+        Ok(Response::new(self.spawn_feed(feed_req, slot)))
     }
 }
 
 impl VideoApi {
-    fn spawn_feed(&self, request: FeedRequest) -> EventStream {
+    fn spawn_feed(&self, request: FeedRequest, slot: super::streams::StreamGuard) -> EventStream {
         let buffer = if request.include_content {
             CONTENT_STREAM_BUFFER
         } else {
@@ -381,7 +396,10 @@ impl VideoApi {
         let (tx, rx) = mpsc::channel(buffer);
         let feed = self.feed.clone();
         tokio::spawn(async move { feed.pump(request, tx).await });
-        ReceiverStream::new(rx).map(event_or_status as fn(FeedItem) -> _)
+        Guarded::new(
+            ReceiverStream::new(rx).map(event_or_status as fn(FeedItem) -> _),
+            slot,
+        )
     }
 }
 
