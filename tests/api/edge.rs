@@ -23,6 +23,12 @@ async fn default_client(t: &TestApp) -> VideoServiceClient<tonic::transport::Cha
 fn assert_bounded(status: &tonic::Status, code: Code, what: &str) {
     assert_eq!(status.code(), code, "{what}: {status:?}");
     let size = status.message().len() + status.details().len();
+    eprintln!(
+        "{what}: {:?}, message {} bytes + details {} bytes",
+        status.code(),
+        status.message().len(),
+        status.details().len()
+    );
     assert!(
         size < STATUS_BOUND,
         "{what}: the whole status is {size} bytes"
@@ -440,4 +446,51 @@ async fn a_tenant_holds_at_most_its_stream_cap_and_a_closed_stream_frees_its_slo
         }
     };
     drop((subscribe_2, watch, again));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_advertises_its_stream_limit_and_drops_a_client_that_stops_answering_pings() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = spawn_app_with(|c| {
+        c.server.max_concurrent_streams = 7;
+        c.server.keepalive_secs = 1;
+        c.server.keepalive_timeout_secs = 1;
+    })
+    .await;
+    let addr = t.app().grpc_addr();
+
+    // A live HTTP/2 client learns the per-connection stream limit from the server's SETTINGS.
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let client = client.ready().await.expect("ready");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while client.current_max_send_streams() != 7 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.current_max_send_streams(), 7);
+
+    // A client that sends its preface and then never answers anything (a dead peer behind a
+    // live socket) is closed once a keepalive PING goes unanswered: interval + timeout.
+    let started = tokio::time::Instant::now();
+    let mut dead = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    dead.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface and SETTINGS");
+    let mut buf = [0_u8; 4096];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            match dead.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the silent client was closed");
+    eprintln!("a client that never answers PINGs was closed after {closed:?}");
+    assert!(
+        closed >= std::time::Duration::from_secs(1) && closed <= std::time::Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
 }
