@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::{AuthConfigError, AuthMode, Authenticator};
 use crate::api::health::ReadinessHealth;
+use crate::api::incoming::PrefaceDeadline;
 use crate::api::service::VideoApi;
 use crate::blob::{BlobError, BlobStore};
 use crate::config::{Config, ConfigError, StorageBackend, SyncMode};
@@ -37,6 +38,7 @@ use crate::telemetry::{self, Metrics, OtlpSettings};
 use crate::upstream::client::{ClientBuildError, UpstreamConfig};
 use crate::upstream::sim::{SimError, SimHandle, Simulator};
 use crate::upstream::{ApiKey, UpstreamClient};
+use futures::StreamExt as _;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use tonic::server::NamedService;
@@ -710,6 +712,7 @@ fn serve_grpc(
         .add_service(reflection_v1alpha)
         .add_service(video_service);
     let tcp_keepalive = Duration::from_secs(config.server.tcp_keepalive_secs);
+    let handshake = Duration::from_secs(config.server.handshake_timeout_secs);
     // The server stops only once the work has drained: until then health answers
     // NOT_SERVING and new calls are refused with a reason, rather than connections reset.
     // Open streams have ended by then, so its own graceful stop does not wait on them.
@@ -720,7 +723,8 @@ fn serve_grpc(
                 // held every unary answer ~40 ms (measured by the benchmark harness).
                 tonic::transport::server::TcpIncoming::from(listener)
                     .with_nodelay(Some(true))
-                    .with_keepalive(Some(tcp_keepalive)),
+                    .with_keepalive(Some(tcp_keepalive))
+                    .map(move |accepted| accepted.map(|io| PrefaceDeadline::new(io, handshake))),
                 stop.cancelled(),
             )
             .await

@@ -144,6 +144,8 @@ pub struct ServerConfig {
     pub initial_connection_window_bytes: u32,
     /// See [`crate::api::streams::DEFAULT_MAX_STREAMS_PER_TENANT`].
     pub max_streams_per_tenant: usize,
+    /// See [`crate::api::incoming::DEFAULT_HANDSHAKE_TIMEOUT_SECS`].
+    pub handshake_timeout_secs: u64,
     /// See [`DEFAULT_SHUTDOWN_GRACE_MS`].
     pub shutdown_grace_ms: u64,
 }
@@ -162,6 +164,7 @@ impl Default for ServerConfig {
             initial_stream_window_bytes: DEFAULT_INITIAL_STREAM_WINDOW_BYTES,
             initial_connection_window_bytes: DEFAULT_INITIAL_CONNECTION_WINDOW_BYTES,
             max_streams_per_tenant: crate::api::streams::DEFAULT_MAX_STREAMS_PER_TENANT,
+            handshake_timeout_secs: crate::api::incoming::DEFAULT_HANDSHAKE_TIMEOUT_SECS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
         }
     }
@@ -582,6 +585,12 @@ impl Config {
                     format!("must be 65535 to {MAX_WINDOW_BYTES} bytes (got {window})"),
                 );
             }
+        }
+        if self.server.handshake_timeout_secs == 0 {
+            return invalid(
+                "server.handshake_timeout_secs",
+                "must be at least 1 (seconds)".into(),
+            );
         }
         if self.server.max_streams_per_tenant == 0 {
             return invalid("server.max_streams_per_tenant", "must be at least 1".into());

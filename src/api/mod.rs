@@ -5,5 +5,6 @@ pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod health;
+pub mod incoming;
 pub mod service;
 pub mod streams;

@@ -494,3 +494,35 @@ async fn the_grpc_port_advertises_its_stream_limit_and_drops_a_client_that_stops
         "closed after {closed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_the_grpc_port_that_never_sends_its_preface_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let t = spawn_app_with(|c| c.server.handshake_timeout_secs = 1).await;
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(t.app().grpc_addr())
+        .await
+        .expect("connect");
+    let mut buf = [0_u8; 1024];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the silent connection was closed");
+    eprintln!("a connection that never sent its preface was closed after {closed:?}");
+    assert!(
+        closed >= std::time::Duration::from_secs(1) && closed <= std::time::Duration::from_secs(4),
+        "closed after {closed:?}"
+    );
+    // A real client on the same port is unaffected.
+    let mut client = t.client.clone();
+    client
+        .list_videos(req(ACME, pb::ListVideosRequest::default()))
+        .await
+        .expect("a client that speaks at once is served");
+}
