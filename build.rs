@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // (prost only lets the mapping be replaced when it does not add its own default.)
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        // tonic-prost's codec, but a message that does not decode is INVALID_ARGUMENT.
+        .codec_path("crate::api::codec::ProtoCodec")
         .compile_fds(fds)?;
 
     let descriptor_set = std::fs::read(&descriptor_path)?;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::{AuthConfigError, AuthMode, Authenticator};
 use crate::api::health::ReadinessHealth;
+use crate::api::incoming::PrefaceDeadline;
 use crate::api::service::VideoApi;
 use crate::blob::{BlobError, BlobStore};
 use crate::config::{Config, ConfigError, StorageBackend, SyncMode};
@@ -39,6 +40,7 @@ use crate::tls::{LoadError as TlsLoadError, TlsHandle, TlsServer};
 use crate::upstream::client::{ClientBuildError, UpstreamConfig};
 use crate::upstream::sim::{SimError, SimHandle, Simulator};
 use crate::upstream::{ApiKey, UpstreamClient};
+use futures::StreamExt as _;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use tonic::server::NamedService;
@@ -65,6 +67,14 @@ pub enum StartupError {
     /// `[storage]` is unusable.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The data directory could not be created (or made private).
+    #[error("data directory {dir} (storage.data_dir / VIDGATE_DATA_DIR): {source}")]
+    DataDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The store did not open.
     #[error("job store: {0}")]
     Store(#[from] StoreError),
@@ -183,6 +193,12 @@ impl Application {
             .as_ref()
             .map(TlsServer::load)
             .transpose()?;
+        crate::datadir::private_dir(&config.storage.data_dir).map_err(|source| {
+            StartupError::DataDir {
+                dir: config.storage.data_dir.clone(),
+                source,
+            }
+        })?;
         let store = open_store(&config).await?;
         let telemetry = Telemetry::start()?;
         let blobs = BlobStore::local(config.storage.data_dir.join("blobs"))?;
@@ -217,7 +233,8 @@ impl Application {
         )
         .with_stream_budget(config.events.stream_budget_bytes)
         .with_metrics(telemetry.metrics.clone())
-        .with_draining(draining.clone());
+        .with_draining(draining.clone())
+        .with_max_streams_per_tenant(config.server.max_streams_per_tenant);
         let (listener, grpc_addr) = bind_grpc(&config).await?;
 
         let mut tasks = Tasks::default();
@@ -677,10 +694,18 @@ async fn start_admin(
         .await
         .map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
+    let limits = admin::AdminLimits {
+        header_read_timeout: Duration::from_millis(config.admin.header_read_timeout_ms),
+        max_connections: config.admin.max_connections,
+        token: config.admin.token.as_deref().map(admin::AdminToken::new),
+    };
     // Served until the work has drained, so `/readyz` says 503 meanwhile.
-    tasks
-        .serve
-        .push(tokio::spawn(admin::serve(listener, state, stop.clone())));
+    tasks.serve.push(tokio::spawn(admin::serve(
+        listener,
+        state,
+        limits,
+        stop.clone(),
+    )));
     Ok(Some(bound))
 }
 
@@ -713,10 +738,18 @@ fn serve_grpc(
         .trace_fn(telemetry::propagation::grpc_server_span)
         .layer(telemetry::grpc::RecordStatusLayer)
         .http2_keepalive_interval(Some(Duration::from_secs(config.server.keepalive_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(
+            config.server.keepalive_timeout_secs,
+        )))
+        .max_concurrent_streams(config.server.max_concurrent_streams)
+        .initial_stream_window_size(config.server.initial_stream_window_bytes)
+        .initial_connection_window_size(config.server.initial_connection_window_bytes)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(video_service);
+    let tcp_keepalive = Duration::from_secs(config.server.tcp_keepalive_secs);
+    let handshake = Duration::from_secs(config.server.handshake_timeout_secs);
     // The server stops only once the work has drained: until then health answers
     // NOT_SERVING and new calls are refused with a reason, rather than connections reset.
     // Open streams have ended by then, so its own graceful stop does not wait on them.
@@ -728,7 +761,11 @@ fn serve_grpc(
                         // Nagle's algorithm on accepted sockets plus the client's delayed ACK
                         // held every unary answer ~40 ms (measured by the benchmark harness).
                         tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
+                            .with_nodelay(Some(true))
+                            .with_keepalive(Some(tcp_keepalive))
+                            .map(move |accepted| {
+                                accepted.map(|io| PrefaceDeadline::new(io, handshake))
+                            }),
                         stop.cancelled(),
                     )
                     .await
@@ -743,7 +780,12 @@ fn serve_grpc(
     let (incoming, handle, mut tasks) = tls.start(listener, stop.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server
-            .serve_with_incoming_shutdown(incoming, stop.cancelled())
+            // The TLS handshake has its own deadline; the HTTP/2 preface after it, this one.
+            .serve_with_incoming_shutdown(
+                incoming
+                    .map(move |accepted| accepted.map(|io| PrefaceDeadline::new(io, handshake))),
+                stop.cancelled(),
+            )
             .await
         {
             tracing::error!(error = %e, "gRPC server stopped with an error");

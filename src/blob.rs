@@ -89,7 +89,7 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// A blob store in a local directory (created if missing).
+    /// A blob store in a local directory (created if missing, 0700 like the data directory).
     pub fn local(root: impl AsRef<Path>) -> Result<Self, BlobError> {
         let root = root.as_ref().to_path_buf();
         let io = |detail: std::io::Error| BlobError::Io {
@@ -97,7 +97,8 @@ impl BlobStore {
             key: root.display().to_string(),
             detail: detail.to_string(),
         };
-        std::fs::create_dir_all(root.join(PARTIAL_DIR)).map_err(io)?;
+        crate::datadir::private_dir(&root).map_err(io)?;
+        crate::datadir::private_dir(&root.join(PARTIAL_DIR)).map_err(io)?;
         let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| BlobError::Io {
             op: "open",
             key: root.display().to_string(),
@@ -119,8 +120,29 @@ impl BlobStore {
         self.root.join(PARTIAL_DIR).join(name)
     }
 
-    /// Moves a finished partial file into place under `key` (atomic on a local directory).
+    /// Creates (or truncates) the partial file of `name`, readable by vidgate's user only.
+    pub async fn create_partial(&self, name: &str) -> std::io::Result<tokio::fs::File> {
+        crate::datadir::private_open_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.partial_path(name))
+            .await
+    }
+
+    /// Moves a finished partial file into place under `key` (atomic on a local directory),
+    /// 0600 whoever created it, in directories 0700.
     pub async fn commit_partial(&self, name: &str, key: &str) -> Result<(), BlobError> {
+        let private = |e: std::io::Error| BlobError::Io {
+            op: "commit",
+            key: key.to_owned(),
+            detail: e.to_string(),
+        };
+        crate::datadir::private_file(&self.partial_path(name)).map_err(private)?;
+        // The rename would create missing directories 0755: make them first, 0700.
+        if let Some(parent) = self.root.join(key).parent() {
+            crate::datadir::private_dir(parent).map_err(private)?;
+        }
         let from = ObjectPath::from(format!("{PARTIAL_DIR}/{name}"));
         self.store
             .rename(&from, &ObjectPath::from(key))

@@ -19,6 +19,11 @@ use crate::upstream::client::{
 };
 use crate::upstream::sim::SimConfig;
 
+/// The largest HTTP/2 window (RFC 9113: 2^31 - 1).
+const MAX_WINDOW_BYTES: u32 = (1 << 31) - 1;
+/// Shortest admin token accepted: short enough guesses would make the token decoration.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// Where `vidgate serve` listens for gRPC unless told otherwise.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 /// API.md: CreateVideo messages up to 12 MiB, so a 10 MiB image gets a field error rather than
@@ -26,6 +31,25 @@ pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_MAX_CREATE_MESSAGE_BYTES: usize = 12 * 1024 * 1024;
 /// HTTP/2 keepalive for long-lived watch streams, so dead clients are noticed.
 pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
+/// A keepalive PING not answered within this closes the connection (tonic's and hyper's own
+/// default, made explicit): a dead or stalled client holds its streams at most
+/// `keepalive_secs + keepalive_timeout_secs`.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_SECS: u64 = 20;
+/// TCP keepalive on accepted gRPC sockets: the kernel probes a silent peer after this long, so
+/// a connection whose client vanished (before or without HTTP/2 pings) is dropped rather than
+/// held for the system's 2 hours.
+pub const DEFAULT_TCP_KEEPALIVE_SECS: u64 = 60;
+/// Concurrent streams (RPCs) per HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`; tonic
+/// sets none, i.e. unlimited). nginx's default; RFC 9113 asks for at least 100. A client over
+/// it waits for a stream to end rather than failing, and one connection cannot hold thousands
+/// of streams (and their buffers and descriptors).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// HTTP/2 receive window per stream: what a client may send on one stream before vidgate reads
+/// it. hyper's default (1 MiB), made explicit: a 12 MiB create uploads in a dozen round trips.
+pub const DEFAULT_INITIAL_STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+/// HTTP/2 receive window per connection, shared by its streams: bounds what one connection
+/// can have in flight toward vidgate, however many streams it opens. hyper's default (1 MiB).
+pub const DEFAULT_INITIAL_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 /// How long a stop (SIGTERM, Ctrl-C) may take before whatever is left is abandoned and the
 /// process exits anyway. Orchestrators kill after their own grace period (Kubernetes:
 /// `terminationGracePeriodSeconds`, 30 s by default); 20 s stays well inside it, leaving room
@@ -65,6 +89,10 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "VIDGATE_ADMIN_LISTEN",
         "admin.listen (/healthz, /readyz, /metrics)",
+    ),
+    (
+        ADMIN_TOKEN_ENV,
+        "admin.token (bearer token for /readyz and /metrics)",
     ),
     ("VIDGATE_DATA_DIR", "storage.data_dir"),
     (
@@ -115,6 +143,20 @@ pub struct ServerConfig {
     pub max_create_message_bytes: usize,
     /// See [`DEFAULT_KEEPALIVE_SECS`].
     pub keepalive_secs: u64,
+    /// See [`DEFAULT_KEEPALIVE_TIMEOUT_SECS`].
+    pub keepalive_timeout_secs: u64,
+    /// See [`DEFAULT_TCP_KEEPALIVE_SECS`].
+    pub tcp_keepalive_secs: u64,
+    /// See [`DEFAULT_MAX_CONCURRENT_STREAMS`].
+    pub max_concurrent_streams: u32,
+    /// See [`DEFAULT_INITIAL_STREAM_WINDOW_BYTES`].
+    pub initial_stream_window_bytes: u32,
+    /// See [`DEFAULT_INITIAL_CONNECTION_WINDOW_BYTES`].
+    pub initial_connection_window_bytes: u32,
+    /// See [`crate::api::streams::DEFAULT_MAX_STREAMS_PER_TENANT`].
+    pub max_streams_per_tenant: usize,
+    /// See [`crate::api::incoming::DEFAULT_HANDSHAKE_TIMEOUT_SECS`].
+    pub handshake_timeout_secs: u64,
     /// See [`DEFAULT_SHUTDOWN_GRACE_MS`].
     pub shutdown_grace_ms: u64,
     /// `[server.tls]`: absent = plaintext gRPC (the local default).
@@ -129,6 +171,13 @@ impl Default for ServerConfig {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_create_message_bytes: DEFAULT_MAX_CREATE_MESSAGE_BYTES,
             keepalive_secs: DEFAULT_KEEPALIVE_SECS,
+            keepalive_timeout_secs: DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+            tcp_keepalive_secs: DEFAULT_TCP_KEEPALIVE_SECS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            initial_stream_window_bytes: DEFAULT_INITIAL_STREAM_WINDOW_BYTES,
+            initial_connection_window_bytes: DEFAULT_INITIAL_CONNECTION_WINDOW_BYTES,
+            max_streams_per_tenant: crate::api::streams::DEFAULT_MAX_STREAMS_PER_TENANT,
+            handshake_timeout_secs: crate::api::incoming::DEFAULT_HANDSHAKE_TIMEOUT_SECS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             tls: None,
         }
@@ -311,14 +360,24 @@ impl Default for UpstreamSection {
     }
 }
 
+/// The environment variable that sets `[admin] token`.
+pub const ADMIN_TOKEN_ENV: &str = "VIDGATE_ADMIN_TOKEN";
+
 /// Section `[admin]`: the small HTTP port for operators.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Whether the admin port is served at all.
     pub enabled: bool,
     /// Listen address (port 0 = any free port).
     pub listen: SocketAddr,
+    /// When set, `/readyz` and `/metrics` need `authorization: Bearer <token>` (`/healthz`
+    /// stays open for liveness probes). Prefer [`ADMIN_TOKEN_ENV`] to the file. Never logged.
+    pub token: Option<String>,
+    /// See [`crate::telemetry::admin::DEFAULT_HEADER_READ_TIMEOUT_MS`].
+    pub header_read_timeout_ms: u64,
+    /// See [`crate::telemetry::admin::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -328,7 +387,22 @@ impl Default for AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            token: None,
+            header_read_timeout_ms: crate::telemetry::admin::DEFAULT_HEADER_READ_TIMEOUT_MS,
+            max_connections: crate::telemetry::admin::DEFAULT_MAX_CONNECTIONS,
         }
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 
@@ -483,6 +557,9 @@ impl Config {
                 message: format!("{listen:?} is not a socket address like 127.0.0.1:9464 ({e})"),
             })?;
         }
+        if let Some(token) = get(ADMIN_TOKEN_ENV).filter(|v| !v.is_empty()) {
+            self.admin.token = Some(token);
+        }
         if let Some(dir) = get("VIDGATE_DATA_DIR").filter(|v| !v.is_empty()) {
             self.storage.data_dir = PathBuf::from(dir);
         }
@@ -513,6 +590,61 @@ impl Config {
             return invalid(
                 "server.max_create_message_bytes",
                 "must be at least 1 MiB".into(),
+            );
+        }
+        if self.server.keepalive_secs == 0 || self.server.keepalive_timeout_secs == 0 {
+            return invalid(
+                "server.keepalive_secs",
+                "keepalive_secs and keepalive_timeout_secs must be at least 1 (seconds): without them a dead client holds its streams until TCP notices".into(),
+            );
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return invalid("server.max_concurrent_streams", "must be at least 1".into());
+        }
+        // RFC 9113 §6.9.2: windows below 65 535 are legal but stall every transfer.
+        for (key, window) in [
+            (
+                "server.initial_stream_window_bytes",
+                self.server.initial_stream_window_bytes,
+            ),
+            (
+                "server.initial_connection_window_bytes",
+                self.server.initial_connection_window_bytes,
+            ),
+        ] {
+            if !(65_535..=MAX_WINDOW_BYTES).contains(&window) {
+                return invalid(
+                    key,
+                    format!("must be 65535 to {MAX_WINDOW_BYTES} bytes (got {window})"),
+                );
+            }
+        }
+        if self.server.handshake_timeout_secs == 0 {
+            return invalid(
+                "server.handshake_timeout_secs",
+                "must be at least 1 (seconds)".into(),
+            );
+        }
+        if self.server.max_streams_per_tenant == 0 {
+            return invalid("server.max_streams_per_tenant", "must be at least 1".into());
+        }
+        if self.admin.header_read_timeout_ms == 0 || self.admin.max_connections == 0 {
+            return invalid(
+                "admin.header_read_timeout_ms",
+                "header_read_timeout_ms and max_connections must be at least 1".into(),
+            );
+        }
+        if self
+            .admin
+            .token
+            .as_ref()
+            .is_some_and(|t| t.trim().len() < MIN_ADMIN_TOKEN_CHARS)
+        {
+            return invalid(
+                "admin.token",
+                format!(
+                    "must be at least {MIN_ADMIN_TOKEN_CHARS} characters (a random string; it is compared in full)"
+                ),
             );
         }
         if self.server.shutdown_grace_ms == 0 {
@@ -674,6 +806,39 @@ mod tests {
         assert!(e.contains("amqp.prefetch"), "{e}");
         c.amqp.prefetch = 10;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_environment_is_checked_and_never_shown() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == ADMIN_TOKEN_ENV).then(|| "admin-secret-0123456789".to_owned()))
+            .unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("admin-secret-0123456789"));
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("admin-secret"));
+        c.admin.token = Some("short".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("admin.token") && !e.contains("short"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bad_values_are_named() {
+        let c = Config::default();
+        assert_eq!(
+            c.server.max_concurrent_streams,
+            DEFAULT_MAX_CONCURRENT_STREAMS
+        );
+        assert_eq!(
+            c.server.keepalive_timeout_secs,
+            DEFAULT_KEEPALIVE_TIMEOUT_SECS
+        );
+        let mut c = Config::from_toml("[server]\ninitial_stream_window_bytes = 100\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.initial_stream_window_bytes"), "{e}");
+        c.server.initial_stream_window_bytes = DEFAULT_INITIAL_STREAM_WINDOW_BYTES;
+        c.server.max_streams_per_tenant = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.max_streams_per_tenant"), "{e}");
     }
 
     #[test]

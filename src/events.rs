@@ -126,7 +126,7 @@ pub enum FeedError {
         latest: i64,
     },
     /// The watched video does not exist for this tenant (or was deleted).
-    #[error("video {0} not found")]
+    #[error("video {} not found", crate::domain::echo(.0))]
     VideoNotFound(String),
     /// The subscriber fell behind its bounded buffer; resume after `last_sequence`.
     #[error("the stream fell behind; resume after sequence {last_sequence}")]

@@ -43,6 +43,16 @@ pub enum HealthcheckError {
 
 /// GETs `url` within `timeout`; `Ok` on any 2xx answer.
 pub async fn check(url: &str, timeout: Duration) -> Result<(), HealthcheckError> {
+    check_with_token(url, timeout, None).await
+}
+
+/// [`check`] with `authorization: Bearer <token>` when the admin port requires its token
+/// (`[admin] token`).
+pub async fn check_with_token(
+    url: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(), HealthcheckError> {
     // The target is the container itself: a proxy from the environment must not be asked.
     let client = reqwest::Client::builder()
         .timeout(timeout)
@@ -53,7 +63,11 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), HealthcheckError>
         url: url.to_owned(),
         message: error_chain(&e),
     };
-    let mut response = client.get(url).send().await.map_err(unreachable)?;
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let mut response = request.send().await.map_err(unreachable)?;
     let status = response.status();
     if status.is_success() {
         return Ok(());

@@ -25,6 +25,7 @@
 //! | [`netguard`] | the one guard against outbound requests to internal addresses (SSRF): URLs others hand vidgate are fetched only from public addresses, checked after DNS |
 //! | [`media`] | probing MP4 files (duration, size, tracks) to check downloaded videos; `mp4parse` underneath |
 //! | [`app`] | the one startup path: `Application::build(config)` wires and starts everything, a function per part; and the one bounded stop path (`shutdown`) |
+//! | [`datadir`] | the data directory private: directories 0700, files 0600, wider ones tightened |
 //! | [`config`] | one typed configuration from a TOML file and a few environment variables |
 //! | [`telemetry`] | tracing, metrics, readiness and the admin HTTP port |
 //! | [`tls`] | TLS on the gRPC port (`[server.tls]`, optional client certificates): handshakes off the accept path, certificates re-read while serving |
@@ -41,6 +42,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod datadir;
 pub mod dispatcher;
 pub mod domain;
 pub mod events;

@@ -75,7 +75,8 @@ enum Command {
         processing_ms: Option<u64>,
     },
     /// Exit 0 when the admin port answers its readiness check with 2xx, else print why and exit
-    /// 1: the container HEALTHCHECK (slim images have no curl).
+    /// 1: the container HEALTHCHECK (slim images have no curl). Sends `VIDGATE_ADMIN_TOKEN` as
+    /// the bearer token when it is set.
     Healthcheck {
         /// The URL to GET.
         #[arg(long, env = vidgate::healthcheck::URL_ENV, default_value = vidgate::healthcheck::DEFAULT_URL)]
@@ -251,7 +252,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { output_dir } => demo(output_dir).await?,
         Command::Healthcheck { url, timeout_ms } => {
             let timeout = std::time::Duration::from_millis(timeout_ms);
-            if let Err(e) = vidgate::healthcheck::check(&url, timeout).await {
+            // The admin token, when the port requires one, comes from the environment only (an
+            // argument would show in the process list).
+            let token = std::env::var(vidgate::config::ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty());
+            if let Err(e) =
+                vidgate::healthcheck::check_with_token(&url, timeout, token.as_deref()).await
+            {
                 eprintln!("unhealthy: {e}");
                 std::process::exit(1);
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation as RpcViolation, StatusExt};
 
-use crate::domain::FieldViolation;
+use crate::domain::{FieldViolation, shorten};
 use crate::events::FeedError;
 use crate::jobs::JobsError;
 use crate::store::StoreError;
@@ -20,6 +20,15 @@ pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// for a load balancer to have another instance (or a restarted one) ready, short enough that a
 /// resumed stream misses little time.
 pub const SHUTDOWN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Longest status message sent, in bytes. It travels twice (percent-encoded in `grpc-message`,
+/// up to 3x, and inside `grpc-status-details-bin`, base64): 1 KiB keeps both, with the details
+/// below, under 8 KiB, inside the 16 KiB header-list limit common to gRPC clients. Echoed values
+/// are already cut (`domain::echo`); this bounds a message that lists many of them.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+/// Most bytes of `BadRequest` field violations (paths and descriptions) in one status; the rest
+/// are counted in a last violation. Same reason as [`MAX_STATUS_MESSAGE_BYTES`].
+pub const MAX_VIOLATION_BYTES: usize = 3 * 1024;
 
 /// Everything an RPC can refuse with. Messages name the field or the cause; none carries a
 /// secret or a raw internal error.
@@ -119,6 +128,18 @@ pub enum ApiError {
         /// `DownloadVideo`: the offset of the first byte not sent.
         next_offset: Option<i64>,
     },
+    /// The request's bytes are not a protobuf message of the RPC's type (malformed, or a string
+    /// field that is not UTF-8); the cause is prost's, naming the message and field.
+    #[error("the request is not a valid protobuf message: {0}")]
+    MalformedMessage(String),
+    /// The tenant already holds its cap of concurrent server streams.
+    #[error(
+        "this tenant already has {limit} streams open (Subscribe, WatchVideo and DownloadVideo together; server.max_streams_per_tenant): end one before opening another"
+    )]
+    TooManyStreams {
+        /// The cap.
+        limit: usize,
+    },
     /// A message too large for its field (e.g. the request as a whole).
     #[error("{0}")]
     MessageTooLarge(String),
@@ -146,6 +167,8 @@ impl ApiError {
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
             Self::DownloadStalled { .. } => "DOWNLOAD_STALLED",
             Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
+            Self::MalformedMessage(_) => "MALFORMED_MESSAGE",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -154,7 +177,7 @@ impl ApiError {
     fn code(&self) -> Code {
         match self {
             Self::Jobs(e) => jobs_code(e),
-            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::InvalidArgument { .. } | Self::MalformedMessage(_) => Code::InvalidArgument,
             Self::MissingCredentials | Self::InvalidCredentials | Self::AmbiguousCredentials(_) => {
                 Code::Unauthenticated
             }
@@ -165,7 +188,7 @@ impl ApiError {
             | Self::CursorAhead { .. } => Code::OutOfRange,
             Self::SubscriberLagged { .. } | Self::DownloadStalled { .. } => Code::Aborted,
             Self::ShuttingDown { .. } => Code::Unavailable,
-            Self::MessageTooLarge(_) => Code::ResourceExhausted,
+            Self::MessageTooLarge(_) | Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -266,6 +289,9 @@ impl From<ApiError> for Status {
             ApiError::CursorExpired { first_kept, .. } => {
                 metadata.insert("first_kept_sequence".to_owned(), first_kept.to_string());
             }
+            ApiError::TooManyStreams { limit } => {
+                metadata.insert("max_streams".to_owned(), limit.to_string());
+            }
             ApiError::CursorAhead { latest, .. } => {
                 metadata.insert("latest_sequence".to_owned(), latest.to_string());
             }
@@ -289,7 +315,7 @@ impl From<ApiError> for Status {
             _ => {}
         }
         details.set_error_info(e.reason(), ERROR_DOMAIN, metadata);
-        let violations: Vec<RpcViolation> = match &e {
+        let violations = bounded_violations(match &e {
             ApiError::InvalidArgument { field, description }
             | ApiError::Jobs(JobsError::InvalidArgument { field, description }) => {
                 vec![RpcViolation::new(*field, description.clone())]
@@ -303,7 +329,7 @@ impl From<ApiError> for Status {
                     rv
                 })
                 .collect(),
-        };
+        });
         if !violations.is_empty() {
             details.set_bad_request(violations);
         }
@@ -316,6 +342,38 @@ impl From<ApiError> for Status {
             }
             _ => {}
         }
-        Status::with_error_details(e.code(), e.to_string(), details)
+        let message = e.to_string();
+        Status::with_error_details(
+            e.code(),
+            shorten(&message, MAX_STATUS_MESSAGE_BYTES),
+            details,
+        )
     }
+}
+
+/// The violations that fit in [`MAX_VIOLATION_BYTES`], in order; when some do not, a last one
+/// (field `*`) says how many were left out, so the caller knows the list is not whole.
+fn bounded_violations(all: Vec<RpcViolation>) -> Vec<RpcViolation> {
+    let total = all.len();
+    let mut used = 0;
+    let mut kept = Vec::new();
+    for mut v in all {
+        // A single violation never takes more than half the budget.
+        v.field = shorten(&v.field, MAX_VIOLATION_BYTES / 8).into_owned();
+        v.description = shorten(&v.description, MAX_VIOLATION_BYTES / 4).into_owned();
+        let size = v.field.len() + v.description.len() + v.reason.len();
+        if used + size > MAX_VIOLATION_BYTES {
+            let left_out = total - kept.len();
+            kept.push(RpcViolation::new(
+                "*",
+                format!(
+                    "{left_out} more violations not shown (at most {MAX_VIOLATION_BYTES} bytes of them are sent); fix those above and send again"
+                ),
+            ));
+            break;
+        }
+        used += size;
+        kept.push(v);
+    }
+    kept
 }

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
 use super::error::ApiError;
+use super::streams::{DEFAULT_MAX_STREAMS_PER_TENANT, Guarded, StreamLimiter};
 use crate::blob::{BlobError, BlobStore};
 use crate::budget;
 use crate::convert;
@@ -46,6 +47,7 @@ pub struct VideoApi {
     stream_budget: usize,
     metrics: Metrics,
     draining: CancellationToken,
+    streams: StreamLimiter,
 }
 
 impl VideoApi {
@@ -68,6 +70,7 @@ impl VideoApi {
             stream_budget: DEFAULT_STREAM_BUDGET_BYTES,
             metrics: Metrics::disabled(),
             draining: CancellationToken::new(),
+            streams: StreamLimiter::new(DEFAULT_MAX_STREAMS_PER_TENANT),
         }
     }
 
@@ -75,6 +78,12 @@ impl VideoApi {
     /// stream that carries content holds its chunks on top.
     pub fn with_stream_budget(mut self, bytes: usize) -> Self {
         self.stream_budget = bytes.max(1);
+        self
+    }
+
+    /// At most `max` concurrent server streams per tenant (see [`super::streams`]).
+    pub fn with_max_streams_per_tenant(mut self, max: usize) -> Self {
+        self.streams = StreamLimiter::new(max);
         self
     }
 
@@ -109,12 +118,16 @@ impl VideoApi {
     }
 }
 
-/// A stream of one RPC's answers, each error already a `Status`.
-type ApiStream<T> = ReceiverStream<Result<T, Status>>;
-/// A stream of the event feed, its errors mapped to `Status` as they pass.
-type EventStream = futures::stream::Map<
-    budget::Receiver<FeedItem>,
-    fn(FeedItem) -> Result<pb::VideoEvent, Status>,
+/// A stream of one RPC's answers, each error already a `Status`; it holds its tenant's
+/// stream slot.
+type ApiStream<T> = Guarded<ReceiverStream<Result<T, Status>>>;
+/// A stream of the event feed, its errors mapped to `Status` as they pass; it holds its
+/// tenant's stream slot.
+type EventStream = Guarded<
+    futures::stream::Map<
+        budget::Receiver<FeedItem>,
+        fn(FeedItem) -> Result<pb::VideoEvent, Status>,
+    >,
 >;
 
 #[tonic::async_trait]
@@ -256,6 +269,7 @@ impl VideoService for VideoApi {
         } else {
             offset.saturating_add(req.read_limit as u64).min(size)
         };
+        let slot = self.streams.admit(&tenant)?;
         let (tx, rx) = mpsc::channel(CONTENT_STREAM_BUFFER);
         if offset < end {
             let mut chunks = self
@@ -329,7 +343,7 @@ impl VideoService for VideoApi {
                 }
             });
         }
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Guarded::new(ReceiverStream::new(rx), slot)))
     }
 
     type WatchVideoStream = EventStream;
@@ -351,6 +365,7 @@ impl VideoService for VideoApi {
             }
             .into());
         }
+        let slot = self.streams.admit(&tenant)?;
         let feed_req = FeedRequest {
             filter: FeedFilter {
                 tenant: tenant.0,
@@ -362,7 +377,7 @@ impl VideoService for VideoApi {
             until_terminal: true,
             now_sequence: None,
         };
-        Ok(Response::new(self.spawn_feed(feed_req)))
+        Ok(Response::new(self.spawn_feed(feed_req, slot)))
     }
 
     type SubscribeStream = EventStream;
@@ -383,6 +398,7 @@ impl VideoService for VideoApi {
             .into());
         }
         let statuses = parse_statuses(&req.statuses)?;
+        let slot = self.streams.admit(&tenant)?;
         // "From now" is when the call arrived, not when the stream's task first runs: a create
         // committed in between must not be skipped.
         let now_sequence = if req.after_sequence == 0 {
@@ -404,12 +420,12 @@ impl VideoService for VideoApi {
             until_terminal: false,
             now_sequence,
         };
-        Ok(Response::new(self.spawn_feed(feed_req)))
+        Ok(Response::new(self.spawn_feed(feed_req, slot)))
     }
 }
 
 impl VideoApi {
-    fn spawn_feed(&self, request: FeedRequest) -> EventStream {
+    fn spawn_feed(&self, request: FeedRequest, slot: super::streams::StreamGuard) -> EventStream {
         let budget = if request.include_content {
             self.stream_budget + CONTENT_STREAM_BUFFER * self.chunk_bytes
         } else {
@@ -418,7 +434,7 @@ impl VideoApi {
         let (tx, rx) = budget::channel(budget);
         let feed = self.feed.clone();
         tokio::spawn(async move { feed.pump(request, tx).await });
-        rx.map(event_or_status as fn(FeedItem) -> _)
+        Guarded::new(rx.map(event_or_status as fn(FeedItem) -> _), slot)
     }
 }
 

@@ -92,7 +92,8 @@ impl Dispatcher {
             }
             ContentStart::Full => {
                 hasher = Sha256::new();
-                tokio::fs::File::create(&path).await
+                // 0600 from the first byte, like everything under the data directory.
+                self.blobs.create_partial(&name).await
             }
         }
         .map_err(|e| StepError::Local(format!("opening {}: {e}", path.display())))?;
@@ -286,7 +287,9 @@ impl Dispatcher {
         let name = format!("{job_id}.last_frame.part");
         let path = self.blobs.partial_path(&name);
         let copied = async {
-            let mut file = tokio::fs::File::create(&path)
+            let mut file = self
+                .blobs
+                .create_partial(&name)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut size = 0u64;

@@ -6,11 +6,13 @@
 //! | `request.rs` | [`VideoRequest`]: the raw create request, mirroring API.md, untrusted |
 //! | `catalog.rs` | [`ModelCatalog`]: model ids, families, allowed values, pixel tables |
 //! | `spec.rs` | [`VideoSpec::parse`]: every local rule, collected; the validated request |
+//! | `echo.rs` | [`echo()`]: the one way a caller's value is quoted back in an error, cut short |
 //! | `violation.rs` | [`ValidationError`], [`FieldViolation`], the rule ids ([`rule`]) |
 //! | `expected.rs` | [`ExpectedOutput`]: what the finished video should be, or "cannot check" |
 
 mod base64_bytes;
 mod catalog;
+mod echo;
 mod expected;
 mod request;
 mod spec;
@@ -22,6 +24,7 @@ pub use catalog::{
     MAX_MODEL_ID_CHARS, ModelCatalog, ModelFamily, ModelRules, PixelEntry, PixelSize,
     SeedanceRules, UnknownModels, VeoRules,
 };
+pub use echo::{ECHO_CHARS, Echo, echo, shorten};
 pub use expected::{DURATION_TOLERANCE_SECONDS, Expectation, ExpectedOutput};
 pub use request::{
     ContentItem, ContentKind, GenericParams, InputImage, MediaRef, MediaSource, Params,

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::catalog::{
     ModelCatalog, ModelFamily, ModelRules, PixelSize, SeedanceRules, VeoRules, check_model_id,
 };
+use crate::domain::echo::echo;
 use crate::domain::request::{
     ContentItem, ContentKind, GenericParams, InputImage, MediaRef, MediaSource, Params,
     SeedanceParams, VeoParams, VideoRequest,
@@ -65,9 +66,6 @@ pub const ARK_MAX_IMAGES: usize = 9;
 pub const ARK_MAX_VIDEOS: usize = 3;
 /// Ark reference mode: at most 3 audios.
 pub const ARK_MAX_AUDIOS: usize = 3;
-
-/// How many characters of a caller's value a violation echoes back.
-const ECHO_CHARS: usize = 64;
 
 /// A validated, provider-neutral create request.
 ///
@@ -471,7 +469,7 @@ impl VideoSpec {
                     format!(
                         "model {} is a {family} model: send `{family}` params (or none), not \
                          `{}`",
-                        echo(&model),
+                        echo(&model).quoted(),
                         other.field_name()
                     ),
                 );
@@ -596,17 +594,6 @@ impl Violations {
     }
 }
 
-/// A caller's value quoted for a message: escaped, and cut after [`ECHO_CHARS`] characters.
-fn echo(value: &str) -> String {
-    let count = value.chars().count();
-    if count <= ECHO_CHARS {
-        format!("{value:?}")
-    } else {
-        let head: String = value.chars().take(ECHO_CHARS).collect();
-        format!("{head:?}... ({count} characters)")
-    }
-}
-
 fn list<T: std::fmt::Display>(values: &[T]) -> String {
     values
         .iter()
@@ -668,7 +655,7 @@ fn veo(p: VeoParams, rules: &VeoRules, max_upload: u64, found: &mut Violations) 
                     format!(
                         "size must be one of {}, or empty for the upstream default (got {})",
                         list(rules.sizes()),
-                        echo(&p.size)
+                        echo(&p.size).quoted()
                     ),
                 );
                 None
@@ -694,7 +681,7 @@ fn veo(p: VeoParams, rules: &VeoRules, max_upload: u64, found: &mut Violations) 
         found.push(
             "veo.person_generation",
             rule::V5,
-            format!("{allowed} (got {})", echo(&p.person_generation)),
+            format!("{allowed} (got {})", echo(&p.person_generation).quoted()),
         );
         None
     };
@@ -746,7 +733,7 @@ fn upload(
             format!(
                 "the file name must be at most {MAX_FILENAME_BYTES} bytes without control \
                  characters, quotes or backslashes (got {})",
-                echo(&image.filename)
+                echo(&image.filename).quoted()
             ),
         );
     }
@@ -773,7 +760,7 @@ fn upload(
                 format!(
                     "images only: the MIME type must be image/* such as image/jpeg or image/png \
                      (got {})",
-                    echo(&image.mime_type)
+                    echo(&image.mime_type).quoted()
                 ),
             ),
         }
@@ -917,7 +904,7 @@ fn seedance(
                     format!(
                         "size must be one of the pixel table's sizes: {} (got {})",
                         cells.join(", "),
-                        echo(&p.size)
+                        echo(&p.size).quoted()
                     ),
                 );
             }
@@ -936,7 +923,7 @@ fn seedance(
                                 cell.size,
                                 cell.resolution,
                                 cell.ratio,
-                                echo(given)
+                                echo(given).quoted()
                             ),
                         );
                     }
@@ -985,7 +972,7 @@ fn allowed_value(
             format!(
                 "{name} must be one of {}, or empty to not send it (got {})",
                 list(allowed),
-                echo(given)
+                echo(given).quoted()
             ),
         );
         None
@@ -1070,7 +1057,7 @@ fn content_role(
             found.push(
                 format!("{path}.role"),
                 rule::VG_ROLE,
-                format!("{allowed} (got {})", echo(role)),
+                format!("{allowed} (got {})", echo(role).quoted()),
             );
             None
         }
@@ -1130,7 +1117,7 @@ fn check_optional_mime(path: &str, kind: &str, mime: &str, found: &mut Violation
             rule::S3,
             format!(
                 "a {kind} item's MIME type must be {kind}/*, or empty (got {})",
-                echo(mime)
+                echo(mime).quoted()
             ),
         );
     }
@@ -1157,7 +1144,7 @@ fn check_https(field: &str, kind: &str, url: &str, found: &mut Violations) {
             rule::S3,
             format!(
                 "a {kind} must be given as an https:// URL (got {})",
-                echo(url)
+                echo(url).quoted()
             ),
         );
     }
@@ -1196,7 +1183,7 @@ fn content_image(path: &str, media: MediaRef, found: &mut Violations) -> Option<
                     format!(
                         "inline data is for images only: the MIME type must be image/* \
                          (got {})",
-                        echo(&media.mime_type)
+                        echo(&media.mime_type).quoted()
                     ),
                 ),
             }
@@ -1232,7 +1219,7 @@ fn check_data_uri(field: &str, uri: &str, found: &mut Violations) {
             rule::S3,
             format!(
                 "an image data: URI must be data:image/<format>;base64,<data> (got {})",
-                echo(uri)
+                echo(uri).quoted()
             ),
         )
     };
@@ -1373,7 +1360,10 @@ fn generic(p: GenericParams, max_upload: u64, found: &mut Violations) -> Generic
         found.push(
             "generic.size",
             rule::VG_SIZE,
-            format!("size must be WxH like 1280x720 (got {})", echo(&p.size)),
+            format!(
+                "size must be WxH like 1280x720 (got {})",
+                echo(&p.size).quoted()
+            ),
         );
         None
     };
@@ -1387,7 +1377,7 @@ fn generic(p: GenericParams, max_upload: u64, found: &mut Violations) -> Generic
             rule::VG_SECONDS,
             format!(
                 "seconds must be a positive number like \"8\" (got {})",
-                echo(&p.seconds)
+                echo(&p.seconds).quoted()
             ),
         );
         None

@@ -1,5 +1,7 @@
 //! What validation reports: every violated rule, by field, rule id and what is allowed.
 
+use super::echo::echo;
+
 /// Rule ids used in [`FieldViolation::rule`].
 ///
 /// Rules the upstream contract numbers keep their `CONTRACT.md` id (`V1`-`V5`, `S2`-`S6`). Where
@@ -98,7 +100,7 @@ impl std::fmt::Display for FieldViolation {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     /// The request breaks one or more rules; every violation is listed, not only the first.
-    #[error("invalid request for model `{model}`: {}", join(.violations))]
+    #[error("invalid request for model `{}`: {}", echo(.model), join(.violations))]
     Invalid {
         /// The model id as given (may be empty).
         model: String,
@@ -106,7 +108,7 @@ pub enum ValidationError {
         violations: Vec<FieldViolation>,
     },
     /// The model is not in the catalog and the catalog rejects unknown models.
-    #[error("unknown model `{model}`; known models: {}", .known.join(", "))]
+    #[error("unknown model `{}`; known models: {}", echo(.model), .known.join(", "))]
     UnknownModel {
         /// The model id as given.
         model: String,
@@ -134,12 +136,13 @@ impl ValidationError {
                 "model",
                 rule::VG_MODEL,
                 format!(
-                    "model must be one of {} (got `{model}`)",
+                    "model must be one of {} (got `{}`)",
                     if known.is_empty() {
                         "the catalog's models (it lists none)".to_owned()
                     } else {
                         known.join(", ")
-                    }
+                    },
+                    echo(model)
                 ),
             )],
         }

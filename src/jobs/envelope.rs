@@ -1,7 +1,7 @@
 //! Rules of the envelope around a video request (not of the upstream contract): request_id
 //! and labels. Checked with the request, so every violation is reported at once.
 
-use crate::domain::FieldViolation;
+use crate::domain::{FieldViolation, echo};
 use crate::pb;
 
 /// Longest `request_id` accepted (AIP-155 suggests UUIDs; this leaves room for other schemes).
@@ -31,7 +31,7 @@ pub(super) fn envelope_violations(request: &pb::CreateVideoRequest) -> Vec<Field
 }
 
 /// Longest part of a caller's key echoed in a field path (the rest is elided): a 5 MiB key
-/// must not come back as 5 MiB of error.
+/// must not come back as 5 MiB of error, and a path stays readable (keys are at most 63).
 const ECHO_KEY_CHARS: usize = 64;
 
 /// The rules of labels, at create and in a listing's label filter alike.
@@ -52,7 +52,7 @@ pub(super) fn label_violations(
             && k.chars().count() <= MAX_LABEL_KEY_CHARS
             && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-        let shown = echo(k);
+        let shown = echo(k).within(ECHO_KEY_CHARS);
         if !key_ok {
             out.push(violation(
                 format!("labels[{shown}]"),
@@ -67,20 +67,6 @@ pub(super) fn label_violations(
         }
     }
     out
-}
-
-/// A caller's key as echoed: at most [`ECHO_KEY_CHARS`] characters, control characters
-/// escaped.
-fn echo(key: &str) -> String {
-    let mut shown: String = key
-        .chars()
-        .take(ECHO_KEY_CHARS)
-        .flat_map(char::escape_default)
-        .collect();
-    if key.chars().count() > ECHO_KEY_CHARS {
-        shown.push_str("...");
-    }
-    shown
 }
 
 fn violation(field: impl Into<String>, description: String) -> FieldViolation {

@@ -1,7 +1,7 @@
 //! What the application layer refuses with, in transport-neutral words: each adapter maps it
 //! once (gRPC: to `ApiError` and a `Status`; AMQP: to a dead-letter reason).
 
-use crate::domain::{FieldViolation, ValidationError};
+use crate::domain::{FieldViolation, ValidationError, echo};
 use crate::store::StoreError;
 
 /// Everything [`super::Jobs`] can refuse with. Messages name the field or the cause; none
@@ -20,11 +20,11 @@ pub enum JobsError {
         description: String,
     },
     /// No such video for this tenant (also another tenant's video).
-    #[error("video {0} not found")]
+    #[error("video {} not found", echo(.0))]
     VideoNotFound(String),
     /// Same `request_id`, different request.
     #[error(
-        "request_id {request_id:?} was already used for a different request (video {existing_id}); use a new request_id for a new request"
+        "request_id {:?} was already used for a different request (video {existing_id}); use a new request_id for a new request", echo(.request_id)
     )]
     RequestIdReused {
         /// The key.

@@ -215,13 +215,14 @@ impl SqliteStore {
     pub async fn open(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
         config.validate()?;
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+            crate::datadir::private_dir(parent).map_err(|e| {
                 StoreError::Unavailable(format!(
                     "open: cannot create the directory {}: {e}",
                     parent.display()
                 ))
             })?;
         }
+        private_files(&config.path).await?;
 
         let writer_options = writer_options(&config);
         let mut conn = writer_options
@@ -355,6 +356,30 @@ fn base_options(config: &SqliteConfig) -> SqliteConnectOptions {
         .synchronous(config.synchronous.to_sqlx())
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
+}
+
+/// The database and its WAL files readable by vidgate's user only: the file is created 0600
+/// before SQLite opens it (SQLite gives its `-wal` and `-shm` files the database's mode), and
+/// files left wider by an older vidgate are tightened.
+async fn private_files(path: &std::path::Path) -> Result<(), StoreError> {
+    let failed = |e: std::io::Error| {
+        StoreError::Unavailable(format!(
+            "open: cannot make {} private (0600): {e}",
+            path.display()
+        ))
+    };
+    crate::datadir::private_open_options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(failed)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        crate::datadir::private_file(std::path::Path::new(&file)).map_err(failed)?;
+    }
+    Ok(())
 }
 
 fn writer_options(config: &SqliteConfig) -> SqliteConnectOptions {

@@ -674,3 +674,57 @@ async fn a_reply_to_naming_vidgates_own_queues_is_refused_and_nothing_is_publish
     stop(t).await;
     c.cleanup(&n).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_reply_to_prefix_only_queues_under_it_receive_replies() {
+    let broker = broker().await;
+    let n = names("replyprefix");
+    let mut config = amqp_config(&broker.url, &n);
+    // Server-named queues (the test's temporary ones) are all `amq.gen-...`.
+    config.reply_to_prefix = Some("amq.gen-".into());
+    let (t, handle) = spawn(config).await;
+    let c = client(&broker.url, &n.connection_name).await;
+    let mut dead_rx = c.consume(&n.dead_queue).await;
+    let replies = c.temp_queue(None).await;
+    let mut reply_rx = c.consume(&replies).await;
+
+    // Outside the prefix: dead-lettered with the reason, naming the prefix.
+    c.publish(
+        &n.jobs_exchange,
+        "video.create",
+        &body(&veo(&unique("reply outside the prefix"))),
+        job_properties(Some(&unique("m-outside").replace(' ', "-")))
+            .with_reply_to(short("someone-elses-queue"))
+            .with_correlation_id(short("outside")),
+    )
+    .await;
+    let d = next(&mut dead_rx, "the refused message").await;
+    assert_eq!(
+        header(&d, "x-vidgate-reason").as_deref(),
+        Some("REPLY_TO_NOT_ALLOWED")
+    );
+    let message = header(&d, "x-vidgate-message").unwrap_or_default();
+    assert!(
+        message.contains("must start with \"amq.gen-\"") && message.contains("someone-elses-queue"),
+        "{message}"
+    );
+
+    // Under the prefix: accepted, and its events come back there.
+    c.publish(
+        &n.jobs_exchange,
+        "video.create",
+        &body(&veo(&unique("reply under the prefix"))),
+        job_properties(Some(&unique("m-inside").replace(' ', "-")))
+            .with_reply_to(short(&replies))
+            .with_correlation_id(short("inside")),
+    )
+    .await;
+    let r = next(&mut reply_rx, "an event on the allowed reply_to").await;
+    assert_eq!(prop(r.properties.correlation_id()), "inside");
+    wait(&handle, "one job", |s| {
+        s.created == 1 && s.dead_lettered == 1
+    })
+    .await;
+    stop(t).await;
+    c.cleanup(&n).await;
+}

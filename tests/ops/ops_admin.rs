@@ -476,3 +476,144 @@ async fn readiness_follows_the_broker_through_a_proxy_cut_and_back() {
     }
     c.cleanup(&n).await;
 }
+
+/// Reads until the server closes the connection; how long that took (`None`: still open at
+/// `give_up`).
+async fn closed_after(
+    mut stream: tokio::net::TcpStream,
+    started: tokio::time::Instant,
+    give_up: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0_u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(give_up, read_all).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_half_sent_and_trickling_admin_connections_are_closed_within_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    const IDLE: usize = 800;
+    let timeout = Duration::from_millis(1_000);
+    let bound = timeout + Duration::from_secs(2);
+    let t = spawn_app_with(|c| c.admin.header_read_timeout_ms = 1_000).await;
+    let admin = t.app().admin_addr().expect("admin port is on");
+
+    // One connection that sends half a request head and one that trickles a byte every
+    // 100 ms, first (so they are served, not refused at the connection cap); then 800 that
+    // send nothing.
+    let started = tokio::time::Instant::now();
+    let mut half = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: vidgate\r\n")
+        .await
+        .expect("half a head");
+    let trickle = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(admin)
+            .await
+            .expect("connect");
+        let started = tokio::time::Instant::now();
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: vidgate\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if s.write_all(&[*byte]).await.is_err() || started.elapsed() > Duration::from_secs(30) {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        unreachable!("cycle never ends")
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(
+            tokio::net::TcpStream::connect(admin)
+                .await
+                .expect("connect"),
+        );
+    }
+
+    let waits: Vec<_> = idle
+        .into_iter()
+        .map(|s| tokio::spawn(closed_after(s, started, Duration::from_secs(30))))
+        .collect();
+    let half = closed_after(half, started, Duration::from_secs(30)).await;
+    let mut slowest = Duration::ZERO;
+    for wait in waits {
+        let closed = wait
+            .await
+            .expect("join")
+            .expect("an idle connection was closed");
+        slowest = slowest.max(closed);
+    }
+    let trickled = trickle.await.expect("join");
+
+    // Assert: every one closed within the bound (those over the connection cap at once).
+    assert!(
+        slowest <= bound,
+        "the slowest idle connection closed after {slowest:?}"
+    );
+    // These two were served and closed by the header timeout, not by the cap.
+    let half = half.expect("the half-sent head was closed");
+    assert!(
+        half >= timeout && half <= bound,
+        "half a head held {half:?}"
+    );
+    assert!(
+        trickled >= timeout && trickled <= bound + Duration::from_millis(200),
+        "a trickling head held {trickled:?}"
+    );
+    eprintln!(
+        "{IDLE} idle connections closed within {slowest:?}; half a head after {half:?}; trickle after {trickled:?}"
+    );
+    // And the port still serves.
+    let (status, body) = get(admin, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_readyz_and_metrics_need_it_and_healthz_stays_open() {
+    const TOKEN: &str = "admin-token-0123456789abcdef";
+    let t = spawn_app_with(|c| c.admin.token = Some(TOKEN.into())).await;
+    let admin = t.app().admin_addr().expect("admin port is on");
+    let client = reqwest::Client::new();
+    let ask = |path: &str, auth: Option<&str>| {
+        let mut request = client.get(format!("http://{admin}{path}"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        async move {
+            let response = request.send().await.expect("an answer");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+    };
+    let wrong = "Bearer not-the-admin-token-at-all";
+    for path in ["/metrics", "/readyz"] {
+        let (status, body) = ask(path, None).await;
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        let (status, body) = ask(path, Some(wrong)).await;
+        assert_eq!(status, 401, "{path} with a wrong token: {body}");
+        assert!(
+            !body.contains("not-the-admin-token"),
+            "never echoed: {body}"
+        );
+        let (status, body) = ask(path, Some(&format!("bearer {TOKEN}"))).await;
+        assert_eq!(status, 200, "{path} with the token: {body}");
+    }
+    let (status, body) = ask("/healthz", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok\n"),
+        "liveness stays open"
+    );
+}

@@ -117,6 +117,11 @@ pub struct AmqpConfig {
     pub connect_timeout_ms: u64,
     /// See [`DEFAULT_CONFIRM_TIMEOUT_MS`].
     pub confirm_timeout_ms: u64,
+    /// When set, a message's `reply_to` must start with this (e.g. `"replies."`), so producers
+    /// can only have replies published into queues meant for them (and the broker's
+    /// permissions on those names decide who reads them). Unset (the default): any queue but
+    /// vidgate's own, which are always refused.
+    pub reply_to_prefix: Option<String>,
 }
 
 impl Default for AmqpConfig {
@@ -145,6 +150,7 @@ impl Default for AmqpConfig {
             recovery_attempts: DEFAULT_RECOVERY_ATTEMPTS,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             confirm_timeout_ms: DEFAULT_CONFIRM_TIMEOUT_MS,
+            reply_to_prefix: None,
         }
     }
 }
@@ -166,6 +172,7 @@ impl fmt::Debug for AmqpConfig {
             .field("users", &self.users)
             .field("tenant", &self.tenant)
             .field("tenant_header", &self.tenant_header)
+            .field("reply_to_prefix", &self.reply_to_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -309,6 +316,18 @@ impl AmqpConfig {
                 format!("must be 1-{MAX_NAME_BYTES} bytes"),
             );
         }
+        if let Some(prefix) = &self.reply_to_prefix
+            && (prefix.is_empty()
+                || prefix.len() > MAX_NAME_BYTES
+                || prefix.chars().any(char::is_control))
+        {
+            return invalid(
+                "amqp.reply_to_prefix",
+                format!(
+                    "must be 1-{MAX_NAME_BYTES} bytes without control characters (leave it out to allow any queue but vidgate's own)"
+                ),
+            );
+        }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return invalid(
                 "amqp.reconnect_min_ms",
@@ -326,17 +345,29 @@ impl AmqpConfig {
 
     /// Whether a message's `reply_to` may receive vidgate's replies: never one of vidgate's own
     /// queues or exchanges (its events would be published into its own intake or dead
-    /// letters).
-    pub fn reply_to_allowed(&self, reply_to: &str) -> bool {
-        ![
+    /// letters), and only names under [`Self::reply_to_prefix`] when it is set. `Err` says why
+    /// not, for the rejection.
+    pub fn check_reply_to(&self, reply_to: &str) -> Result<(), String> {
+        let own = [
             &self.jobs_queue,
             &self.dead_queue,
             &self.jobs_exchange,
             &self.dead_exchange,
             &self.events_exchange,
-        ]
-        .iter()
-        .any(|own| own.as_str() == reply_to)
+        ];
+        if own.iter().any(|own| own.as_str() == reply_to) {
+            return Err(format!(
+                "reply_to {:?} is one of vidgate's own queues or exchanges; name a queue of your own (or none)",
+                crate::domain::echo(reply_to)
+            ));
+        }
+        match &self.reply_to_prefix {
+            Some(prefix) if !reply_to.starts_with(prefix.as_str()) => Err(format!(
+                "reply_to {:?} is not allowed: reply queues must start with {prefix:?} (amqp.reply_to_prefix)",
+                crate::domain::echo(reply_to)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The tenant of a message: a trusted header when configured, else the broker-checked
@@ -374,7 +405,8 @@ impl AmqpConfig {
         }
         Err(match user {
             Some(user) => format!(
-                "user_id {user:?} is not mapped to a tenant (amqp.users) and the queue has no tenant of its own (amqp.tenant)"
+                "user_id {:?} is not mapped to a tenant (amqp.users) and the queue has no tenant of its own (amqp.tenant)",
+                crate::domain::echo(user)
             ),
             None => "the message has no user_id property and the queue has no tenant of its own (amqp.tenant); set user_id to your broker user".to_owned(),
         })

@@ -21,7 +21,7 @@ use super::config::AmqpConfig;
 use super::headers::{self, Extractor};
 use super::{AmqpStatus, Backoff, connect, pause, recover, topology};
 use crate::convert;
-use crate::domain::FieldViolation;
+use crate::domain::{FieldViolation, echo};
 use crate::job::now_ms;
 use crate::jobs::{Intake as IntakeKind, IntakeOrigin, Jobs, JobsError, RULE_ENVELOPE};
 use crate::pb;
@@ -507,14 +507,10 @@ impl Handler {
             Err(why) => return Decision::Reject(Rejection::new(REASON_UNKNOWN_TENANT, why)),
         };
         if let Some(reply_to) = properties.reply_to().as_ref().map(ShortString::as_str)
-            && !self.config.reply_to_allowed(reply_to)
+            && !reply_to.is_empty()
+            && let Err(why) = self.config.check_reply_to(reply_to)
         {
-            return Decision::Reject(Rejection::new(
-                REASON_REPLY_TO_NOT_ALLOWED,
-                format!(
-                    "reply_to {reply_to:?} is one of vidgate's own queues or exchanges; name a queue of your own (or none)"
-                ),
-            ));
+            return Decision::Reject(Rejection::new(REASON_REPLY_TO_NOT_ALLOWED, why));
         }
         let mut request =
             match decode_body(properties, &delivery.data, self.config.max_message_bytes) {
@@ -525,8 +521,9 @@ impl Handler {
             return Decision::Reject(Rejection {
                 reason: REASON_INVALID_VIDEO_REQUEST.to_owned(),
                 message: format!(
-                    "request_id {:?} in the body differs from the message_id property {message_id:?}",
-                    request.request_id
+                    "request_id {:?} in the body differs from the message_id property {:?}",
+                    echo(&request.request_id),
+                    echo(message_id)
                 ),
                 violations: vec![FieldViolation {
                     field: "request_id".to_owned(),
@@ -615,7 +612,7 @@ impl Handler {
             .reply_to()
             .as_ref()
             .map(ShortString::as_str)
-            .filter(|r| !r.is_empty() && self.config.reply_to_allowed(r))
+            .filter(|r| !r.is_empty() && self.config.check_reply_to(r).is_ok())
         else {
             return;
         };
@@ -759,7 +756,8 @@ pub fn decode_body(
         return Err(Rejection::new(
             REASON_UNSUPPORTED_CONTENT_TYPE,
             format!(
-                "content_encoding {encoding:?} is not supported: send the body unencoded (no content_encoding)"
+                "content_encoding {:?} is not supported: send the body unencoded (no content_encoding)",
+                echo(encoding)
             ),
         ));
     }
@@ -795,7 +793,8 @@ pub fn decode_body(
         other => Err(Rejection::new(
             REASON_UNSUPPORTED_CONTENT_TYPE,
             format!(
-                "content_type {other:?} is not supported: use {CONTENT_TYPE_JSON} (proto3 JSON, the default) or {CONTENT_TYPE_PROTOBUF} (binary)"
+                "content_type {:?} is not supported: use {CONTENT_TYPE_JSON} (proto3 JSON, the default) or {CONTENT_TYPE_PROTOBUF} (binary)",
+                echo(other)
             ),
         )),
     }
