@@ -9,3 +9,4 @@ mod cli_client;
 mod readme_examples;
 mod service_grpc;
 mod service_ops;
+mod stored_once;
