@@ -113,10 +113,21 @@ fn content_item(item: &pb::ContentItem, i: usize) -> Result<ContentItem, FieldVi
     })
 }
 
-/// The request as `Video.request` shows it: input bytes dropped, their size and SHA-256 kept.
+/// The request as `Video.request` shows it: inline input dropped (`InputImage.data`,
+/// `MediaRef.data`, the payload of a `data:` URI, which is cut to its header such as
+/// `data:image/png;base64,`), each with its size and SHA-256 kept in the message's output-only
+/// fields. The full request is the job's submission, stored once.
 pub fn strip_inputs(req: &pb::CreateVideoRequest) -> pb::CreateVideoRequest {
-    use pb::create_video_request::Params as P;
     let mut out = req.clone();
+    strip_inputs_in_place(&mut out);
+    out
+}
+
+/// [`strip_inputs`] without a copy. Idempotent (a stripped request has nothing left to strip),
+/// so it is applied again on every read: jobs stored before `data:` URIs were stripped show
+/// their requests in the same small form.
+pub fn strip_inputs_in_place(req: &mut pb::CreateVideoRequest) {
+    use pb::create_video_request::Params as P;
     let strip_image = |img: &mut pb::InputImage| {
         if !img.data.is_empty() {
             img.size_bytes = img.data.len() as u64;
@@ -124,7 +135,7 @@ pub fn strip_inputs(req: &pb::CreateVideoRequest) -> pb::CreateVideoRequest {
             img.data = Bytes::new();
         }
     };
-    match &mut out.params {
+    match &mut req.params {
         Some(P::Veo(v)) => {
             if let Some(img) = v.input_reference.as_mut() {
                 strip_image(img);
@@ -138,16 +149,90 @@ pub fn strip_inputs(req: &pb::CreateVideoRequest) -> pb::CreateVideoRequest {
         Some(P::Seedance(s)) => {
             for item in &mut s.content {
                 use pb::content_item::Kind;
-                if let Some(Kind::Image(m) | Kind::Video(m) | Kind::Audio(m)) = item.kind.as_mut()
-                    && let Some(pb::media_ref::Source::Data(d)) = m.source.as_mut()
-                {
-                    *d = Bytes::new();
+                if let Some(Kind::Image(m) | Kind::Video(m) | Kind::Audio(m)) = item.kind.as_mut() {
+                    strip_media(m);
                 }
             }
         }
         None => {}
     }
-    out
+}
+
+/// Drops a media reference's inline bytes or `data:` URI payload, keeping their size and
+/// SHA-256. An `https://` URL is kept as given.
+fn strip_media(m: &mut pb::MediaRef) {
+    use pb::media_ref::Source;
+    match m.source.as_mut() {
+        Some(Source::Data(data)) if !data.is_empty() => {
+            m.size_bytes = data.len() as u64;
+            m.sha256 = hex::encode(Sha256::digest(&data[..]));
+            *data = Bytes::new();
+        }
+        Some(Source::Url(url)) => {
+            let Some(comma) = data_uri_payload_start(url) else {
+                return;
+            };
+            if comma == url.len() {
+                return;
+            }
+            let header = &url[..comma];
+            let payload = &url[comma..];
+            let base64 = header
+                .strip_suffix(',')
+                .is_some_and(|h| h.to_ascii_lowercase().ends_with(";base64"));
+            let digest = if base64 {
+                decoded_digest(payload)
+            } else {
+                // Not base64 (refused at accept; only an older row can hold one): the payload
+                // as written is the data.
+                Some((payload.len() as u64, hex::encode(Sha256::digest(payload))))
+            };
+            // A payload that does not decode is still dropped; its size and digest stay unset.
+            if let Some((size, sha256)) = digest {
+                m.size_bytes = size;
+                m.sha256 = sha256;
+            }
+            url.truncate(comma);
+        }
+        _ => {}
+    }
+}
+
+/// Where the payload of a `data:` URI starts (just after its first comma), or `None` when
+/// `url` is not a `data:` URI.
+fn data_uri_payload_start(url: &str) -> Option<usize> {
+    let scheme = url.get(..5)?;
+    if !scheme.eq_ignore_ascii_case("data:") {
+        return None;
+    }
+    url.find(',').map(|i| i + 1)
+}
+
+/// Base64 characters decoded per step while hashing a `data:` URI payload: a multiple of 4 (so
+/// every step but the last is whole quanta), 64 KiB of text, so an 11 MiB URI is hashed through
+/// a small buffer instead of a second full copy.
+const DATA_URI_STEP_CHARS: usize = 64 * 1024;
+
+/// Size and SHA-256 (hex) of a base64 payload's decoded bytes, padded or not; `None` when it
+/// is not base64.
+fn decoded_digest(payload: &str) -> Option<(u64, String)> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; DATA_URI_STEP_CHARS / 4 * 3];
+    for step in payload.as_bytes().chunks(DATA_URI_STEP_CHARS) {
+        let n = ENGINE.decode_slice(step, &mut buf).ok()?;
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Some((size, hex::encode(hasher.finalize())))
 }
 
 /// SHA-256 (hex) of the request without its `request_id`: equal for a retry of the same
@@ -191,7 +276,12 @@ pub fn timestamp(ms: i64) -> pbjson_types::Timestamp {
 
 /// The public view of a job.
 pub fn video(job: &Job) -> pb::Video {
-    let request = pb::CreateVideoRequest::decode(job.request.as_ref()).ok();
+    let request = pb::CreateVideoRequest::decode(job.request.as_ref())
+        .ok()
+        .map(|mut request| {
+            strip_inputs_in_place(&mut request);
+            request
+        });
     pb::Video {
         id: job.id.clone(),
         request_id: job.request_id.clone().unwrap_or_default(),
@@ -320,6 +410,92 @@ mod tests {
         assert!(img.data.is_empty());
         assert_eq!(img.size_bytes, 3);
         assert_eq!(img.sha256, hex::encode(Sha256::digest(b"abc")));
+    }
+
+    fn media(source: pb::media_ref::Source) -> pb::ContentItem {
+        pb::ContentItem {
+            kind: Some(pb::content_item::Kind::Image(pb::MediaRef {
+                source: Some(source),
+                ..Default::default()
+            })),
+            role: String::new(),
+        }
+    }
+
+    fn stripped_media(req: &pb::CreateVideoRequest) -> Vec<pb::MediaRef> {
+        let Some(P::Seedance(s)) = strip_inputs(req).params else {
+            panic!("seedance")
+        };
+        s.content
+            .into_iter()
+            .filter_map(|item| match item.kind {
+                Some(pb::content_item::Kind::Image(m)) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stripped_request_cuts_data_uris_to_their_header_and_keeps_size_and_sha_of_the_decoded_bytes()
+    {
+        use base64::Engine as _;
+        use pb::media_ref::Source;
+        let image = vec![7u8; 200_000];
+        let padded = base64::engine::general_purpose::STANDARD.encode(&image[..199_999]);
+        let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&image);
+        let req = seedance_with(vec![
+            media(Source::Url(format!("data:image/png;base64,{padded}"))),
+            media(Source::Url(format!("DATA:image/jpeg;BASE64,{unpadded}"))),
+            media(Source::Data(Bytes::from(image.clone()))),
+            media(Source::Url("https://example.com/cat.png".into())),
+        ]);
+        let out = stripped_media(&req);
+        let url = |m: &pb::MediaRef| match &m.source {
+            Some(Source::Url(u)) => u.clone(),
+            other => panic!("url expected, got {other:?}"),
+        };
+        assert_eq!(url(&out[0]), "data:image/png;base64,");
+        assert_eq!(out[0].size_bytes, 199_999);
+        assert_eq!(
+            out[0].sha256,
+            hex::encode(Sha256::digest(&image[..199_999]))
+        );
+        assert_eq!(url(&out[1]), "DATA:image/jpeg;BASE64,");
+        assert_eq!(out[1].size_bytes, 200_000);
+        assert_eq!(out[1].sha256, hex::encode(Sha256::digest(&image)));
+        assert_eq!(out[2].source, Some(Source::Data(Bytes::new())));
+        assert_eq!(out[2].size_bytes, 200_000);
+        assert_eq!(out[2].sha256, out[1].sha256);
+        assert_eq!(url(&out[3]), "https://example.com/cat.png");
+        assert_eq!((out[3].size_bytes, out[3].sha256.as_str()), (0, ""));
+    }
+
+    #[test]
+    fn stripping_is_idempotent_so_rows_stored_before_it_read_back_the_same() {
+        use pb::media_ref::Source;
+        let req = seedance_with(vec![
+            media(Source::Url("data:image/png;base64,AAEC".into())),
+            media(Source::Data(Bytes::from_static(b"abc"))),
+        ]);
+        let once = strip_inputs(&req);
+        assert_eq!(strip_inputs(&once), once);
+        let mut in_place = req.clone();
+        strip_inputs_in_place(&mut in_place);
+        assert_eq!(in_place, once);
+    }
+
+    #[test]
+    fn a_data_uri_payload_that_is_not_base64_is_dropped_without_a_digest() {
+        use pb::media_ref::Source;
+        let req = seedance_with(vec![media(Source::Url(
+            "data:image/png;base64,not base64!".into(),
+        ))]);
+        let out = stripped_media(&req);
+        assert_eq!(
+            out[0].source,
+            Some(Source::Url("data:image/png;base64,".into()))
+        );
+        assert_eq!((out[0].size_bytes, out[0].sha256.as_str()), (0, ""));
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl VideoService for VideoApi {
         let tenant = self.tenant(&request)?;
         let page = self.jobs.list(&tenant, request.get_ref()).await?;
         Ok(Response::new(pb::ListVideosResponse {
-            videos: page.jobs.iter().map(convert::video).collect(),
+            videos: page.videos,
             next_page_token: page.next_page_token,
         }))
     }

@@ -304,7 +304,7 @@ fn seedance_params(f: &SeedanceFlags, size: Option<String>) -> anyhow::Result<Se
             content.push(ContentItem {
                 kind: Some(kind(MediaRef {
                     source: Some(Source::Url(url.to_owned())),
-                    mime_type: String::new(),
+                    ..MediaRef::default()
                 })),
                 role: role.to_owned(),
             });

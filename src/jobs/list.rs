@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::{Jobs, JobsError};
@@ -16,12 +17,18 @@ use crate::store::ListQuery;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// AIP-158: larger page sizes are lowered to this.
 pub const MAX_PAGE_SIZE: u32 = 500;
+/// Most bytes of videos on one page, default 3 MiB: a page stays inside the 4 MiB message that
+/// gRPC clients accept by default (tonic, grpc-go, grpcurl), with room for the rest of the
+/// answer, whatever `page_size` asked for. 500 videos with 16,000-character prompts and 64
+/// labels of 256 characters (about 57 KB each) would be 28 MB. A page ends before the video
+/// that would cross it, with a `next_page_token` from there, and always holds one video.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 /// One page of a tenant's videos.
 #[derive(Debug, Clone)]
 pub struct Page {
-    /// The videos, newest first.
-    pub jobs: Vec<Job>,
+    /// The videos, newest first, as `Video` messages.
+    pub videos: Vec<pb::Video>,
     /// Where the next page starts; empty on the last page.
     pub next_page_token: String,
 }
@@ -82,10 +89,12 @@ impl Jobs {
                 limit: page_size + 1,
             })
             .await?;
-        let next_page_token = if jobs.len() > page_size as usize {
-            jobs.truncate(page_size as usize);
+        let more = jobs.len() > page_size as usize;
+        jobs.truncate(page_size as usize);
+        let (videos, cut) = fill_page(&jobs, MAX_PAGE_BYTES);
+        let next_page_token = if more || cut {
             let last = jobs
-                .last()
+                .get(videos.len().wrapping_sub(1))
                 .ok_or_else(|| JobsError::Internal("empty page".into()))?;
             let token = PageToken {
                 t: last.create_time_ms,
@@ -99,10 +108,28 @@ impl Jobs {
             String::new()
         };
         Ok(Page {
-            jobs,
+            videos,
             next_page_token,
         })
     }
+}
+
+/// The videos of `jobs`, in order, up to `max_bytes` of encoded `ListVideosResponse.videos`
+/// (each with its field tag and length), but at least one; and whether jobs were left out.
+fn fill_page(jobs: &[Job], max_bytes: usize) -> (Vec<pb::Video>, bool) {
+    let mut videos = Vec::with_capacity(jobs.len());
+    let mut bytes = 0usize;
+    for job in jobs {
+        let video = convert::video(job);
+        let len = video.encoded_len();
+        let size = 1 + prost::length_delimiter_len(len) + len;
+        if !videos.is_empty() && bytes + size > max_bytes {
+            return (videos, true);
+        }
+        bytes += size;
+        videos.push(video);
+    }
+    (videos, false)
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -153,4 +180,60 @@ pub fn parse_statuses(statuses: &[i32]) -> Result<Vec<JobStatus>, JobsError> {
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use prost::Message;
+
+    use super::*;
+    use crate::job::{Accepted, new_job_id};
+
+    fn job_with_prompt(prompt_len: usize) -> Job {
+        let request = pb::CreateVideoRequest {
+            model: "m".into(),
+            prompt: "p".repeat(prompt_len),
+            ..Default::default()
+        };
+        Job::accepted(
+            Accepted {
+                id: new_job_id(),
+                tenant: "acme".into(),
+                request_id: None,
+                fingerprint: "fp".into(),
+                model: "m".into(),
+                labels: BTreeMap::new(),
+                request: Bytes::from(request.encode_to_vec()),
+                reply_to: None,
+                correlation_id: None,
+                trace_context: None,
+            },
+            1_000,
+        )
+    }
+
+    #[test]
+    fn a_page_stops_before_the_video_that_would_cross_the_byte_bound() {
+        let jobs: Vec<Job> = (0..10).map(|_| job_with_prompt(10_000)).collect();
+        let (videos, cut) = fill_page(&jobs, 35_000);
+        assert_eq!(videos.len(), 3);
+        assert!(cut);
+        let response = pb::ListVideosResponse {
+            videos,
+            next_page_token: String::new(),
+        };
+        assert!(response.encoded_len() <= 35_000);
+    }
+
+    #[test]
+    fn a_page_holds_one_video_even_when_it_alone_crosses_the_bound() {
+        let jobs = vec![job_with_prompt(10_000), job_with_prompt(10)];
+        let (videos, cut) = fill_page(&jobs, 1_000);
+        assert_eq!((videos.len(), cut), (1, true));
+        let (videos, cut) = fill_page(&jobs[1..], 1_000);
+        assert_eq!((videos.len(), cut), (1, false));
+    }
 }

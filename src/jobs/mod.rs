@@ -31,7 +31,7 @@ pub use envelope::{
     MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_REQUEST_ID_CHARS, RULE_ENVELOPE,
 };
 pub use error::JobsError;
-pub use list::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, parse_statuses};
+pub use list::{DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, Page, parse_statuses};
 
 /// Longest wait of `CancelVideo`/`DeleteVideo` for a job's owner to apply the request. The
 /// owner learns of it within [`crate::dispatcher::MAX_RENEW_INTERVAL_MS`]; past this the

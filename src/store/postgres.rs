@@ -73,7 +73,10 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::shared::{CreateDecision, KnownKey, decide_creates, decode_job, encode_job};
+use super::shared::{
+    CreateDecision, ImmutableParts, KnownKey, attach_immutable_parts, decide_creates, decode_job,
+    detached_job_ids, encode_event_job, encode_job, immutable_parts,
+};
 use super::{
     CreateOutcome, EventQuery, JobStore, Lease, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
     Saved, StoreError, StoredEvent,
@@ -838,11 +841,15 @@ async fn apply_creates(
 
     let decisions = decide_creates(&news, &mut known, first_sequence);
 
-    let fresh: Vec<(&Job, &str, &NewJob)> = decisions
+    let fresh: Vec<Fresh> = decisions
         .iter()
         .zip(&news)
         .filter_map(|(d, new)| match d {
-            CreateDecision::New { job, json } => Some((job, json.as_str(), *new)),
+            CreateDecision::New {
+                job,
+                json,
+                event_json,
+            } => Some((job, json.as_str(), event_json.as_str(), *new)),
             _ => None,
         })
         .collect();
@@ -878,33 +885,43 @@ async fn rolled_back(
 /// A stored job found by its idempotency key: tenant, request id, id, fingerprint, JSON.
 type KeyRow = (String, String, String, String, String);
 
+/// A new job to insert: the job, its row's JSON, its first event's JSON, and the create.
+type Fresh<'a> = (&'a Job, &'a str, &'a str, &'a NewJob);
+
 /// Inserts new jobs with their submissions, labels and first events: one statement per table.
 async fn insert_jobs(
     tx: &mut Transaction<'static, Postgres>,
-    fresh: &[(&Job, &str, &NewJob)],
+    fresh: &[Fresh<'_>],
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = fresh.iter().map(|(j, _, _)| j.id.as_str()).collect();
-    let tenants: Vec<&str> = fresh.iter().map(|(j, _, _)| j.tenant.as_str()).collect();
+    let ids: Vec<&str> = fresh.iter().map(|(j, _, _, _)| j.id.as_str()).collect();
+    let tenants: Vec<&str> = fresh.iter().map(|(j, _, _, _)| j.tenant.as_str()).collect();
     let request_ids: Vec<Option<&str>> = fresh
         .iter()
-        .map(|(j, _, _)| j.request_id.as_deref())
+        .map(|(j, _, _, _)| j.request_id.as_deref())
         .collect();
     let fingerprints: Vec<&str> = fresh
         .iter()
-        .map(|(j, _, _)| j.fingerprint.as_str())
+        .map(|(j, _, _, _)| j.fingerprint.as_str())
         .collect();
-    let statuses: Vec<&str> = fresh.iter().map(|(j, _, _)| j.status().as_str()).collect();
-    let models: Vec<&str> = fresh.iter().map(|(j, _, _)| j.model.as_str()).collect();
-    let created: Vec<i64> = fresh.iter().map(|(j, _, _)| j.create_time_ms).collect();
-    let next_actions: Vec<Option<i64>> = fresh.iter().map(|(j, _, _)| j.next_action_ms()).collect();
-    let deleted: Vec<bool> = fresh.iter().map(|(j, _, _)| j.is_deleted()).collect();
-    let versions: Vec<i64> = fresh.iter().map(|(j, _, _)| j.version).collect();
-    let sequences: Vec<i64> = fresh.iter().map(|(j, _, _)| j.last_sequence).collect();
-    let jsons: Vec<&str> = fresh.iter().map(|(_, json, _)| *json).collect();
+    let statuses: Vec<&str> = fresh
+        .iter()
+        .map(|(j, _, _, _)| j.status().as_str())
+        .collect();
+    let models: Vec<&str> = fresh.iter().map(|(j, _, _, _)| j.model.as_str()).collect();
+    let created: Vec<i64> = fresh.iter().map(|(j, _, _, _)| j.create_time_ms).collect();
+    let next_actions: Vec<Option<i64>> = fresh
+        .iter()
+        .map(|(j, _, _, _)| j.next_action_ms())
+        .collect();
+    let deleted: Vec<bool> = fresh.iter().map(|(j, _, _, _)| j.is_deleted()).collect();
+    let versions: Vec<i64> = fresh.iter().map(|(j, _, _, _)| j.version).collect();
+    let sequences: Vec<i64> = fresh.iter().map(|(j, _, _, _)| j.last_sequence).collect();
+    let jsons: Vec<&str> = fresh.iter().map(|(_, json, _, _)| *json).collect();
+    let event_jsons: Vec<&str> = fresh.iter().map(|(_, _, json, _)| *json).collect();
     let submissions: Vec<&[u8]> = fresh
         .iter()
-        .map(|(_, _, new)| new.submission.as_ref())
+        .map(|(_, _, _, new)| new.submission.as_ref())
         .collect();
     sqlx::query(
         "INSERT INTO jobs (id, tenant, request_id, fingerprint, status, model, create_time_ms,
@@ -938,7 +955,7 @@ async fn insert_jobs(
     let mut label_ids = Vec::new();
     let mut label_keys = Vec::new();
     let mut label_values = Vec::new();
-    for (job, _, _) in fresh {
+    for (job, _, _, _) in fresh {
         for (key, value) in &job.labels {
             label_ids.push(job.id.as_str());
             label_keys.push(key.as_str());
@@ -965,7 +982,7 @@ async fn insert_jobs(
     .bind(&ids)
     .bind(&tenants)
     .bind(now_ms)
-    .bind(&jsons)
+    .bind(&event_jsons)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1003,9 +1020,14 @@ async fn apply_create(
     job.version = 1;
     job.last_sequence = sequence;
     let json = encode_job(OP, &job).map_err(CommandError::Refused)?;
-    insert_jobs(tx, &[(&job, json.as_str(), new)], now_ms)
-        .await
-        .map_err(db)?;
+    let event_json = encode_event_job(OP, &job).map_err(CommandError::Refused)?;
+    insert_jobs(
+        tx,
+        &[(&job, json.as_str(), event_json.as_str(), new)],
+        now_ms,
+    )
+    .await
+    .map_err(db)?;
     let event = StoredEvent::of(&job, now_ms);
     Ok((CreateOutcome::Created(job), Some(event)))
 }
@@ -1170,6 +1192,7 @@ async fn apply_update(
     }
     let event = match new_sequence {
         Some(sequence) => {
+            let event_json = encode_event_job(OP, &job).map_err(CommandError::Refused)?;
             sqlx::query(
                 "INSERT INTO events (sequence, job_id, tenant, time_ms, job)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -1178,7 +1201,7 @@ async fn apply_update(
             .bind(&job.id)
             .bind(&job.tenant)
             .bind(now_ms)
-            .bind(&json)
+            .bind(&event_json)
             .execute(&mut **tx)
             .await
             .map_err(db)?;
@@ -1344,16 +1367,37 @@ impl Tail {
             .fetch_all(&self.pool)
             .await?;
             let full = rows.len() == TAIL_PAGE as usize;
-            for (sequence, job_id, tenant, time_ms, json) in rows {
-                match decode_job("tail", &job_id, &json) {
-                    Ok(job) => self.publish(StoredEvent {
-                        sequence,
-                        job_id,
-                        tenant,
-                        time_ms,
-                        job,
-                    }),
-                    Err(e) => {
+            let events: Vec<Result<StoredEvent, (i64, StoreError)>> = rows
+                .into_iter()
+                .map(|(sequence, job_id, tenant, time_ms, json)| {
+                    decode_job("tail", &job_id, &json)
+                        .map(|job| StoredEvent {
+                            sequence,
+                            job_id,
+                            tenant,
+                            time_ms,
+                            job,
+                        })
+                        .map_err(|e| (sequence, e))
+                })
+                .collect();
+            let ids = detached_job_ids(events.iter().filter_map(|e| e.as_ref().ok()));
+            let parts = read_immutable_parts(&self.pool, "tail", ids)
+                .await?
+                .map_err(|e| e.to_string());
+            for event in events {
+                let event = event.and_then(|mut event| {
+                    let sequence = event.sequence;
+                    match &parts {
+                        Ok(parts) => attach_immutable_parts("tail", &mut event, parts)
+                            .map(|()| event)
+                            .map_err(|e| (sequence, e)),
+                        Err(why) => Err((sequence, StoreError::Corrupt(why.clone()))),
+                    }
+                });
+                match event {
+                    Ok(event) => self.publish(event),
+                    Err((sequence, e)) => {
                         // Skipping it live is all the tail can do; readers of the log see the
                         // same error.
                         tracing::error!(sequence, error = %e, "an event cannot be read");
@@ -1392,6 +1436,25 @@ async fn next_notification(listener: &mut Option<PgListener>) -> Wake {
         },
         None => std::future::pending().await,
     }
+}
+
+/// The requests and labels that event rows leave out, from the rows of the jobs `ids` (see
+/// [`detached_job_ids`]): one query, none when no event needs it. The inner `Err` is a job row
+/// that cannot be read.
+async fn read_immutable_parts(
+    pool: &PgPool,
+    op: &str,
+    ids: Vec<String>,
+) -> Result<Result<HashMap<String, ImmutableParts>, StoreError>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Ok(HashMap::new()));
+    }
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, job FROM jobs WHERE id = ANY($1::text[])")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(immutable_parts(op, rows))
 }
 
 /// Maps a database error: undecodable rows are `Corrupt`, everything else (connections,
@@ -1641,7 +1704,8 @@ impl JobStore for PostgresStore {
         let rows: Vec<(i64, String, String, i64, String)> = self
             .timed("events_after", sql.build_query_as().fetch_all(&self.pool))
             .await?;
-        rows.into_iter()
+        let mut events = rows
+            .into_iter()
             .map(|(sequence, job_id, tenant, time_ms, json)| {
                 let job = decode_job("events_after", &job_id, &json)?;
                 Ok(StoredEvent {
@@ -1652,7 +1716,17 @@ impl JobStore for PostgresStore {
                     job,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let parts = self
+            .timed(
+                "events_after",
+                read_immutable_parts(&self.pool, "events_after", detached_job_ids(&events)),
+            )
+            .await??;
+        for event in &mut events {
+            attach_immutable_parts("events_after", event, &parts)?;
+        }
+        Ok(events)
     }
 
     async fn pruned_through(&self) -> Result<i64, StoreError> {

@@ -57,7 +57,10 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::shared::{CreateDecision, KnownKey, decide_creates, decode_job, encode_job};
+use super::shared::{
+    CreateDecision, KnownKey, attach_immutable_parts, decide_creates, decode_job, detached_job_ids,
+    encode_event_job, encode_job, immutable_parts,
+};
 use super::{
     CreateOutcome, EventQuery, JobStore, Lease, LeaseEnd, ListQuery, OwnerRequest, RequestOutcome,
     Saved, StoreError, StoredEvent,
@@ -894,11 +897,15 @@ async fn apply_creates(
     // Decide every create in order; a create earlier in the run counts as stored.
     let decisions = decide_creates(&news, &mut known, first_sequence);
 
-    let fresh: Vec<(&Job, &str, &NewJob)> = decisions
+    let fresh: Vec<(&Job, &str, &str, &NewJob)> = decisions
         .iter()
         .zip(&news)
         .filter_map(|(d, new)| match d {
-            CreateDecision::New { job, json } => Some((job, json.as_str(), *new)),
+            CreateDecision::New {
+                job,
+                json,
+                event_json,
+            } => Some((job, json.as_str(), event_json.as_str(), *new)),
             _ => None,
         })
         .collect();
@@ -909,7 +916,7 @@ async fn apply_creates(
                 "; INSERT INTO jobs (id, tenant, request_id, fingerprint, status, model,
                    create_time_ms, next_action_ms, deleted, version, last_sequence, job) ",
             );
-            sql.push_values(rows, |mut row, (job, json, _)| {
+            sql.push_values(rows, |mut row, (job, json, _, _)| {
                 row.push_bind(job.id.as_str())
                     .push_bind(job.tenant.as_str())
                     .push_bind(job.request_id.as_deref())
@@ -924,13 +931,13 @@ async fn apply_creates(
                     .push_bind(*json);
             });
             sql.push("; INSERT INTO job_submissions (job_id, submission) ");
-            sql.push_values(rows, |mut row, (job, _, new)| {
+            sql.push_values(rows, |mut row, (job, _, _, new)| {
                 row.push_bind(job.id.as_str())
                     .push_bind(&new.submission[..]);
             });
             let labels: Vec<(&str, &str, &str)> = rows
                 .iter()
-                .flat_map(|(job, _, _)| {
+                .flat_map(|(job, _, _, _)| {
                     job.labels
                         .iter()
                         .map(|(k, v)| (job.id.as_str(), k.as_str(), v.as_str()))
@@ -943,12 +950,12 @@ async fn apply_creates(
                 });
             }
             sql.push("; INSERT INTO events (sequence, job_id, tenant, time_ms, job) ");
-            sql.push_values(rows, |mut row, (job, json, _)| {
+            sql.push_values(rows, |mut row, (job, _, event_json, _)| {
                 row.push_bind(job.last_sequence)
                     .push_bind(job.id.as_str())
                     .push_bind(job.tenant.as_str())
                     .push_bind(now_ms)
-                    .push_bind(*json);
+                    .push_bind(*event_json);
             });
         }
         sql.push("; RELEASE bulk");
@@ -1097,7 +1104,7 @@ async fn apply_create(
     insert_labels(conn, &job.id, &job.labels)
         .await
         .map_err(db)?;
-    let event = insert_event(conn, &job, &json, now_ms).await.map_err(db)?;
+    let event = insert_event(conn, OP, &job, now_ms).await?;
     Ok((CreateOutcome::Created(job), Some(event)))
 }
 
@@ -1259,7 +1266,7 @@ async fn apply_update(
     }
 
     let event = match new_sequence {
-        Some(_) => Some(insert_event(conn, &job, &json, now_ms).await.map_err(db)?),
+        Some(_) => Some(insert_event(conn, OP, &job, now_ms).await?),
         None => None,
     };
     Ok((job, event, requested))
@@ -1402,13 +1409,15 @@ async fn insert_labels(
     Ok(())
 }
 
-/// Appends the event of `job` under `job.last_sequence`, its `json` being that snapshot.
+/// Appends the event of `job` under `job.last_sequence`: a snapshot without its immutable parts
+/// ([`encode_event_job`]), which its row in `jobs` holds.
 async fn insert_event(
     conn: &mut SqliteConnection,
+    op: &'static str,
     job: &Job,
-    json: &str,
     now_ms: i64,
-) -> Result<StoredEvent, sqlx::Error> {
+) -> Result<StoredEvent, CommandError> {
+    let json = encode_event_job(op, job).map_err(CommandError::Refused)?;
     sqlx::query(
         "INSERT INTO events (sequence, job_id, tenant, time_ms, job) VALUES (?, ?, ?, ?, ?)",
     )
@@ -1416,9 +1425,10 @@ async fn insert_event(
     .bind(&job.id)
     .bind(&job.tenant)
     .bind(now_ms)
-    .bind(json)
+    .bind(&json)
     .execute(&mut *conn)
-    .await?;
+    .await
+    .map_err(|e| CommandError::Db(op, e))?;
     Ok(StoredEvent::of(job, now_ms))
 }
 
@@ -1715,7 +1725,8 @@ impl JobStore for SqliteStore {
             .fetch_all(&self.reads)
             .await
             .map_err(|e| db_error("events_after", e))?;
-        rows.into_iter()
+        let mut events = rows
+            .into_iter()
             .map(|(sequence, job_id, tenant, time_ms, json)| {
                 let job = decode_job("events_after", &job_id, &json)?;
                 Ok(StoredEvent {
@@ -1726,7 +1737,31 @@ impl JobStore for SqliteStore {
                     job,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // One more query per page: the requests and labels the event rows leave out.
+        let ids = detached_job_ids(&events);
+        if !ids.is_empty() {
+            let mut rows = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(KEYS_PER_LOOKUP) {
+                let mut sql = QueryBuilder::<Sqlite>::new("SELECT id, job FROM jobs WHERE id IN (");
+                let mut list = sql.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.as_str());
+                }
+                sql.push(")");
+                let found: Vec<(String, String)> = sql
+                    .build_query_as()
+                    .fetch_all(&self.reads)
+                    .await
+                    .map_err(|e| db_error("events_after", e))?;
+                rows.extend(found);
+            }
+            let parts = immutable_parts("events_after", rows)?;
+            for event in &mut events {
+                attach_immutable_parts("events_after", event, &parts)?;
+            }
+        }
+        Ok(events)
     }
 
     async fn pruned_through(&self) -> Result<i64, StoreError> {

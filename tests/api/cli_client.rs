@@ -528,7 +528,7 @@ async fn create_with_seedance_flags_fills_seedance_params() -> anyhow::Result<()
     let url = |kind: fn(MediaRef) -> Kind, role: &str, url: &str| ContentItem {
         kind: Some(kind(MediaRef {
             source: Some(Source::Url(url.to_owned())),
-            mime_type: String::new(),
+            ..MediaRef::default()
         })),
         role: role.to_owned(),
     };

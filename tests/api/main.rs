@@ -1,7 +1,8 @@
 //! The service from the outside, one test binary: the gRPC semantics users rely on
 //! (`service_grpc`), operability and the stop (`service_ops`), the client commands
 //! (`cli_client`), the README's request examples (`readme_examples`), TLS on the gRPC port
-//! (`tls`) and hostile input at the edge (`edge`).
+//! (`tls`), hostile input at the edge (`edge`) and requests stored once, answered small
+//! (`stored_once`).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -11,4 +12,5 @@ mod edge;
 mod readme_examples;
 mod service_grpc;
 mod service_ops;
+mod stored_once;
 mod tls;

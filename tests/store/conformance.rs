@@ -1016,3 +1016,95 @@ pub async fn count_by_status_counts_live_jobs_by_wire_name(f: &mut Fixture) {
     counted.sort();
     assert_eq!(counted, expected, "deleted jobs are not counted");
 }
+
+/// A job as large as the API accepts in its immutable parts: a 1 MiB request (a stand-in for
+/// a long prompt and inline input) and 64 labels of 256 characters.
+fn fat_new_job() -> vidgate::job::NewJob {
+    let mut new = new_job("acme", None, "fp", 1_000);
+    new.job = edit(&new.job, |r| {
+        r.request = bytes::Bytes::from(vec![0x5a; 1024 * 1024]);
+        r.labels = (0..64)
+            .map(|i| (format!("label-{i:02}"), "v".repeat(256)))
+            .collect();
+    });
+    new
+}
+
+pub async fn event_rows_do_not_copy_the_request_and_labels_and_reads_put_them_back(
+    f: &mut Fixture,
+) {
+    const UPDATES: usize = 10;
+    let store = f.store();
+    let mut live = store.subscribe();
+    let mut job = created(store.create(fat_new_job()).await);
+    for i in 0..UPDATES {
+        let next = edit(&job, |r| r.upstream_status = format!("step {i}"));
+        job = store.update(next, Record::Event).await.expect("update");
+    }
+
+    // Stored: the request once (in the job's row), a few hundred bytes per event.
+    let rows = f.event_rows().await;
+    assert_eq!(rows.len(), UPDATES + 1);
+    let logged: usize = rows.iter().map(|(_, json)| json.len()).sum();
+    assert!(
+        rows.iter().all(|(_, json)| json.len() < 4 * 1024),
+        "an event row holds no request: {:?}",
+        rows.iter().map(|(_, json)| json.len()).collect::<Vec<_>>()
+    );
+    assert!(logged < 64 * 1024, "{UPDATES} events take {logged} bytes");
+
+    // Read back: every event shows the job's request and labels, from the log by every filter
+    // and live.
+    let by_job = EventQuery {
+        job_id: Some(job.id.clone()),
+        limit: 100,
+        ..EventQuery::default()
+    };
+    let by_tenant = EventQuery {
+        tenant: Some("acme".into()),
+        limit: 100,
+        ..EventQuery::default()
+    };
+    for events in [
+        all_events(store.as_ref()).await,
+        store
+            .events_after(&by_job)
+            .await
+            .expect("events of the job"),
+        store
+            .events_after(&by_tenant)
+            .await
+            .expect("events of the tenant"),
+    ] {
+        assert_eq!(events.len(), UPDATES + 1);
+        for event in &events {
+            assert_eq!(event.job.request, job.request, "event {}", event.sequence);
+            assert_eq!(event.job.labels, job.labels, "event {}", event.sequence);
+        }
+        assert_eq!(events.last().map(|e| &e.job), Some(&job));
+    }
+    let received = f.live_events(&mut live, UPDATES + 1).await;
+    assert_eq!(received.len(), UPDATES + 1);
+    assert!(
+        received
+            .iter()
+            .all(|e| e.job.request == job.request && e.job.labels == job.labels)
+    );
+}
+
+pub async fn event_rows_written_with_the_whole_job_still_read_back_as_they_are(f: &mut Fixture) {
+    let store = f.store();
+    let current = created(store.create(new_job("acme", None, "fp", 1_000)).await);
+    // An earlier version's row: the whole job, request and labels included, of a job whose
+    // own row is not there (so nothing can have been put back from it).
+    let mut old = fat_new_job().job;
+    old = edit(&old, |r| r.last_sequence = current.last_sequence + 1);
+    let json = serde_json::to_string(&old).expect("job JSON");
+    f.insert_event_row(old.last_sequence, &old, 2_000, &json)
+        .await;
+
+    let events = all_events(store.as_ref()).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].job, current);
+    assert_eq!(events[1].job, old, "the old row reads back whole");
+}

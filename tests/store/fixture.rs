@@ -193,6 +193,81 @@ impl Fixture {
         }
     }
 
+    /// Every row of the event log as stored: sequence and the job's JSON, in sequence order.
+    pub async fn event_rows(&self) -> Vec<(i64, String)> {
+        const SQL: &str = "SELECT sequence, job FROM events ORDER BY sequence";
+        match &self.open {
+            Open::Sqlite { dir, .. } => {
+                use sqlx::{ConnectOptions, Connection};
+                let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.db())
+                    .connect()
+                    .await
+                    .expect("side connection");
+                let rows = sqlx::query_as(SQL)
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("event rows");
+                conn.close().await.expect("close side connection");
+                rows
+            }
+            Open::Postgres { schema, .. } => {
+                use sqlx::Connection;
+                let mut conn = schema.connect().await;
+                let rows = sqlx::query_as(SQL)
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("event rows");
+                let _ = conn.close().await;
+                rows
+            }
+        }
+    }
+
+    /// Appends an event row as given, outside the store (a row written by an earlier version).
+    pub async fn insert_event_row(&self, sequence: i64, job: &Job, time_ms: i64, json: &str) {
+        match &self.open {
+            Open::Sqlite { dir, .. } => {
+                use sqlx::{ConnectOptions, Connection};
+                let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.db())
+                    .connect()
+                    .await
+                    .expect("side connection");
+                sqlx::query(
+                    "INSERT INTO events (sequence, job_id, tenant, time_ms, job)
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(sequence)
+                .bind(&job.id)
+                .bind(&job.tenant)
+                .bind(time_ms)
+                .bind(json)
+                .execute(&mut conn)
+                .await
+                .expect("insert event row");
+                conn.close().await.expect("close side connection");
+            }
+            Open::Postgres { schema, .. } => {
+                use sqlx::Connection;
+                let mut conn = schema.connect().await;
+                sqlx::query(
+                    "INSERT INTO events (sequence, job_id, tenant, time_ms, job)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(sequence)
+                .bind(&job.id)
+                .bind(&job.tenant)
+                .bind(time_ms)
+                .bind(json)
+                .execute(&mut conn)
+                .await
+                .expect("insert event row");
+                let _ = conn.close().await;
+            }
+        }
+    }
+
     /// The live events of `receiver` once `count` of them were published, and asserts that no
     /// other follows.
     ///

@@ -74,4 +74,6 @@ conformance! {
     a_batch_of_one_is_enough_when_max_batch_is_one,
     cursors_are_saved_replaced_and_survive_reopening,
     count_by_status_counts_live_jobs_by_wire_name,
+    event_rows_do_not_copy_the_request_and_labels_and_reads_put_them_back,
+    event_rows_written_with_the_whole_job_still_read_back_as_they_are,
 }

@@ -963,3 +963,37 @@ async fn a_partitioned_instance_neither_hangs_its_callers_nor_blocks_the_other_i
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instances_events_arrive_with_the_request_their_rows_leave_out() {
+    let db = database().await;
+    let schema = db.schema("events_reattached_across_instances");
+    guarded(&schema, async {
+        let a = schema.open().await;
+        let b = schema.open().await;
+        let mut live_b = b.subscribe();
+        let mut new = new_job("acme", None, "fp", 1_000);
+        new.job = edit(&new.job, |r| {
+            r.request = bytes::Bytes::from(vec![0x5a; 256 * 1024]);
+            r.labels = BTreeMap::from([("team".to_owned(), "v".repeat(256))]);
+        });
+        let job = created(a.create(new).await);
+        let job = a
+            .update(edit(&job, processing), Record::Event)
+            .await
+            .expect("update");
+
+        // B learns of A's events only through the log (its tail), whose rows hold no request.
+        let received = receive_through(&mut live_b, job.last_sequence, "B").await;
+        let of_job: Vec<&StoredEvent> = received.iter().filter(|e| e.job_id == job.id).collect();
+        assert_eq!(of_job.len(), 2);
+        for event in of_job {
+            assert_eq!(event.job.request, job.request, "event {}", event.sequence);
+            assert_eq!(event.job.labels, job.labels, "event {}", event.sequence);
+        }
+        assert_eq!(received.last().map(|e| &e.job), Some(&job));
+        a.close().await;
+        b.close().await;
+    })
+    .await;
+}
