@@ -30,6 +30,7 @@
 //! | [`telemetry`] | tracing, metrics, readiness and the admin HTTP port |
 //! | [`tls`] | TLS on the gRPC port (`[server.tls]`, optional client certificates): handshakes off the accept path, certificates re-read while serving |
 //! | [`healthcheck`] | `vidgate healthcheck`: one readiness GET against the admin port, for container health checks |
+//! | `fuzzing` | the harnesses of the fuzz targets in `fuzz/`, shared with the corpus replay test (hidden) |
 //! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, retry, delete) over gRPC |
 //!
 //! Rules of the upstream contract are cited by their numbers from `CONTRACT.md` (V1-V5, S1-S10,
@@ -46,6 +47,8 @@ pub mod datadir;
 pub mod dispatcher;
 pub mod domain;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod healthcheck;
 pub mod intake;
 pub mod job;

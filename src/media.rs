@@ -98,16 +98,24 @@ pub fn probe_mp4_file(path: &Path) -> Result<Mp4Facts, ProbeError> {
     };
     let file = File::open(path).map_err(open_error)?;
     let file_len = file.metadata().map_err(open_error)?.len();
-    let mut reader = BufReader::new(file);
-    // Seeking past the end of a file succeeds, so the skip clamps to the file's length and
+    probe_mp4_seekable(&mut BufReader::new(file), file_len)
+}
+
+/// Probes an MP4 of `len` bytes that can be seeked (a file, or bytes in memory), skipping
+/// boxes other than `moov` by seeking: what [`probe_mp4_file`] does once the file is open.
+pub fn probe_mp4_seekable<R: Read + Seek>(
+    reader: &mut R,
+    len: u64,
+) -> Result<Mp4Facts, ProbeError> {
+    // Seeking past the end of a file succeeds, so the skip clamps to the input's length and
     // reports how far it really got, which is how a truncated box is noticed.
-    let skip = |reader: &mut BufReader<File>, count: u64| -> io::Result<u64> {
+    let skip = |reader: &mut R, count: u64| -> io::Result<u64> {
         let pos = reader.stream_position()?;
-        let skipped = count.min(file_len.saturating_sub(pos));
+        let skipped = count.min(len.saturating_sub(pos));
         reader.seek(SeekFrom::Start(pos + skipped))?;
         Ok(skipped)
     };
-    probe_boxes(&mut reader, skip)
+    probe_boxes(reader, skip)
 }
 
 /// A top-level box header.

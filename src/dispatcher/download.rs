@@ -29,6 +29,42 @@ fn image_kind(head: &[u8]) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// The first bytes of a last frame, gathered across the chunks of its body until they tell
+/// its kind, so a body that is not an image is refused after 8 bytes.
+#[derive(Debug, Default)]
+pub(crate) struct FrameHead {
+    head: Vec<u8>,
+    kind: Option<(&'static str, &'static str)>,
+}
+
+impl FrameHead {
+    /// Looks at the body's next chunk; `Err` says why the body is not a PNG or JPEG.
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<(), String> {
+        if self.kind.is_none() {
+            let head = &mut self.head;
+            head.extend_from_slice(&chunk[..chunk.len().min(8 - head.len())]);
+            if head.len() >= 8 {
+                self.kind = Some(image_kind(head).ok_or_else(|| {
+                    format!(
+                        "the last frame is not a PNG or JPEG image (it starts with {})",
+                        hex::encode(&*head)
+                    )
+                })?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The kind (extension, MIME type) once the whole body of `size` bytes was pushed.
+    pub(crate) fn finish(self, size: u64) -> Result<(&'static str, &'static str), String> {
+        match self.kind {
+            Some(k) => Ok(k),
+            None => image_kind(&self.head)
+                .ok_or_else(|| format!("the last frame is not a PNG or JPEG image ({size} bytes)")),
+        }
+    }
+}
+
 impl Dispatcher {
     pub(super) async fn download(&self, job: Job, owned: &Owned) -> Result<(), StepError> {
         let upstream_id = job
@@ -293,31 +329,15 @@ impl Dispatcher {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut size = 0u64;
-            let mut head = Vec::with_capacity(8);
-            let mut kind = None;
+            let mut head = FrameHead::default();
             let mut body = stream.body;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| e.to_string())?;
                 size += chunk.len() as u64;
-                if kind.is_none() {
-                    head.extend_from_slice(&chunk[..chunk.len().min(8 - head.len())]);
-                    if head.len() >= 8 {
-                        kind = Some(image_kind(&head).ok_or_else(|| {
-                            format!(
-                                "the last frame is not a PNG or JPEG image (it starts with {})",
-                                hex::encode(&head)
-                            )
-                        })?);
-                    }
-                }
+                head.push(&chunk)?;
                 file.write_all(&chunk).await.map_err(|e| e.to_string())?;
             }
-            let (ext, _mime) = match kind {
-                Some(k) => k,
-                None => image_kind(&head).ok_or_else(|| {
-                    format!("the last frame is not a PNG or JPEG image ({size} bytes)")
-                })?,
-            };
+            let (ext, _mime) = head.finish(size)?;
             file.sync_all().await.map_err(|e| e.to_string())?;
             Ok::<_, String>((ext, size))
         }

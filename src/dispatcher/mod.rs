@@ -37,6 +37,7 @@ pub use config::{
     DEFAULT_SUBMIT_LEASE_MS, DISK_WAIT_MS, DispatcherConfig, MAX_RENEW_INTERVAL_MS,
     UnknownCreatePolicy,
 };
+pub(crate) use download::FrameHead;
 pub use download::MAX_LAST_FRAME_BYTES;
 pub use schedule::{backoff_ms, jitter};
 

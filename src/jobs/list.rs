@@ -69,14 +69,7 @@ impl Jobs {
         let after = if req.page_token.is_empty() {
             None
         } else {
-            let raw = URL_SAFE_NO_PAD
-                .decode(req.page_token.as_bytes())
-                .map_err(|_| bad_token())?;
-            let token: PageToken = serde_json::from_slice(&raw).map_err(|_| bad_token())?;
-            if token.f != filters {
-                return Err(bad_token());
-            }
-            Some((token.t, token.i))
+            Some(decode_page_token(&req.page_token, &filters)?)
         };
         let mut jobs = self
             .store
@@ -96,14 +89,7 @@ impl Jobs {
             let last = jobs
                 .get(videos.len().wrapping_sub(1))
                 .ok_or_else(|| JobsError::Internal("empty page".into()))?;
-            let token = PageToken {
-                t: last.create_time_ms,
-                i: last.id.clone(),
-                f: filters,
-            };
-            let json =
-                serde_json::to_vec(&token).map_err(|e| JobsError::Internal(e.to_string()))?;
-            URL_SAFE_NO_PAD.encode(json)
+            encode_page_token(last.create_time_ms, &last.id, &filters)?
         } else {
             String::new()
         };
@@ -139,7 +125,36 @@ struct PageToken {
     f: String,
 }
 
-fn filter_hash(req: &pb::ListVideosRequest) -> String {
+/// The token of the page after the job created at `create_time_ms` with `id`, bound to
+/// `filters` (a [`filter_hash`]).
+pub(crate) fn encode_page_token(
+    create_time_ms: i64,
+    id: &str,
+    filters: &str,
+) -> Result<String, JobsError> {
+    let token = PageToken {
+        t: create_time_ms,
+        i: id.to_owned(),
+        f: filters.to_owned(),
+    };
+    let json = serde_json::to_vec(&token).map_err(|e| JobsError::Internal(e.to_string()))?;
+    Ok(URL_SAFE_NO_PAD.encode(json))
+}
+
+/// Where a caller's page token says the page starts, `(create_time_ms, id)`; refused unless
+/// it is a token this server issued for the same `filters`.
+pub(crate) fn decode_page_token(token: &str, filters: &str) -> Result<(i64, String), JobsError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(token.as_bytes())
+        .map_err(|_| bad_token())?;
+    let token: PageToken = serde_json::from_slice(&raw).map_err(|_| bad_token())?;
+    if token.f != filters {
+        return Err(bad_token());
+    }
+    Ok((token.t, token.i))
+}
+
+pub(crate) fn filter_hash(req: &pb::ListVideosRequest) -> String {
     let mut h = Sha256::new();
     for s in &req.statuses {
         h.update(s.to_le_bytes());

@@ -32,6 +32,7 @@ pub use envelope::{
 };
 pub use error::JobsError;
 pub use list::{DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, Page, parse_statuses};
+pub(crate) use list::{decode_page_token, encode_page_token, filter_hash};
 
 /// Longest wait of `CancelVideo`/`DeleteVideo` for a job's owner to apply the request. The
 /// owner learns of it within [`crate::dispatcher::MAX_RENEW_INTERVAL_MS`]; past this the
@@ -51,6 +52,38 @@ pub struct Jobs {
     dispatcher: Arc<Dispatcher>,
     metrics: Metrics,
     job_max_age_ms: u64,
+}
+
+/// The checks of a create, all at once: the envelope (request_id, labels) and the spec against
+/// `catalog`, every violation collected.
+pub(crate) fn validate_create(
+    request: &pb::CreateVideoRequest,
+    catalog: &ModelCatalog,
+) -> Result<VideoSpec, ValidationError> {
+    let mut extra = envelope::envelope_violations(request);
+    let spec = convert::to_domain(request).and_then(|r| VideoSpec::parse(r, catalog));
+    match spec {
+        Ok(spec) if extra.is_empty() => Ok(spec),
+        Ok(_) => Err(ValidationError::Invalid {
+            model: request.model.clone(),
+            violations: extra,
+        }),
+        Err(ValidationError::Invalid { model, violations }) => {
+            extra.extend(violations);
+            Err(ValidationError::Invalid {
+                model,
+                violations: extra,
+            })
+        }
+        Err(unknown) if extra.is_empty() => Err(unknown),
+        Err(unknown) => {
+            extra.extend(unknown.field_violations());
+            Err(ValidationError::Invalid {
+                model: request.model.clone(),
+                violations: extra,
+            })
+        }
+    }
 }
 
 impl Jobs {
@@ -101,35 +134,7 @@ impl Jobs {
         request: pb::CreateVideoRequest,
         origin: IntakeOrigin,
     ) -> Result<(Job, bool), JobsError> {
-        let mut extra = envelope::envelope_violations(&request);
-        let spec = convert::to_domain(&request).and_then(|r| VideoSpec::parse(r, &self.catalog));
-        let spec = match spec {
-            Ok(spec) if extra.is_empty() => spec,
-            Ok(_) => {
-                return Err(ValidationError::Invalid {
-                    model: request.model.clone(),
-                    violations: extra,
-                }
-                .into());
-            }
-            Err(ValidationError::Invalid { model, violations }) => {
-                extra.extend(violations);
-                return Err(ValidationError::Invalid {
-                    model,
-                    violations: extra,
-                }
-                .into());
-            }
-            Err(unknown) if extra.is_empty() => return Err(unknown.into()),
-            Err(unknown) => {
-                extra.extend(unknown.field_violations());
-                return Err(ValidationError::Invalid {
-                    model: request.model.clone(),
-                    violations: extra,
-                }
-                .into());
-            }
-        };
+        let spec = validate_create(&request, &self.catalog)?;
         // What the dispatcher sends: the spec just validated, not the wire request.
         let submission = submission::encode(&spec, &self.catalog)
             .map_err(|e| JobsError::internal("submission not encoded", &e))?;

@@ -332,31 +332,12 @@ impl UpstreamClient {
         let _slot = slot;
         let response = self.send(endpoint, request).await?;
         let json = self.read_json(endpoint, response).await?;
-        let id = json
-            .get("id")
-            .and_then(|v| v.as_str())
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| UpstreamError::Protocol {
-                endpoint,
-                detail: "the create answer has no \"id\"; a task may have been created upstream"
-                    .into(),
-            })?
-            .to_owned();
-        let status = json
-            .get("status")
-            .and_then(|v| v.as_str())
-            .map(normalise)
-            .unwrap_or(NormalisedStatus {
-                raw: String::new(),
-                state: UpstreamState::Queued,
-                recognised: true,
-            });
-        let model = json
-            .get("model")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        tracing::debug!(upstream_id = %id, status = %status.raw, "upstream accepted create");
-        Ok(CreatedTask { id, status, model })
+        let created = parse_created(&json).ok_or_else(|| UpstreamError::Protocol {
+            endpoint,
+            detail: "the create answer has no \"id\"; a task may have been created upstream".into(),
+        })?;
+        tracing::debug!(upstream_id = %created.id, status = %created.status.raw, "upstream accepted create");
+        Ok(created)
     }
 
     /// `GET /videos/{id}`.
@@ -911,6 +892,30 @@ fn text(json: &serde_json::Value, name: &str) -> Option<String> {
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
+}
+
+/// Reads a create answer; `None` only when there is no non-empty `id` string. A missing
+/// `status` counts as queued.
+pub fn parse_created(json: &serde_json::Value) -> Option<CreatedTask> {
+    let id = json
+        .get("id")
+        .and_then(|v| v.as_str())
+        .filter(|id| !id.is_empty())?
+        .to_owned();
+    let status = json
+        .get("status")
+        .and_then(|v| v.as_str())
+        .map(normalise)
+        .unwrap_or(NormalisedStatus {
+            raw: String::new(),
+            state: UpstreamState::Queued,
+            recognised: true,
+        });
+    let model = json
+        .get("model")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    Some(CreatedTask { id, status, model })
 }
 
 /// Reads a status object tolerantly; `None` only when there is no `status` string.
