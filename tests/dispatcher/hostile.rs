@@ -52,6 +52,14 @@ fn partial_files(t: &TestApp) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
+async fn get(t: &mut TestApp, token: &str, id: &str) -> pb::Video {
+    t.client
+        .get_video(req(token, pb::GetVideoRequest { id: id.into() }))
+        .await
+        .expect("get")
+        .into_inner()
+}
+
 /// Upstream says completed and vidgate has not stored it yet: the download stage.
 fn is_downloading(v: &pb::Video) -> bool {
     v.status() == pb::VideoStatus::Processing && v.upstream_status == "completed"
@@ -354,12 +362,7 @@ async fn trickling_downloads_never_hold_up_another_tenants_create() {
     let started = Instant::now();
     let other = create(&mut t, GLOBEX, veo(&unique("another tenant"))).await;
     loop {
-        let v = t
-            .client
-            .get_video(req(GLOBEX, pb::GetVideoRequest { id: other.clone() }))
-            .await
-            .expect("get")
-            .into_inner();
+        let v = get(&mut t, GLOBEX, &other).await;
         // Submitted and polled to completion upstream: its download then waits for a download
         // slot, which is the downloads' own business.
         if !v.upstream_id.is_empty() && v.upstream_status == "completed" {
@@ -406,12 +409,7 @@ async fn a_download_below_the_minimum_rate_is_broken_off_and_resumed_with_range(
             "the download was not cut and resumed"
         );
     }
-    let v = t
-        .client
-        .get_video(req(ACME, pb::GetVideoRequest { id: id.clone() }))
-        .await
-        .expect("get")
-        .into_inner();
+    let v = get(&mut t, ACME, &id).await;
     assert!(is_downloading(&v), "{v:?}");
     // What arrived is kept for the resume.
     let kept: u64 = partial_files(&t).iter().map(|(_, n)| n).sum();
@@ -430,12 +428,7 @@ async fn below_the_disk_floor_downloads_wait_and_readiness_says_why() {
     let deadline = Instant::now() + DRIVE_DEADLINE;
     loop {
         t.app().dispatcher().step().await.expect("step");
-        let v = t
-            .client
-            .get_video(req(ACME, pb::GetVideoRequest { id: id.clone() }))
-            .await
-            .expect("get")
-            .into_inner();
+        let v = get(&mut t, ACME, &id).await;
         if is_downloading(&v) {
             break;
         }
@@ -450,12 +443,7 @@ async fn below_the_disk_floor_downloads_wait_and_readiness_says_why() {
         t.app().dispatcher().step().await.expect("step");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let v = t
-        .client
-        .get_video(req(ACME, pb::GetVideoRequest { id: id.clone() }))
-        .await
-        .expect("get")
-        .into_inner();
+    let v = get(&mut t, ACME, &id).await;
     assert!(is_downloading(&v), "{v:?}");
     assert!(
         !h.seen().iter().any(|s| s.path.ends_with("/content")),
@@ -534,12 +522,7 @@ async fn a_step_that_fails_here_backs_off_and_resumes_once_the_cause_is_gone() {
     // ~300 steps ran in that time: a hot loop would retry at every one; the backoff (200-400
     // ms, doubling) allows a handful.
     assert!((1..=8).contains(&tries), "{tries} local retries in 1.5 s");
-    let v = t
-        .client
-        .get_video(req(ACME, pb::GetVideoRequest { id: id.clone() }))
-        .await
-        .expect("get")
-        .into_inner();
+    let v = get(&mut t, ACME, &id).await;
     assert!(is_downloading(&v), "{v:?}");
     // The cause is gone: the job goes on after its backoff, not after its lease (120 s).
     std::fs::remove_dir(&blocker).expect("remove the blocker");
