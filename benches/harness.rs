@@ -1,7 +1,8 @@
 //! vidgate's benchmark harness: `cargo bench --bench harness [-- SCENARIO...]`, one table for
 //! every scenario of issue #5. Scenario names: `create` (1), `amqp` (2), `inflight` (3),
-//! `download` (4), `watch` (5), `fanout` (6), `e2e` (7); none = all. With more than one, each
-//! scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
+//! `download` (4), `watch` (5), `fanout` (6), `e2e` (7), `pgcreate` (8), `pgevents` (9),
+//! `subscribers` (10, issue #14: peak RSS of never-read against reading subscribers); none =
+//! all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
 //!
 //! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
 //! the in-process upstream simulator, or one in a child process where the gateway's CPU and
@@ -50,8 +51,16 @@ mod fanout;
 mod inflight;
 #[path = "harness/postgres.rs"]
 mod postgres;
+#[path = "harness/subscribers.rs"]
+mod subscribers;
 #[path = "harness/watch.rs"]
 mod watch;
+
+/// The allocator of the `vidgate` binary (src/main.rs), so that in-process scenarios measure
+/// what production runs; `--no-default-features` measures the system allocator instead.
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Interleaved rounds per side; the median is reported, so one noisy round does not decide.
 const ROUNDS: usize = 5;
@@ -85,7 +94,7 @@ const TOKEN: &str = "tok-bench-0123456789";
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run, with the issue's numbers.
-const SCENARIOS: [(&str, u8); 9] = [
+const SCENARIOS: [(&str, u8); 10] = [
     ("create", 1),
     ("amqp", 2),
     ("inflight", 3),
@@ -95,6 +104,7 @@ const SCENARIOS: [(&str, u8); 9] = [
     ("e2e", 7),
     ("pgcreate", 8),
     ("pgevents", 9),
+    ("subscribers", 10),
 ];
 
 #[tokio::main]
@@ -134,9 +144,14 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "vidgate benchmark harness: {} CPUs, load average {} at the start",
+        "vidgate benchmark harness: {} CPUs, load average {} at the start; allocator: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average()
+        load_average(),
+        if cfg!(all(target_os = "linux", feature = "jemalloc")) {
+            "jemalloc"
+        } else {
+            "system"
+        }
     );
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -192,6 +207,7 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         "fanout" => fanout::scenario().await,
         "pgcreate" => postgres::scenario().await,
         "pgevents" => postgres::events_scenario().await,
+        "subscribers" => subscribers_scenario().await,
         _ => e2e::scenario().await,
     };
     let rows = match result {
@@ -208,6 +224,91 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         cpu_seconds() - cpu
     );
     (rows, note)
+}
+
+/// Subscribers of one tenant while fat jobs complete: 2,000 that never read against 2,000 that
+/// read, each run a fresh `vidgate serve` child (issue #14). Rows: the child's peak RSS
+/// (`VmHWM`) per side, target <= 2x; and what stays resident once every stream closed.
+async fn subscribers_scenario() -> anyhow::Result<Vec<Row>> {
+    const STREAMS: usize = 2_000;
+    const JOBS: usize = 40;
+    let runs: usize = std::env::var("VIDGATE_BENCH_SUBSCRIBER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
+    const TARGET: f64 = 2.0;
+    println!(
+        "subscribers: {STREAMS} Subscribe streams that never read vs {STREAMS} that read, {JOBS} jobs with a 16,000-character prompt and 64 labels of 256 characters, {runs} runs per side interleaved, vidgate in a child process"
+    );
+    let binary = Path::new(env!("CARGO_BIN_EXE_vidgate"));
+    let settings = |read: bool, run: usize| subscribers::Settings {
+        streams: STREAMS,
+        jobs: JOBS,
+        read,
+        settle: Duration::from_secs(12),
+        env: Vec::new(),
+        work_dir: std::env::temp_dir().join(format!(
+            "vidgate-bench-subscribers-{}-{run}-{}",
+            std::process::id(),
+            if read { "reading" } else { "never-read" }
+        )),
+    };
+    let (mut never, mut reading) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        for read in if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let figures = subscribers::run(binary, &settings(read, run)).await?;
+            println!(
+                "  run {run} {}: idle {} MiB, streams open {} MiB, peak {} MiB, after close {} MiB; {} events read, {} lagged, {} failed; jobs done in {:.1} s",
+                if read { "reading" } else { "never-read" },
+                figures.idle_kib / 1024,
+                figures.open_kib / 1024,
+                figures.peak_kib / 1024,
+                figures.settled_kib / 1024,
+                figures.events_read,
+                figures.lagged,
+                figures.failed,
+                figures.jobs_took.as_secs_f64()
+            );
+            if let Some(failure) = &figures.first_failure {
+                println!("  first failure: {failure}");
+            }
+            if read { &mut reading } else { &mut never }.push(figures);
+        }
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let peak = |runs: &[subscribers::Figures]| median(runs.iter().map(|f| mib(f.peak_kib)));
+    let (never_peak, reading_peak) = (peak(&never), peak(&reading));
+    let ratio = never_peak / reading_peak;
+    let kept = |runs: &[subscribers::Figures]| {
+        median(
+            runs.iter()
+                .map(|f| mib(f.settled_kib.saturating_sub(f.open_kib))),
+        )
+    };
+    Ok(vec![
+        Row::custom(
+            &format!("subscribers: peak RSS, {STREAMS} never-read (vidgate) vs reading (baseline)"),
+            format!("{never_peak:.0} MiB"),
+            format!("{reading_peak:.0} MiB"),
+            format!("{ratio:.2}x"),
+            format!("<= {TARGET:.0}x"),
+            ratio <= TARGET,
+        ),
+        Row::custom(
+            "subscribers: RSS kept after every stream closed, never-read (vidgate) vs reading",
+            format!("{:.0} MiB", kept(&never)),
+            format!("{:.0} MiB", kept(&reading)),
+            "-".into(),
+            "-".into(),
+            true,
+        )
+        .no_verdict(),
+    ])
 }
 
 fn failed_row(name: &str, number: u8) -> Row {

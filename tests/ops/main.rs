@@ -6,5 +6,6 @@
 mod support;
 
 mod deploy_files;
+mod memory;
 mod ops_admin;
 mod ops_otlp;
