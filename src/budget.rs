@@ -86,12 +86,19 @@ pub fn channel<T>(budget: usize) -> (Sender<T>, Receiver<T>) {
 impl<T> Sender<T> {
     /// Queues `item` (counted as `bytes`) if it fits the budget, or if the queue is empty.
     pub fn try_send(&self, item: T, bytes: usize) -> Result<(), SendError<T>> {
+        self.try_send_within(item, bytes, self.shared.budget)
+    }
+
+    /// Queues `item` if the queue stays within `limit` bytes (at most the budget), or if the
+    /// queue is empty.
+    fn try_send_within(&self, item: T, bytes: usize, limit: usize) -> Result<(), SendError<T>> {
+        let limit = limit.min(self.shared.budget);
         let waker = {
             let mut state = self.shared.lock();
             if state.receiver_gone {
                 return Err(SendError::Closed(item));
             }
-            if !state.queue.is_empty() && state.bytes.saturating_add(bytes) > self.shared.budget {
+            if !state.queue.is_empty() && state.bytes.saturating_add(bytes) > limit {
                 return Err(SendError::Full(item));
             }
             state.bytes += bytes;
@@ -106,13 +113,20 @@ impl<T> Sender<T> {
 
     /// Queues `item`, waiting until it fits. `Err` gives it back when the receiver is gone.
     pub async fn send(&self, item: T, bytes: usize) -> Result<(), T> {
+        self.send_within(item, bytes, self.shared.budget).await
+    }
+
+    /// Queues `item`, waiting until the queue holds at most `limit` bytes with it (or is
+    /// empty). A source that can wait (stored content) keeps to a part of the budget, so the
+    /// rest stays free for live events, which cannot wait.
+    pub async fn send_within(&self, item: T, bytes: usize, limit: usize) -> Result<(), T> {
         let mut item = item;
         loop {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             // Registered before the check, so a take between the check and the wait is seen.
             room.as_mut().enable();
-            match self.try_send(item, bytes) {
+            match self.try_send_within(item, bytes, limit) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Closed(back)) => return Err(back),
                 Err(SendError::Full(back)) => item = back,
@@ -229,6 +243,31 @@ mod tests {
         assert_eq!(rx.next().await, Some("big"));
         drop(tx);
         assert_eq!(rx.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_source_sending_within_a_window_leaves_the_rest_of_the_budget_to_live_items() {
+        let (tx, mut rx) = channel::<&str>(100);
+        tx.send_within("chunk 1", 20, 40).await.unwrap();
+        tx.send_within("chunk 2", 20, 40).await.unwrap();
+        // The window is full: the next chunk waits...
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), tx.send_within("chunk 3", 20, 40))
+                .await;
+        assert!(waiting.is_err(), "the window is full: send_within waits");
+        // ...while a live item still finds the rest of the budget.
+        assert_eq!(tx.try_send("event", 60), Ok(()));
+        assert_eq!(rx.next().await, Some("chunk 1"));
+        assert_eq!(rx.next().await, Some("chunk 2"));
+        // With the window free again (the event still queued, 60 bytes), a chunk would take
+        // the queue past 40: it waits for the event to be read too.
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), tx.send_within("chunk 3", 20, 40))
+                .await;
+        assert!(waiting.is_err());
+        assert_eq!(rx.next().await, Some("event"));
+        tx.send_within("chunk 3", 20, 40).await.unwrap();
+        assert_eq!(rx.next().await, Some("chunk 3"));
     }
 
     #[tokio::test]

@@ -99,6 +99,9 @@ pub struct FeedRequest {
 /// transport maps the error to its own terms (gRPC: a `Status`).
 pub type FeedItem = Result<pb::VideoEvent, FeedError>;
 
+/// Content chunks a watch stream queues ahead of its client.
+pub const CONTENT_WINDOW_CHUNKS: usize = 2;
+
 /// Why a stream ended early. Each carries what a client needs to resume or to understand.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -163,6 +166,13 @@ enum Stop {
 }
 
 impl Feed {
+    /// What stored content may hold of a stream's queue: [`CONTENT_WINDOW_CHUNKS`] chunks. The
+    /// rest of the byte budget stays free for live events, so a reader of a video is never
+    /// ended as lagging because the video's own chunks filled its queue.
+    fn content_window(&self) -> usize {
+        CONTENT_WINDOW_CHUNKS * self.chunk_bytes
+    }
+
     /// A feed over a store's log and its blobs.
     pub fn new(store: Arc<dyn JobStore>, blobs: BlobStore, chunk_bytes: usize) -> Self {
         Self {
@@ -464,7 +474,11 @@ impl Feed {
                 })),
             };
             let bytes = event.encoded_len();
-            if tx.send(Ok(event), bytes).await.is_err() {
+            if tx
+                .send_within(Ok(event), bytes, self.content_window())
+                .await
+                .is_err()
+            {
                 return Some(Stop::Done);
             }
             self.metrics

@@ -50,6 +50,8 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
         .tempdir()?;
     let mut config = bench_config(data.path());
     config.dispatcher.enabled = false;
+    // One tenant holds every subscriber: past the default cap of 256 streams per tenant.
+    config.server.max_streams_per_tenant = SUBSCRIBERS + 16;
     let app = Application::build(config).await?;
     let ours = channels(app.grpc_addr(), CONNECTIONS).await?;
     let bare = NoopServer::start(Bytes::new()).await?;

@@ -426,8 +426,10 @@ impl VideoService for VideoApi {
 
 impl VideoApi {
     fn spawn_feed(&self, request: FeedRequest, slot: super::streams::StreamGuard) -> EventStream {
+        // With content: the events' budget, plus the window stored content may fill (it never
+        // takes more, see `Feed::content_window`).
         let budget = if request.include_content {
-            self.stream_budget + CONTENT_STREAM_BUFFER * self.chunk_bytes
+            self.stream_budget + crate::events::CONTENT_WINDOW_CHUNKS * self.chunk_bytes
         } else {
             self.stream_budget
         };
