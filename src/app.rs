@@ -201,7 +201,8 @@ impl Application {
         })?;
         let store = open_store(&config).await?;
         let telemetry = Telemetry::start()?;
-        let blobs = BlobStore::local(config.storage.data_dir.join("blobs"))?;
+        let blobs = BlobStore::open(&config.blob, &config.storage.data_dir)?;
+        tracing::info!(blobs = %blobs.describe(), "stored videos");
         let upstream = start_upstream(&config, &telemetry.metrics).await?;
         let store_dyn: Arc<dyn JobStore> = store.as_dyn();
         let dispatcher = Arc::new(
@@ -224,6 +225,8 @@ impl Application {
         )
         .with_job_max_age_ms(config.dispatcher.max_age_ms)
         .with_metrics(telemetry.metrics.clone());
+        let readiness_blobs = blobs.clone();
+        let sweep_blobs = blobs.clone();
         let api = VideoApi::new(
             jobs.clone(),
             store_dyn.clone(),
@@ -245,7 +248,8 @@ impl Application {
             .clone()
             .map(|handle| Arc::new(handle) as Arc<dyn AmqpCounters>);
         let gauges = StateGauges::register(&telemetry.meter, store_dyn.clone(), counters);
-        let readiness = start_readiness(&config, &store_dyn, &dispatcher, amqp.as_ref());
+        let readiness = start_readiness(&config, &store_dyn, &dispatcher, amqp.as_ref())
+            .with_objects(readiness_blobs);
         if let Some(handle) = &amqp {
             tasks
                 .serve
@@ -276,9 +280,19 @@ impl Application {
             telemetry.otlp_metrics.then_some(gauges),
             stop.clone(),
         ));
-        tasks
-            .work
-            .push(prune_old_events(&config, store_dyn, draining.clone()));
+        tasks.work.push(prune_old_events(
+            &config,
+            store_dyn.clone(),
+            draining.clone(),
+        ));
+        if config.blob.sweep_interval_ms > 0 {
+            tasks.work.push(sweep_orphans(
+                &config,
+                sweep_blobs,
+                store_dyn,
+                draining.clone(),
+            ));
+        }
 
         let simulator = upstream.simulator;
         tracing::info!(%grpc_addr, grpc_tls = grpc_tls.is_some(), admin_addr = ?admin_addr, data_dir = %config.storage.data_dir.display(), simulator = simulator.is_some(), "vidgate serving");
@@ -822,6 +836,41 @@ fn keep_readiness_fresh(
 
 /// Prunes events past `storage.event_retention_hours` every [`PRUNE_INTERVAL`], keeping those
 /// the AMQP relay has not published yet.
+/// The orphan sweeper (`src/sweeper.rs`) every `[blob] sweep_interval_ms`, the first sweep
+/// after one interval (with up to 10% jitter, so instances started together spread out).
+fn sweep_orphans(
+    config: &Config,
+    blobs: BlobStore,
+    store: Arc<dyn JobStore>,
+    draining: CancellationToken,
+) -> JoinHandle<()> {
+    let interval = Duration::from_millis(config.blob.sweep_interval_ms);
+    let grace = Duration::from_millis(config.blob.orphan_grace_ms);
+    tokio::spawn(async move {
+        loop {
+            let jitter = interval.mul_f64(rand::random_range(0.0..0.1));
+            tokio::select! {
+                _ = draining.cancelled() => break,
+                _ = tokio::time::sleep(interval + jitter) => {}
+            }
+            match crate::sweeper::sweep(&blobs, store.as_ref(), grace).await {
+                Ok(r) if r.removed_objects + r.removed_staged > 0 => {
+                    tracing::info!(
+                        examined = r.examined,
+                        removed_objects = r.removed_objects,
+                        removed_staged = r.removed_staged,
+                        "orphan sweep"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "orphan sweep failed; the next one tries again")
+                }
+            }
+        }
+    })
+}
+
 fn prune_old_events(
     config: &Config,
     store: Arc<dyn JobStore>,

@@ -1,21 +1,205 @@
 //! Finished videos and last frames: put once, read any range as a stream, many times.
 //!
-//! Backed by `object_store` (a local directory by default; S3/GCS/Azure are the same trait).
-//! Downloads are written to a partial file under the store's root first and renamed into
-//! place once verified, so a reader never sees half a video.
+//! Backed by `object_store`: a local directory (the default, `<data_dir>/blobs`) or an
+//! S3-compatible bucket (`[blob] url = "s3://bucket/prefix"`), which every instance reads.
+//! Downloads are written to a partial file under the local staging directory first (so a
+//! broken download resumes with `Range`, and the MP4 is probed before anyone sees it), then put
+//! in place once verified: renamed on a local directory, or sent as a multipart upload with a
+//! few parts in flight, which S3 makes visible only once complete. A reader never sees half a
+//! video.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt};
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
 
-/// Where partial downloads live, inside the store's root.
+/// Where partial downloads live, inside the staging directory.
 const PARTIAL_DIR: &str = "partial";
+/// Default size of one part of a multipart upload (S3's minimum is 5 MiB but for the last).
+pub const DEFAULT_PART_BYTES: usize = 8 * 1024 * 1024;
+/// Default parts of one upload in flight at once: an upload holds at most
+/// `(upload_concurrency + 1) x part_bytes` in memory.
+pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
+/// The key readiness asks for (absent is fine: the store answered).
+const HEALTH_KEY: &str = ".vidgate-health";
+/// How long a request to the object store may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request to the object store may take (a read that takes longer is resumed
+/// from where it stopped by `object_store`'s retry).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Retries of one request to the object store, and how long they may take together: a read
+/// for a waiting client fails with `UNAVAILABLE` after this, instead of hanging.
+const MAX_RETRIES: usize = 3;
+const RETRY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Section `[blob]`: where finished videos and last frames are kept. Credentials are never
+/// read from here: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`) from
+/// the environment, or the instance's role.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobConfig {
+    /// Unset: `<storage.data_dir>/blobs`. A directory path (or `file:///path`): that
+    /// directory. `s3://bucket/prefix`: an S3 or S3-compatible bucket, under `prefix`.
+    pub url: Option<String>,
+    /// An S3-compatible server's endpoint, e.g. `http://minio:9000` (plain `http` is allowed
+    /// only here, for a local server); unset: AWS (or `AWS_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// The bucket's region; unset: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// `bucket.host/key` addressing (AWS's own) when true; `host/bucket/key` (path style,
+    /// what MinIO and most S3-compatible servers expect) when false, the default.
+    pub virtual_hosted_style: bool,
+    /// Size of one part of a multipart upload; see [`DEFAULT_PART_BYTES`].
+    pub part_bytes: usize,
+    /// Parts of one upload in flight at once; see [`DEFAULT_UPLOAD_CONCURRENCY`].
+    pub upload_concurrency: usize,
+    /// How often the orphan sweeper runs on each instance (0 = never); see
+    /// [`crate::sweeper::DEFAULT_SWEEP_INTERVAL_MS`].
+    pub sweep_interval_ms: u64,
+    /// Objects and staged files younger than this are never swept; see
+    /// [`crate::sweeper::DEFAULT_ORPHAN_GRACE_MS`].
+    pub orphan_grace_ms: u64,
+    /// Credentials given by code (an embedding program, the tests), never by the config
+    /// file; unset: the `AWS_*` environment or the instance's role.
+    #[serde(skip)]
+    pub credentials: Option<StaticCredentials>,
+}
+
+/// An access key and its secret, given by code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key (never printed).
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            virtual_hosted_style: false,
+            part_bytes: DEFAULT_PART_BYTES,
+            upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
+            sweep_interval_ms: crate::sweeper::DEFAULT_SWEEP_INTERVAL_MS,
+            orphan_grace_ms: crate::sweeper::DEFAULT_ORPHAN_GRACE_MS,
+            credentials: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BlobConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A URL could carry credentials (`s3://key:secret@bucket`): only its scheme and bucket.
+        f.debug_struct("BlobConfig")
+            .field("url", &self.url.as_deref().map(redacted_url))
+            .field("endpoint", &self.endpoint.as_deref().map(redacted_url))
+            .field("region", &self.region)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("part_bytes", &self.part_bytes)
+            .field("upload_concurrency", &self.upload_concurrency)
+            .field("sweep_interval_ms", &self.sweep_interval_ms)
+            .field("orphan_grace_ms", &self.orphan_grace_ms)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+/// A URL without its user information, for messages.
+fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Where `[blob] url` puts the blobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLocation {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3 bucket and a key prefix (no leading or trailing `/`; may be empty).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Keys are put under it.
+        prefix: String,
+    },
+}
+
+impl BlobConfig {
+    /// Where the blobs go, or why `url` (or another field) cannot work, naming the field.
+    pub fn location(&self, data_dir: &Path) -> Result<BlobLocation, String> {
+        if self.part_bytes < 5 * 1024 * 1024 || self.part_bytes > 512 * 1024 * 1024 {
+            return Err(format!(
+                "blob.part_bytes must be 5 MiB to 512 MiB (S3's smallest part is 5 MiB), got {}",
+                self.part_bytes
+            ));
+        }
+        if self.upload_concurrency == 0 || self.upload_concurrency > 64 {
+            return Err(format!(
+                "blob.upload_concurrency must be 1 to 64, got {}",
+                self.upload_concurrency
+            ));
+        }
+        let url = match self.url.as_deref().map(str::trim) {
+            None | Some("") => return Ok(BlobLocation::Local(data_dir.join("blobs"))),
+            Some(url) => url,
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            return Ok(BlobLocation::Local(PathBuf::from(path)));
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Ok(BlobLocation::Local(PathBuf::from(url)));
+        };
+        match scheme {
+            "s3" | "s3a" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.contains('@') {
+                    return Err(
+                        "blob.url must not carry credentials: give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or use the instance's role)".into(),
+                    );
+                }
+                if bucket.is_empty() {
+                    return Err(format!(
+                        "blob.url {:?} names no bucket: s3://bucket or s3://bucket/prefix",
+                        redacted_url(url)
+                    ));
+                }
+                Ok(BlobLocation::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
+                })
+            }
+            other => Err(format!(
+                "blob.url scheme {other:?} is not supported: a local directory, file:///path or s3://bucket/prefix (S3 and S3-compatible servers such as MinIO; gs:// and az:// are not built in)"
+            )),
+        }
+    }
+}
 
 /// Bytes free for an unprivileged writer on the file system holding `path` (`statvfs`).
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
@@ -69,6 +253,19 @@ pub enum BlobError {
         /// The blob's size.
         size: u64,
     },
+    /// The object store did not answer (or answered with a server error): try again later.
+    #[error("the object store is unavailable ({op} of {key}): {detail}")]
+    Unavailable {
+        /// What was being done.
+        op: &'static str,
+        /// The blob.
+        key: String,
+        /// The underlying error.
+        detail: String,
+    },
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
     /// Storage failed.
     #[error("blob storage failed on {op} of {key}: {detail}")]
     Io {
@@ -85,10 +282,101 @@ pub enum BlobError {
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// The local directory: the blobs themselves, or (with a remote store) the staging
+    /// directory of partial downloads.
     root: PathBuf,
+    /// Set when the blobs are in an object store.
+    remote: Option<Arc<Remote>>,
+}
+
+/// A remote object store's settings.
+#[derive(Debug)]
+struct Remote {
+    /// `s3://bucket/prefix`, for messages.
+    location: String,
+    part_bytes: usize,
+    concurrency: usize,
 }
 
 impl BlobStore {
+    /// The store `config` names; partial downloads are staged under `<data_dir>/blobs`.
+    pub fn open(config: &BlobConfig, data_dir: &Path) -> Result<Self, BlobError> {
+        match config.location(data_dir).map_err(BlobError::Config)? {
+            BlobLocation::Local(root) => Self::local(root),
+            BlobLocation::S3 { bucket, prefix } => {
+                let staging = data_dir.join("blobs");
+                let io = |detail: std::io::Error| BlobError::Io {
+                    op: "create directory",
+                    key: staging.display().to_string(),
+                    detail: detail.to_string(),
+                };
+                crate::datadir::private_dir(&staging).map_err(io)?;
+                crate::datadir::private_dir(&staging.join(PARTIAL_DIR)).map_err(io)?;
+                let store = s3_store(config, &bucket)?;
+                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    Arc::new(store)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(
+                        store,
+                        ObjectPath::from(prefix.as_str()),
+                    ))
+                };
+                let location = if prefix.is_empty() {
+                    format!("s3://{bucket}")
+                } else {
+                    format!("s3://{bucket}/{prefix}")
+                };
+                Ok(Self {
+                    store,
+                    root: staging,
+                    remote: Some(Arc::new(Remote {
+                        location,
+                        part_bytes: config.part_bytes,
+                        concurrency: config.upload_concurrency,
+                    })),
+                })
+            }
+        }
+    }
+
+    /// Where the blobs are, for logs and readiness: a directory or `s3://bucket/prefix`
+    /// (never credentials).
+    pub fn describe(&self) -> String {
+        match &self.remote {
+            Some(r) => r.location.clone(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    /// Whether the blobs are in a remote object store (shared by every instance).
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Whether the store answers: a remote store is asked for a key (absent is an answer);
+    /// a local directory must exist.
+    pub async fn check(&self) -> Result<(), BlobError> {
+        if self.remote.is_none() {
+            return match tokio::fs::metadata(&self.root).await {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(BlobError::Io {
+                    op: "check",
+                    key: self.root.display().to_string(),
+                    detail: "not a directory".into(),
+                }),
+                Err(e) => Err(BlobError::Io {
+                    op: "check",
+                    key: self.root.display().to_string(),
+                    detail: e.to_string(),
+                }),
+            };
+        }
+        match self.store.head(&ObjectPath::from(HEALTH_KEY)).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err("check", HEALTH_KEY, e)),
+        }
+    }
+
     /// A blob store in a local directory (created if missing, 0700 like the data directory).
     pub fn local(root: impl AsRef<Path>) -> Result<Self, BlobError> {
         let root = root.as_ref().to_path_buf();
@@ -107,6 +395,7 @@ impl BlobStore {
         Ok(Self {
             store: Arc::new(store),
             root,
+            remote: None,
         })
     }
 
@@ -133,6 +422,9 @@ impl BlobStore {
     /// Moves a finished partial file into place under `key` (atomic on a local directory),
     /// 0600 whoever created it, in directories 0700.
     pub async fn commit_partial(&self, name: &str, key: &str) -> Result<(), BlobError> {
+        if let Some(remote) = &self.remote {
+            return self.upload_partial(remote, name, key).await;
+        }
         let private = |e: std::io::Error| BlobError::Io {
             op: "commit",
             key: key.to_owned(),
@@ -147,7 +439,155 @@ impl BlobStore {
         self.store
             .rename(&from, &ObjectPath::from(key))
             .await
-            .map_err(|e| map_err("commit", key, e))
+            .map_err(|e| self.map_err("commit", key, e))
+    }
+
+    /// Sends a finished partial file to the object store under `key`: one `PUT` when it fits
+    /// in a part, else a multipart upload with at most `upload_concurrency` parts in flight
+    /// (aborted on failure, so no part is left billed); then checks the object's size, and
+    /// removes the partial file. Until the upload completes, the object does not exist.
+    async fn upload_partial(
+        &self,
+        remote: &Remote,
+        name: &str,
+        key: &str,
+    ) -> Result<(), BlobError> {
+        let path = self.partial_path(name);
+        let io = |op: &'static str, e: std::io::Error| BlobError::Io {
+            op,
+            key: path.display().to_string(),
+            detail: e.to_string(),
+        };
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io("open partial", e))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| io("open partial", e))?
+            .len();
+        let location = ObjectPath::from(key);
+        let part = remote.part_bytes;
+        if size <= part as u64 {
+            let mut buf = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut buf)
+                .await
+                .map_err(|e| io("read partial", e))?;
+            self.store
+                .put(&location, Bytes::from(buf).into())
+                .await
+                .map_err(|e| self.map_err("upload", key, e))?;
+        } else {
+            let upload = self
+                .store
+                .put_multipart(&location)
+                .await
+                .map_err(|e| self.map_err("upload", key, e))?;
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, part);
+            let sent = async {
+                let mut left = size;
+                while left > 0 {
+                    writer
+                        .wait_for_capacity(remote.concurrency)
+                        .await
+                        .map_err(|e| self.map_err("upload", key, e))?;
+                    let want = left.min(part as u64) as usize;
+                    let mut buf = BytesMut::zeroed(want);
+                    file.read_exact(&mut buf)
+                        .await
+                        .map_err(|e| io("read partial", e))?;
+                    writer.put(buf.freeze());
+                    left -= want as u64;
+                }
+                Ok::<_, BlobError>(())
+            }
+            .await;
+            match sent {
+                Ok(()) => {
+                    writer
+                        .finish()
+                        .await
+                        .map_err(|e| self.map_err("upload", key, e))?;
+                }
+                Err(e) => {
+                    if let Err(abort) = writer.abort().await {
+                        tracing::warn!(key = %key, error = %abort, "an interrupted multipart upload was not aborted; the orphan sweeper or the bucket's lifecycle rule removes it");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let stored = self.size(key).await?;
+        if stored != size {
+            return Err(BlobError::Io {
+                op: "verify upload",
+                key: key.to_owned(),
+                detail: format!("the object holds {stored} bytes, the download {size}"),
+            });
+        }
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(|e| io("remove partial", e))?;
+        Ok(())
+    }
+
+    /// Every object under `prefix` (`videos`, `frames`): its key and when it was last
+    /// written (ms since the epoch), streamed as the store lists them.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<(String, i64), BlobError>> {
+        let remote = self.remote.is_some();
+        let prefix_owned = prefix.to_owned();
+        self.store
+            .list(Some(&ObjectPath::from(prefix)))
+            .map(move |item| match item {
+                Ok(meta) => Ok((
+                    meta.location.to_string(),
+                    meta.last_modified.timestamp_millis(),
+                )),
+                Err(e) => Err(classify(remote, "list", &prefix_owned, e)),
+            })
+            .boxed()
+    }
+
+    /// The staged downloads (partial or whole, not yet stored): file name and modification
+    /// time (ms since the epoch).
+    pub async fn staged(&self) -> Result<Vec<(String, i64)>, BlobError> {
+        let dir = self.root.join(PARTIAL_DIR);
+        let io = |e: std::io::Error| BlobError::Io {
+            op: "list staged",
+            key: dir.display().to_string(),
+            detail: e.to_string(),
+        };
+        let mut entries = tokio::fs::read_dir(&dir).await.map_err(io)?;
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(io)? {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let modified = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .map_err(io)?;
+            let ms = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            out.push((name, ms));
+        }
+        Ok(out)
+    }
+
+    /// Removes a staged download; a missing one is not an error.
+    pub async fn remove_staged(&self, name: &str) -> Result<(), BlobError> {
+        match tokio::fs::remove_file(self.partial_path(name)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobError::Io {
+                op: "remove staged",
+                key: name.to_owned(),
+                detail: e.to_string(),
+            }),
+        }
     }
 
     /// The size of a blob.
@@ -156,7 +596,7 @@ impl BlobStore {
             .store
             .head(&ObjectPath::from(key))
             .await
-            .map_err(|e| map_err("head", key, e))?;
+            .map_err(|e| self.map_err("head", key, e))?;
         Ok(meta.size)
     }
 
@@ -175,7 +615,7 @@ impl BlobStore {
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(map_err("delete", key, e)),
+            Err(e) => Err(self.map_err("delete", key, e)),
         }
     }
 
@@ -205,8 +645,9 @@ impl BlobStore {
             .store
             .get_opts(&ObjectPath::from(key), options)
             .await
-            .map_err(|e| map_err("read", key, e))?;
+            .map_err(|e| self.map_err("read", key, e))?;
         let key_owned = key.to_owned();
+        let remote = self.remote.is_some();
         let chunk = chunk.max(1);
         match result.payload {
             // object_store's own file stream reads 8 KiB per blocking call; read the file
@@ -220,12 +661,54 @@ impl BlobStore {
             )),
             GetResultPayload::Stream(stream) => Ok(rechunk(
                 stream
-                    .map(move |r| r.map_err(|e| map_err("read", &key_owned, e)))
+                    .map(move |r| r.map_err(|e| classify(remote, "read", &key_owned, e)))
                     .boxed(),
                 chunk,
             )),
         }
     }
+
+    /// An `object_store` error as a [`BlobError`]: with a remote store, anything but a
+    /// missing key means the store is unavailable for now.
+    fn map_err(&self, op: &'static str, key: &str, e: object_store::Error) -> BlobError {
+        classify(self.remote.is_some(), op, key, e)
+    }
+}
+
+/// An S3 client for `bucket`: credentials and defaults from the `AWS_*` environment (or the
+/// instance's role), `[blob]`'s endpoint, region and addressing over them; bounded timeouts
+/// and retries.
+fn s3_store(config: &BlobConfig, bucket: &str) -> Result<object_store::aws::AmazonS3, BlobError> {
+    use object_store::aws::AmazonS3Builder;
+    let mut options = object_store::ClientOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(config.virtual_hosted_style)
+        .with_retry(object_store::RetryConfig {
+            max_retries: MAX_RETRIES,
+            retry_timeout: RETRY_TIMEOUT,
+            ..Default::default()
+        });
+    if let Some(endpoint) = config.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        if endpoint.starts_with("http://") {
+            options = options.with_allow_http(true);
+        }
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(region) = config.region.as_deref().filter(|r| !r.is_empty()) {
+        builder = builder.with_region(region);
+    }
+    if let Some(credentials) = &config.credentials {
+        builder = builder
+            .with_access_key_id(&credentials.access_key_id)
+            .with_secret_access_key(&credentials.secret_access_key);
+    }
+    builder
+        .with_client_options(options)
+        .build()
+        .map_err(|e| BlobError::Config(format!("blob: the S3 client cannot be built: {e}")))
 }
 
 /// Reads `len` bytes from `offset` in `chunk`-sized pieces, each with one positioned read on a
@@ -348,9 +831,14 @@ fn rechunk(
     .boxed()
 }
 
-fn map_err(op: &'static str, key: &str, e: object_store::Error) -> BlobError {
+fn classify(remote: bool, op: &'static str, key: &str, e: object_store::Error) -> BlobError {
     match e {
         object_store::Error::NotFound { .. } => BlobError::NotFound(key.to_owned()),
+        other if remote => BlobError::Unavailable {
+            op,
+            key: key.to_owned(),
+            detail: other.to_string(),
+        },
         other => BlobError::Io {
             op,
             key: key.to_owned(),

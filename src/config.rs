@@ -99,6 +99,20 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         DATABASE_URL_ENV,
         "storage.url (postgres://... = the shared PostgreSQL store)",
     ),
+    (
+        BLOB_URL_ENV,
+        "blob.url (s3://bucket/prefix = videos in S3 or an S3-compatible store)",
+    ),
+    (
+        BLOB_ENDPOINT_ENV,
+        "blob.endpoint (an S3-compatible server, e.g. http://minio:9000)",
+    ),
+    (
+        "AWS_ACCESS_KEY_ID",
+        "with AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN): the object store's credentials; unset = the instance's role",
+    ),
+    ("AWS_SECRET_ACCESS_KEY", "the object store's secret key"),
+    ("AWS_REGION", "the bucket's region (blob.region wins)"),
     (AMQP_URL_ENV, "amqp.url (turns the RabbitMQ intake on)"),
     ("VIDGATE_LOG_FORMAT", "text or json log lines"),
     (
@@ -197,6 +211,10 @@ pub enum SyncMode {
 
 /// The environment variable that sets `[storage] url`.
 pub const DATABASE_URL_ENV: &str = "VIDGATE_DATABASE_URL";
+/// Sets `blob.url`.
+pub const BLOB_URL_ENV: &str = "VIDGATE_BLOB_URL";
+/// Sets `blob.endpoint`.
+pub const BLOB_ENDPOINT_ENV: &str = "VIDGATE_BLOB_ENDPOINT";
 
 /// Section `[storage]`.
 #[derive(Clone, Deserialize, PartialEq)]
@@ -444,6 +462,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
+    /// `[blob]`: where finished videos are kept (a local directory by default).
+    pub blob: crate::blob::BlobConfig,
     /// `[upstream]`.
     pub upstream: UpstreamSection,
     /// `[simulator]`: the in-process simulator, when the upstream is simulated.
@@ -470,6 +490,7 @@ impl std::fmt::Debug for Config {
             .field("server", &self.server)
             .field("admin", &self.admin)
             .field("storage", &self.storage)
+            .field("blob", &self.blob)
             .field("upstream", &self.upstream)
             .field("dispatcher", &self.dispatcher)
             .field("auth_mode", &self.auth.mode)
@@ -569,12 +590,21 @@ impl Config {
         if let Some(url) = get(DATABASE_URL_ENV).filter(|v| !v.is_empty()) {
             self.storage.url = Some(url);
         }
+        if let Some(url) = get(BLOB_URL_ENV).filter(|v| !v.is_empty()) {
+            self.blob.url = Some(url);
+        }
+        if let Some(endpoint) = get(BLOB_ENDPOINT_ENV).filter(|v| !v.is_empty()) {
+            self.blob.endpoint = Some(endpoint);
+        }
         Ok(())
     }
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if let Err(message) = self.blob.location(&self.storage.data_dir) {
+            return invalid("blob", message);
+        }
         if self.events.chunk_bytes == 0 || self.events.chunk_bytes > crate::events::MAX_CHUNK_BYTES
         {
             return invalid(

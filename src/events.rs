@@ -17,7 +17,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::blob::BlobStore;
+use crate::blob::{BlobError, BlobStore};
 use crate::budget::{self, SendError};
 use crate::convert;
 use crate::job::{Job, JobStatus};
@@ -146,6 +146,20 @@ pub enum FeedError {
         /// The log reference.
         reference: String,
     },
+    /// The object store holding the content is unavailable (the stream can be resumed).
+    #[error("stored content unavailable: {0}")]
+    ContentUnavailable(String),
+}
+
+/// A content read failure as the stream's last error: unavailable (try again) or unreadable.
+fn content_failure(job_id: &str, e: &BlobError) -> FeedError {
+    if let BlobError::Unavailable { detail, .. } = e {
+        tracing::warn!(job_id = %job_id, error = %e, "stored content unreadable: the object store is unavailable");
+        return FeedError::ContentUnavailable(crate::domain::shorten(detail, 300).into_owned());
+    }
+    let reference = uuid::Uuid::now_v7().simple().to_string();
+    tracing::error!(job_id = %job_id, error = %e, reference = %reference, "stored content unreadable");
+    FeedError::ContentUnreadable { reference }
 }
 
 /// Runs streams for the API.
@@ -447,21 +461,13 @@ impl Feed {
             .await
         {
             Ok(s) => s,
-            Err(e) => {
-                let reference = uuid::Uuid::now_v7().simple().to_string();
-                tracing::error!(job_id = %job.id, error = %e, reference = %reference, "stored content unreadable");
-                return Some(Stop::Error(FeedError::ContentUnreadable { reference }));
-            }
+            Err(e) => return Some(Stop::Error(content_failure(&job.id, &e))),
         };
         let mut offset = 0i64;
         while let Some(chunk) = chunks.next().await {
             let data = match chunk {
                 Ok(d) => d,
-                Err(e) => {
-                    let reference = uuid::Uuid::now_v7().simple().to_string();
-                    tracing::error!(job_id = %job.id, error = %e, reference = %reference, "stored content unreadable");
-                    return Some(Stop::Error(FeedError::ContentUnreadable { reference }));
-                }
+                Err(e) => return Some(Stop::Error(content_failure(&job.id, &e))),
             };
             let len = data.len() as i64;
             let event = pb::VideoEvent {

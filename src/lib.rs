@@ -58,6 +58,7 @@ pub mod netguard;
 pub mod pb;
 pub mod store;
 pub mod submission;
+pub mod sweeper;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -16,6 +16,8 @@ use crate::store::StoreError;
 pub const ERROR_DOMAIN: &str = "vidgate";
 /// How long a caller should wait before retrying after `STORE_UNAVAILABLE`.
 pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The retry delay `UNAVAILABLE` carries when the object store holding the videos is down.
+pub const OBJECTS_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How long a caller should wait before reconnecting after `SERVER_SHUTTING_DOWN`: long enough
 /// for a load balancer to have another instance (or a restarted one) ready, short enough that a
 /// resumed stream misses little time.
@@ -72,6 +74,11 @@ pub enum ApiError {
         /// Content size.
         size: u64,
     },
+    /// The object store holding the videos did not answer: the content exists, try again.
+    #[error(
+        "the stored video cannot be read right now: the object store is unavailable ({0}); retry after the delay in RetryInfo"
+    )]
+    ContentUnavailable(String),
     /// The last frame was not asked for, or upstream gave none.
     #[error("video {0} has no last frame: ask for one with seedance.return_last_frame = true")]
     LastFrameNotAvailable(String),
@@ -167,6 +174,7 @@ impl ApiError {
             Self::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
             Self::DownloadStalled { .. } => "DOWNLOAD_STALLED",
             Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
+            Self::ContentUnavailable(_) => "CONTENT_UNAVAILABLE",
             Self::MalformedMessage(_) => "MALFORMED_MESSAGE",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
@@ -187,7 +195,7 @@ impl ApiError {
             | Self::CursorExpired { .. }
             | Self::CursorAhead { .. } => Code::OutOfRange,
             Self::SubscriberLagged { .. } | Self::DownloadStalled { .. } => Code::Aborted,
-            Self::ShuttingDown { .. } => Code::Unavailable,
+            Self::ShuttingDown { .. } | Self::ContentUnavailable(_) => Code::Unavailable,
             Self::MessageTooLarge(_) | Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
@@ -258,6 +266,7 @@ impl From<FeedError> for ApiError {
             FeedError::Lagged { last_sequence } => Self::SubscriberLagged { last_sequence },
             FeedError::Store(e) => e.into(),
             FeedError::ContentUnreadable { reference } => Self::Internal(reference),
+            FeedError::ContentUnavailable(why) => Self::ContentUnavailable(why),
         }
     }
 }
@@ -336,6 +345,9 @@ impl From<ApiError> for Status {
         match &e {
             ApiError::Jobs(JobsError::StoreUnavailable | JobsError::RequestPending { .. }) => {
                 details.set_retry_info(Some(STORE_RETRY_AFTER));
+            }
+            ApiError::ContentUnavailable(_) => {
+                details.set_retry_info(Some(OBJECTS_RETRY_AFTER));
             }
             ApiError::ShuttingDown { .. } => {
                 details.set_retry_info(Some(SHUTDOWN_RETRY_AFTER));

@@ -450,6 +450,10 @@ fn blob_status(e: BlobError) -> Status {
         BlobError::OutOfRange { offset, size, .. } => {
             ApiError::OffsetOutOfRange { offset, size }.into()
         }
+        BlobError::Unavailable { detail, .. } => {
+            tracing::warn!(error = %detail, "stored content unreadable: the object store is unavailable");
+            ApiError::ContentUnavailable(crate::domain::shorten(&detail, 300).into_owned()).into()
+        }
         other => {
             let reference = uuid::Uuid::now_v7().simple().to_string();
             tracing::error!(error = %other, reference = %reference, "stored content unreadable");

@@ -74,6 +74,20 @@ impl Dispatcher {
         if let Some(low) = self.disk_below_floor() {
             return self.wait_for_disk(owned, job, low).await;
         }
+        let ready = format!("{}.mp4.ready", job.id);
+        let ready_path = self.blobs.partial_path(&ready);
+        if tokio::fs::try_exists(&ready_path).await.unwrap_or(false) {
+            // Fetched whole before; what failed was storing it (or the process stopped).
+            let (written, hasher) = resume_state(&ready_path).await.map_err(|e| {
+                StepError::Local(format!(
+                    "reading staged download {}: {e}",
+                    ready_path.display()
+                ))
+            })?;
+            return self
+                .store_download(job, owned, &upstream_id, &ready, written, hasher)
+                .await;
+        }
         let name = format!("{}.mp4.part", job.id);
         let path = self.blobs.partial_path(&name);
         let (have, mut hasher) = resume_state(&path).await.map_err(|e| {
@@ -230,6 +244,28 @@ impl Dispatcher {
                 .await?;
             return Ok(());
         }
+        // Downloaded whole: staged as ready, so that a failed upload (the object store down)
+        // or a crash from here on does not fetch the bytes again.
+        let ready = format!("{}.mp4.ready", job.id);
+        tokio::fs::rename(&path, self.blobs.partial_path(&ready))
+            .await
+            .map_err(|e| StepError::Local(format!("staging {}: {e}", path.display())))?;
+        self.store_download(job, owned, &upstream_id, &ready, written, hasher)
+            .await
+    }
+
+    /// Probes a whole staged download, copies the last frame, puts the video in the blob
+    /// store and completes the job.
+    async fn store_download(
+        &self,
+        job: Job,
+        owned: &Owned,
+        upstream_id: &str,
+        name: &str,
+        written: u64,
+        hasher: Sha256,
+    ) -> Result<(), StepError> {
+        let path = self.blobs.partial_path(name);
         let sha256 = hex::encode(hasher.finalize());
         let probe_path = path.clone();
         let facts = tokio::task::spawn_blocking(move || media::probe_mp4_file(&probe_path))
@@ -284,7 +320,7 @@ impl Dispatcher {
         }
         let key = format!("videos/{}.mp4", job.id);
         self.blobs
-            .commit_partial(&name, &key)
+            .commit_partial(name, &key)
             .await
             .map_err(|e| StepError::Local(e.to_string()))?;
         let content = ContentFacts {

@@ -12,6 +12,11 @@
 //! - **disk** (only when a free-space floor is set for downloads): the data directory's file
 //!   system has at least `dispatcher.min_free_disk_bytes` free; below it downloads wait, and
 //!   this says so (a nearly full disk also threatens the embedded database's writes);
+//! - **objects** (only with a remote object store, `[blob] url = "s3://..."`): the store
+//!   answers a request. Shown, but it does not make vidgate unready: an outage of the shared
+//!   store hits every instance alike, and taking them all out of rotation would also stop
+//!   creates, status reads and lists, which do not need it. Downloads wait with backoff while
+//!   it is down, and reads of videos answer `UNAVAILABLE` with a retry delay;
 //! - **shutting down**: once [`Readiness::shut_down`] is called, never ready again.
 //!
 //! Checks that must be asked (store, dispatcher) run in [`Readiness::refresh`] (every `/readyz`
@@ -67,6 +72,8 @@ pub struct ReadinessReport {
     pub dispatcher: Check,
     /// Free disk space for downloads.
     pub disk: Check,
+    /// The remote object store holding the videos (not part of `ready`, see the module).
+    pub objects: Check,
 }
 
 impl ReadinessReport {
@@ -85,6 +92,8 @@ pub struct Readiness {
     dispatcher: Option<(Arc<dyn Heartbeat>, Duration)>,
     /// The directory downloads go to, and the free space it must keep.
     disk: Option<(std::path::PathBuf, u64)>,
+    /// The remote object store, when the videos are in one.
+    objects: Option<crate::blob::BlobStore>,
     state: Arc<watch::Sender<ReadinessReport>>,
     /// One refresh at a time, so an older result is never published over a newer one.
     refreshing: Arc<Mutex<()>>,
@@ -113,11 +122,13 @@ impl Readiness {
                 Check::Disabled
             },
             disk: Check::Disabled,
+            objects: Check::Disabled,
         };
         Self {
             store,
             dispatcher: dispatcher.map(|d| (d, stall)),
             disk: None,
+            objects: None,
             state: Arc::new(watch::Sender::new(initial)),
             refreshing: Arc::new(Mutex::new(())),
         }
@@ -127,6 +138,14 @@ impl Readiness {
     pub fn with_disk_floor(mut self, dir: std::path::PathBuf, min_free: u64) -> Self {
         if min_free > 0 {
             self.disk = Some((dir, min_free));
+        }
+        self
+    }
+
+    /// Shows whether `blobs` answers, when it is a remote object store.
+    pub fn with_objects(mut self, blobs: crate::blob::BlobStore) -> Self {
+        if blobs.is_remote() {
+            self.objects = Some(blobs);
         }
         self
     }
@@ -173,10 +192,23 @@ impl Readiness {
                 None => Check::Ok,
             },
         };
+        let objects = match &self.objects {
+            None => Check::Disabled,
+            Some(blobs) => match tokio::time::timeout(STORE_CHECK_TIMEOUT, blobs.check()).await {
+                Ok(Ok(())) => Check::Ok,
+                Ok(Err(e)) => Check::Failing(e.to_string()),
+                Err(_) => Check::Failing(format!(
+                    "the object store {} did not answer within {} ms",
+                    blobs.describe(),
+                    STORE_CHECK_TIMEOUT.as_millis()
+                )),
+            },
+        };
         self.update(|r| {
             r.store = store;
             r.dispatcher = dispatcher;
             r.disk = disk;
+            r.objects = objects;
         })
     }
 
@@ -215,6 +247,7 @@ mod tests {
             broker,
             dispatcher: Check::Disabled,
             disk: Check::Disabled,
+            objects: Check::Disabled,
         };
         r.settle();
         r

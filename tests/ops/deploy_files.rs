@@ -608,7 +608,7 @@ fn rabbitmq_is_healthy_before_vidgate_starts_and_the_amqp_url_names_it() {
 }
 
 #[test]
-fn both_replicas_share_postgresql_once_it_is_healthy_and_one_data_volume() {
+fn both_replicas_share_postgresql_once_it_is_healthy_and_one_bucket_for_the_videos() {
     let compose = compose();
     let postgres = &compose["services"]["postgres"];
     let test = postgres["healthcheck"]["test"]
@@ -616,6 +616,9 @@ fn both_replicas_share_postgresql_once_it_is_healthy_and_one_data_volume() {
         .expect("PostgreSQL has a healthcheck");
     assert!(test.contains(&json!("pg_isready")), "{test:?}");
     let env = environment(postgres);
+    let minio = environment(&compose["services"]["minio"]);
+    let init = compose["services"]["minio-init"]["entrypoint"].to_string();
+    let mut buckets = Vec::new();
     let mut volumes = Vec::new();
     for name in ["vidgate", "vidgate-2"] {
         let service = &compose["services"][name];
@@ -623,7 +626,8 @@ fn both_replicas_share_postgresql_once_it_is_healthy_and_one_data_volume() {
             service["depends_on"]["postgres"]["condition"], "service_healthy",
             "{name} waits for PostgreSQL"
         );
-        let url = url::Url::parse(&environment(service)["VIDGATE_DATABASE_URL"])
+        let vars = environment(service);
+        let url = url::Url::parse(&vars["VIDGATE_DATABASE_URL"])
             .unwrap_or_else(|e| panic!("{name}: VIDGATE_DATABASE_URL: {e}"));
         assert_eq!(url.scheme(), "postgres");
         assert_eq!(url.host_str(), Some("postgres"));
@@ -631,6 +635,19 @@ fn both_replicas_share_postgresql_once_it_is_healthy_and_one_data_volume() {
         assert_eq!(url.username(), env["POSTGRES_USER"]);
         assert_eq!(url.password(), Some(env["POSTGRES_PASSWORD"].as_str()));
         assert_eq!(url.path(), format!("/{}", env["POSTGRES_DB"]));
+        // The videos: MinIO's bucket, with MinIO's credentials, at MinIO's address.
+        let blob = url::Url::parse(&vars["VIDGATE_BLOB_URL"])
+            .unwrap_or_else(|e| panic!("{name}: VIDGATE_BLOB_URL: {e}"));
+        assert_eq!(blob.scheme(), "s3");
+        let bucket = blob.host_str().expect("a bucket").to_owned();
+        assert!(
+            init.contains(&format!("local/{bucket}")),
+            "minio-init creates the bucket {bucket}: {init}"
+        );
+        assert_eq!(vars["VIDGATE_BLOB_ENDPOINT"], "http://minio:9000");
+        assert_eq!(vars["AWS_ACCESS_KEY_ID"], minio["MINIO_ROOT_USER"]);
+        assert_eq!(vars["AWS_SECRET_ACCESS_KEY"], minio["MINIO_ROOT_PASSWORD"]);
+        buckets.push(vars["VIDGATE_BLOB_URL"].clone());
         volumes.push(
             service["volumes"]
                 .as_array()
@@ -642,8 +659,17 @@ fn both_replicas_share_postgresql_once_it_is_healthy_and_one_data_volume() {
         );
     }
     assert_eq!(
+        buckets[0], buckets[1],
+        "the replicas share the videos' bucket"
+    );
+    assert_ne!(
         volumes[0], volumes[1],
-        "the replicas share the blobs' volume"
+        "each replica stages its downloads on a volume of its own"
+    );
+    assert_eq!(
+        compose["services"]["vidgate"]["depends_on"]["minio-init"]["condition"],
+        "service_completed_successfully",
+        "the first replica starts once the bucket exists"
     );
     // Only the first replica is built; both run that image.
     assert_eq!(

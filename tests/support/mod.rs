@@ -9,6 +9,8 @@
 //!   saying what to set), unique names, the test's own client, a proxy the test can cut;
 //! - [`hostile`]: an upstream that misbehaves on purpose (endless or trickling content,
 //!   redirects to internal addresses, echoed keys), per job by a word in its prompt;
+//! - [`s3`]: an S3-compatible server (`VIDGATE_TEST_S3_ENDPOINT`, else a moto server the
+//!   support starts, else the test fails saying how to provide one), a key prefix per test;
 //! - [`postgres`]: the database (`VIDGATE_TEST_DATABASE_URL`, else testcontainers, else the
 //!   test fails saying what to set) and a schema of the test's own.
 #![allow(dead_code)]
@@ -17,6 +19,7 @@ pub mod amqp;
 pub mod app;
 pub mod hostile;
 pub mod postgres;
+pub mod s3;
 pub mod upstream;
 
 // Unused in the binaries that never start the app (`domain`).

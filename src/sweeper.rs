@@ -1,0 +1,144 @@
+//! The orphan sweeper: removes stored videos and last frames that no job references (a crash
+//! between an upload and the job's save, a delete whose object removal failed), and staged
+//! downloads of jobs that are gone or finished.
+//!
+//! A key is `videos/<job id>.mp4` or `frames/<job id>.<ext>`, so the job is looked up by the
+//! key itself. An object is an orphan when its job does not exist, is deleted, or has ended
+//! without referencing it; a job still running keeps its objects (its upload may have finished
+//! and its save be on the way; a later upload overwrites the same key). Only objects older than
+//! the grace period are considered, so a sweep never races an upload that is being recorded.
+//! Every instance may sweep: deleting is idempotent.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::blob::{BlobError, BlobStore};
+use crate::job::now_ms;
+use crate::store::JobStore;
+
+/// How often each instance sweeps by default (`[blob] sweep_interval_ms`; 0 = never).
+pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1000;
+/// Objects and staged files younger than this are left alone by default
+/// (`[blob] orphan_grace_ms`).
+pub const DEFAULT_ORPHAN_GRACE_MS: u64 = 60 * 60 * 1000;
+/// At most this many removals per sweep: a sweep that finds more leaves them to the next one.
+pub const MAX_REMOVALS_PER_SWEEP: usize = 10_000;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Objects listed.
+    pub examined: u64,
+    /// Objects removed: no job references them.
+    pub removed_objects: u64,
+    /// Staged downloads removed: their job is gone or finished.
+    pub removed_staged: u64,
+}
+
+/// The job a key or staged file name belongs to: `videos/<id>.mp4`, `frames/<id>.<ext>`,
+/// `<id>.mp4.part`, `<id>.mp4.ready`, `<id>.last_frame.part`.
+pub fn job_of(key: &str) -> Option<&str> {
+    let id = if let Some(rest) = key.strip_prefix("videos/") {
+        rest.strip_suffix(".mp4")?
+    } else if let Some(rest) = key.strip_prefix("frames/") {
+        rest.rsplit_once('.')?.0
+    } else {
+        key.split_once('.')?.0
+    };
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// Whether `key` (an object) is still referenced by its job, or may yet be.
+async fn object_wanted(store: &dyn JobStore, key: &str) -> Result<bool, BlobError> {
+    let Some(id) = job_of(key) else {
+        // Not a key vidgate writes: not vidgate's to remove.
+        return Ok(true);
+    };
+    let job = store.get(id).await.map_err(|e| BlobError::Io {
+        op: "sweep",
+        key: key.to_owned(),
+        detail: format!("looking up job {id}: {e}"),
+    })?;
+    Ok(match job {
+        None => false,
+        Some(job) if job.is_deleted() => false,
+        Some(job) => match job.content() {
+            Some(c) => c.blob_key == key || c.last_frame_key.as_deref() == Some(key),
+            None => !job.is_terminal(),
+        },
+    })
+}
+
+/// Whether a staged download of job `id` may still be needed.
+async fn staged_wanted(store: &dyn JobStore, name: &str) -> Result<bool, BlobError> {
+    let Some(id) = job_of(name) else {
+        return Ok(true);
+    };
+    let job = store.get(id).await.map_err(|e| BlobError::Io {
+        op: "sweep",
+        key: name.to_owned(),
+        detail: format!("looking up job {id}: {e}"),
+    })?;
+    Ok(matches!(job, Some(job) if !job.is_deleted() && !job.is_terminal()))
+}
+
+/// One sweep over `blobs`: objects under `videos/` and `frames/` and the staged downloads,
+/// older than `grace`, that no job needs are removed.
+pub async fn sweep(
+    blobs: &BlobStore,
+    store: &dyn JobStore,
+    grace: Duration,
+) -> Result<SweepReport, BlobError> {
+    let before_ms = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let mut report = SweepReport::default();
+    let mut removals = 0usize;
+    for prefix in ["videos", "frames"] {
+        let mut listed = blobs.list(prefix);
+        while let Some(item) = listed.next().await {
+            let (key, modified_ms) = item?;
+            report.examined += 1;
+            if modified_ms > before_ms || object_wanted(store, &key).await? {
+                continue;
+            }
+            if removals >= MAX_REMOVALS_PER_SWEEP {
+                return Ok(report);
+            }
+            blobs.delete(&key).await?;
+            removals += 1;
+            report.removed_objects += 1;
+            tracing::info!(key = %key, "orphan object removed: no job references it");
+        }
+    }
+    for (name, modified_ms) in blobs.staged().await? {
+        if modified_ms > before_ms || staged_wanted(store, &name).await? {
+            continue;
+        }
+        if removals >= MAX_REMOVALS_PER_SWEEP {
+            break;
+        }
+        blobs.remove_staged(&name).await?;
+        removals += 1;
+        report.removed_staged += 1;
+        tracing::info!(file = %name, "staged download removed: its job is gone or finished");
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_of;
+
+    #[test]
+    fn keys_and_staged_names_name_their_job() {
+        assert_eq!(job_of("videos/abc.mp4"), Some("abc"));
+        assert_eq!(job_of("frames/abc.png"), Some("abc"));
+        assert_eq!(job_of("abc.mp4.part"), Some("abc"));
+        assert_eq!(job_of("abc.mp4.ready"), Some("abc"));
+        assert_eq!(job_of("abc.last_frame.part"), Some("abc"));
+        assert_eq!(job_of("videos/abc.mov"), None);
+        assert_eq!(job_of("videos/a/b.mp4"), None);
+        assert_eq!(job_of("videos/.mp4"), None);
+        assert_eq!(job_of("noext"), None);
+    }
+}

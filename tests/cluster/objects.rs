@@ -1,0 +1,481 @@
+//! Videos in an S3-compatible object store (issue #15): any instance serves the bytes another
+//! downloaded, an outage of the store makes downloads wait (not fail) and reads say
+//! `UNAVAILABLE` with a retry delay. The server is `VIDGATE_TEST_S3_ENDPOINT`, else a moto
+//! server started by the test support (see `tests/support/s3.rs`).
+
+use object_store::ObjectStoreExt;
+use sha2::{Digest, Sha256};
+use tonic_types::StatusExt;
+
+use super::*;
+use support::s3::s3;
+
+/// Streams a whole video from `client` and returns its SHA-256 and size.
+async fn download_sha256(client: &mut VideoServiceClient<Channel>, id: &str) -> (String, u64) {
+    let mut stream = client
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: id.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("DownloadVideo starts")
+        .into_inner();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("a chunk");
+        assert_eq!(chunk.offset as u64, size, "chunks arrive in order");
+        size += chunk.data.len() as u64;
+        hasher.update(&chunk.data);
+    }
+    (hex::encode(hasher.finalize()), size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identical() {
+    let db = database().await;
+    let schema = db.schema("objects_two");
+    let s3 = s3();
+    let prefix = s3.prefix("two-instances");
+    // 12 MiB: past the 8 MiB part size, so the upload is a multipart one.
+    let sim = sim(SimConfig {
+        content_min_size: 12 * 1024 * 1024,
+        ..sim_config()
+    })
+    .await;
+    let (dir_a, dir_b) = (temp_dir("objects-a"), temp_dir("objects-b"));
+    let mut config_a = instance_config(&schema, &dir_a, &sim);
+    config_a.blob = s3.blob_config(&prefix);
+    let mut config_b = instance_config(&schema, &dir_b, &sim);
+    config_b.blob = s3.blob_config(&prefix);
+    // B never drives a job: whatever it serves, A downloaded.
+    config_b.dispatcher.enabled = false;
+    let a = Application::build(config_a).await.expect("A starts");
+    let b = Application::build(config_b).await.expect("B starts");
+    let (mut client_a, mut client_b) = (connect(&a).await, connect(&b).await);
+
+    let created = client_a
+        .create_video(req(ACME, veo("objects: two instances")))
+        .await
+        .expect("create on A")
+        .into_inner();
+    let videos = wait_all_terminal(&mut client_b, 1, "the job on A").await;
+    let video = videos
+        .into_iter()
+        .find(|v| v.id == created.id)
+        .expect("the job");
+    assert_eq!(video.status(), pb::VideoStatus::Completed, "{video:?}");
+    let content = video.content.clone().expect("content facts");
+    assert!(content.size_bytes >= 12 * 1024 * 1024, "{content:?}");
+
+    // One object in the bucket under the test's prefix, of the video's size; no staged file
+    // left on A, and nothing of it on B's disk.
+    let objects = s3.list(&prefix).await;
+    assert_eq!(
+        objects,
+        vec![(
+            format!("{prefix}/videos/{}.mp4", video.id),
+            content.size_bytes as u64
+        )],
+        "the bucket holds exactly the video"
+    );
+    let staged: Vec<_> = std::fs::read_dir(dir_a.join("blobs").join("partial"))
+        .expect("A's staging directory")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(staged.is_empty(), "staged files left on A: {staged:?}");
+    assert!(
+        !dir_b.join("blobs").join("videos").exists(),
+        "B has no local copy"
+    );
+
+    // B streams it, byte-identical to what A hashed while downloading; so does A.
+    let (sha_b, size_b) = download_sha256(&mut client_b, &video.id).await;
+    assert_eq!(size_b, content.size_bytes as u64);
+    assert_eq!(sha_b, content.sha256, "B's bytes are A's bytes");
+    let (sha_a, _) = download_sha256(&mut client_a, &video.id).await;
+    assert_eq!(sha_a, content.sha256);
+
+    // A ranged read from B: the last 1,000 bytes.
+    let mut tail = client_b
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: video.id.clone(),
+                read_offset: content.size_bytes as i64 - 1_000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a ranged download")
+        .into_inner();
+    let mut got = 0;
+    while let Some(chunk) = tail.next().await {
+        got += chunk.expect("a chunk").data.len();
+    }
+    assert_eq!(got, 1_000);
+
+    // Deleting the video deletes its object.
+    client_b
+        .delete_video(req(
+            ACME,
+            pb::DeleteVideoRequest {
+                id: video.id.clone(),
+            },
+        ))
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !s3.list(&prefix).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the object outlived its video"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_all(vec![a, b]).await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_object_store_makes_downloads_wait_and_reads_unavailable_with_a_retry_delay()
+{
+    let db = database().await;
+    let schema = db.schema("objects_outage");
+    let s3 = s3();
+    let prefix = s3.prefix("outage");
+    let sim = sim(sim_config()).await;
+    let dir = temp_dir("objects-outage");
+    // The store is reached through a proxy the test owns, and cut there.
+    let endpoint: std::net::SocketAddr = s3
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the S3 endpoint is host:port");
+    let proxy = support::amqp::Proxy::start(endpoint).await;
+    let mut config = instance_config(&schema, &dir, &sim);
+    config.blob = s3.blob_config(&prefix);
+    config.blob.endpoint = Some(format!("http://{}", proxy.addr));
+    let app = Application::build(config).await.expect("vidgate starts");
+    let mut client = connect(&app).await;
+
+    // The store down while the job downloads: the job waits and completes once it is back.
+    proxy.cut().await;
+    let created = client
+        .create_video(req(ACME, veo("objects: outage")))
+        .await
+        .expect("create")
+        .into_inner();
+    // Fetched whole from upstream, staged on the local disk, waiting for the store.
+    let staged = dir
+        .join("blobs")
+        .join("partial")
+        .join(format!("{}.mp4.ready", created.id));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !staged.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never got to storing its video"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several failed uploads later (the test's backoff is at most 20 ms), it still waits.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let waiting = client
+        .get_video(req(
+            ACME,
+            pb::GetVideoRequest {
+                id: created.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        waiting.status(),
+        pb::VideoStatus::Processing,
+        "the job waits while the store is down: {waiting:?}"
+    );
+    // Readiness shows the store's state (without making the instance unready).
+    let report = app.readiness().refresh().await;
+    assert!(
+        matches!(
+            report.objects,
+            vidgate::telemetry::readiness::Check::Failing(_)
+        ),
+        "{report:?}"
+    );
+    assert!(
+        report.ready,
+        "an object store outage does not take the instance out: {report:?}"
+    );
+
+    proxy.restore();
+    let videos = wait_all_terminal(&mut client, 1, "the job after the outage").await;
+    assert_eq!(
+        videos[0].status(),
+        pb::VideoStatus::Completed,
+        "{:?}",
+        videos[0]
+    );
+    let upstream_id = videos[0].upstream_id.clone();
+    assert_eq!(
+        sim.stats()
+            .tasks
+            .get(&upstream_id)
+            .map(|t| t.content_requests),
+        Some(1),
+        "the video was fetched from upstream once; the outage only delayed its upload"
+    );
+
+    // The store down while reading: UNAVAILABLE with a retry delay, naming the cause.
+    proxy.cut().await;
+    let status = client
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: created.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|_| ())
+        .expect_err("no read while the store is down");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(error_reason(&status), "CONTENT_UNAVAILABLE");
+    assert!(
+        status
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .is_some(),
+        "{status:?}"
+    );
+    proxy.restore();
+    let (sha, _) = download_sha256(&mut client, &created.id).await;
+    assert_eq!(
+        Some(sha),
+        videos[0].content.as_ref().map(|c| c.sha256.clone())
+    );
+    stop_all(vec![app]).await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_removes_objects_and_staged_files_no_job_needs_and_keeps_the_rest() {
+    let db = database().await;
+    let schema = db.schema("objects_sweep");
+    let s3 = s3();
+    let prefix = s3.prefix("sweep");
+    let sim = sim(sim_config()).await;
+    let dir = temp_dir("objects-sweep");
+    let mut config = instance_config(&schema, &dir, &sim);
+    config.blob = s3.blob_config(&prefix);
+    config.blob.sweep_interval_ms = 0;
+    let blob_config = config.blob.clone();
+    let app = Application::build(config).await.expect("vidgate starts");
+    let mut client = connect(&app).await;
+    let created = client
+        .create_video(req(ACME, veo("objects: sweep")))
+        .await
+        .expect("create")
+        .into_inner();
+    let videos = wait_all_terminal(&mut client, 1, "the job").await;
+    assert_eq!(videos[0].status(), pb::VideoStatus::Completed);
+
+    // Orphans: a video of a job that does not exist, a last frame the completed job does not
+    // reference, and a staged download of a job that does not exist. Kept: the job's video and
+    // a key vidgate never writes.
+    let bucket = s3.client();
+    let put = |key: String| {
+        let bucket = bucket.clone();
+        async move {
+            bucket
+                .put(
+                    &object_store::path::Path::from(key),
+                    bytes::Bytes::from_static(b"orphan").into(),
+                )
+                .await
+                .expect("put");
+        }
+    };
+    let ghost = uuid::Uuid::now_v7().simple().to_string();
+    put(format!("{prefix}/videos/{ghost}.mp4")).await;
+    put(format!("{prefix}/frames/{}.png", created.id)).await;
+    put(format!("{prefix}/notes/keep.txt")).await;
+    let staged = dir
+        .join("blobs")
+        .join("partial")
+        .join(format!("{ghost}.mp4.part"));
+    std::fs::write(&staged, b"half a video").expect("staged file");
+
+    let blobs = vidgate::blob::BlobStore::open(&blob_config, &dir).expect("blob store");
+    let report = vidgate::sweeper::sweep(&blobs, app.store().as_ref(), Duration::ZERO)
+        .await
+        .expect("a sweep");
+    assert_eq!(report.removed_objects, 2, "{report:?}");
+    assert_eq!(report.removed_staged, 1, "{report:?}");
+    let left: Vec<String> = s3.list(&prefix).await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        left,
+        vec![
+            format!("{prefix}/notes/keep.txt"),
+            format!("{prefix}/videos/{}.mp4", created.id)
+        ]
+    );
+    assert!(!staged.exists());
+    // A second sweep finds nothing more.
+    let again = vidgate::sweeper::sweep(&blobs, app.store().as_ref(), Duration::ZERO)
+        .await
+        .expect("a sweep");
+    assert_eq!((again.removed_objects, again.removed_staged), (0, 0));
+    stop_all(vec![app]).await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_store_credentials_never_reach_a_log_line_even_at_trace() {
+    const ACCESS_KEY: &str = "AKIAVIDGATETESTKEY42";
+    const SECRET: &str = "vidgate-test-secret-6f1c0a9e2b7d";
+    let s3 = s3();
+    let prefix = s3.prefix("credentials");
+    let sim = sim(sim_config()).await;
+    let dir = temp_dir("objects-credentials");
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let grpc = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+grpc_listen = "{grpc}"
+
+[admin]
+enabled = false
+
+[storage]
+data_dir = "{data}"
+
+[upstream]
+mode = "real"
+base_url = "{base}"
+
+[upstream.limits]
+requests_per_second = 1000
+
+[dispatcher]
+first_poll_after_ms = 0
+poll_interval_ms = 20
+poll_jitter = 0.0
+backoff_min_ms = 10
+backoff_max_ms = 50
+idle_wake_ms = 50
+min_free_disk_bytes = 0
+"#,
+            data = dir.display(),
+            base = sim.base_url(),
+        ),
+    )
+    .expect("config written");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vidgate"))
+        .args(["serve", "--no-auth", "--config"])
+        .arg(&config)
+        .env_remove("VIDGATE_AMQP_URL")
+        .env_remove("VIDGATE_DATABASE_URL")
+        .env_remove("VIDGATE_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("TURING_API_KEY", sim.api_key())
+        .env("VIDGATE_BLOB_URL", format!("s3://{}/{prefix}", s3.bucket))
+        .env("VIDGATE_BLOB_ENDPOINT", &s3.endpoint)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("vidgate serve starts");
+    // Read the logs as they come (a full pipe would stall the child).
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let logs = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        out.extend_from_slice(&err);
+        out
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut client = loop {
+        match VideoServiceClient::connect(format!("http://{grpc}")).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "vidgate did not listen: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let created = client
+        .create_video(veo("objects: credentials"))
+        .await
+        .expect("create")
+        .into_inner();
+    // Completed means the video went to the bucket (with the credentials); then read it back.
+    loop {
+        let v = client
+            .get_video(pb::GetVideoRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if v.status() == pb::VideoStatus::Completed {
+            break;
+        }
+        assert!(!terminal(&v), "{v:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not completed: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = client
+        .download_video(pb::DownloadVideoRequest {
+            id: created.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("download")
+        .into_inner();
+    while let Some(chunk) = stream.next().await {
+        chunk.expect("a chunk");
+    }
+    assert_eq!(
+        s3.list(&prefix).await.len(),
+        1,
+        "the video is in the bucket"
+    );
+    child.kill().await.expect("kill");
+    let logs = String::from_utf8_lossy(&logs.await.expect("logs")).into_owned();
+    assert!(
+        logs.lines().count() > 100,
+        "trace logging was on: {} lines",
+        logs.lines().count()
+    );
+    assert!(!logs.contains(SECRET), "the secret key reached the logs");
+    assert!(
+        !logs.contains(ACCESS_KEY),
+        "the access key id reached the logs"
+    );
+}
