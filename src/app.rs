@@ -290,6 +290,7 @@ impl Application {
                 &config,
                 sweep_blobs,
                 store_dyn,
+                telemetry.metrics.clone(),
                 draining.clone(),
             ));
         }
@@ -842,6 +843,7 @@ fn sweep_orphans(
     config: &Config,
     blobs: BlobStore,
     store: Arc<dyn JobStore>,
+    metrics: crate::telemetry::metrics::Metrics,
     draining: CancellationToken,
 ) -> JoinHandle<()> {
     let interval = Duration::from_millis(config.blob.sweep_interval_ms);
@@ -853,10 +855,11 @@ fn sweep_orphans(
                 _ = draining.cancelled() => break,
                 _ = tokio::time::sleep(interval + jitter) => {}
             }
-            match crate::sweeper::sweep(&blobs, store.as_ref(), grace).await {
-                Ok(r) if r.removed_objects + r.removed_staged > 0 => {
+            match crate::sweeper::sweep(&blobs, store.as_ref(), grace, &metrics).await {
+                Ok(r) if r.removed_objects + r.removed_staged + r.expired_objects > 0 => {
                     tracing::info!(
                         examined = r.examined,
+                        expired_objects = r.expired_objects,
                         removed_objects = r.removed_objects,
                         removed_staged = r.removed_staged,
                         "orphan sweep"

@@ -61,6 +61,10 @@ pub struct BlobConfig {
     pub part_bytes: usize,
     /// Parts of one upload in flight at once; see [`DEFAULT_UPLOAD_CONCURRENCY`].
     pub upload_concurrency: usize,
+    /// How long a finished video (and its last frame) is kept after completion, e.g. `30d`
+    /// or `12h`; unset: kept until its video is deleted. Past it the sweeper removes the
+    /// objects and `DownloadVideo` answers `NOT_FOUND` / `CONTENT_EXPIRED`; the job stays.
+    pub retention: Option<String>,
     /// How often the orphan sweeper runs on each instance (0 = never); see
     /// [`crate::sweeper::DEFAULT_SWEEP_INTERVAL_MS`].
     pub sweep_interval_ms: u64,
@@ -100,6 +104,7 @@ impl Default for BlobConfig {
             virtual_hosted_style: false,
             part_bytes: DEFAULT_PART_BYTES,
             upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
+            retention: None,
             sweep_interval_ms: crate::sweeper::DEFAULT_SWEEP_INTERVAL_MS,
             orphan_grace_ms: crate::sweeper::DEFAULT_ORPHAN_GRACE_MS,
             credentials: None,
@@ -117,6 +122,7 @@ impl std::fmt::Debug for BlobConfig {
             .field("virtual_hosted_style", &self.virtual_hosted_style)
             .field("part_bytes", &self.part_bytes)
             .field("upload_concurrency", &self.upload_concurrency)
+            .field("retention", &self.retention)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("orphan_grace_ms", &self.orphan_grace_ms)
             .field("credentials", &self.credentials)
@@ -151,8 +157,25 @@ pub enum BlobLocation {
 }
 
 impl BlobConfig {
+    /// `retention` parsed, or why it does not parse.
+    pub fn retention(&self) -> Result<Option<Duration>, String> {
+        match self.retention.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if d >= Duration::from_secs(1) => Ok(Some(d)),
+                Ok(_) => Err(format!(
+                    "blob.retention {text:?} is shorter than a second; use e.g. \"30d\" or \"12h\", or leave it unset to keep videos"
+                )),
+                Err(e) => Err(format!(
+                    "blob.retention {text:?} is not a duration ({e}); use e.g. \"30d\" or \"12h\""
+                )),
+            },
+        }
+    }
+
     /// Where the blobs go, or why `url` (or another field) cannot work, naming the field.
     pub fn location(&self, data_dir: &Path) -> Result<BlobLocation, String> {
+        self.retention()?;
         if self.part_bytes < 5 * 1024 * 1024 || self.part_bytes > 512 * 1024 * 1024 {
             return Err(format!(
                 "blob.part_bytes must be 5 MiB to 512 MiB (S3's smallest part is 5 MiB), got {}",
@@ -287,6 +310,8 @@ pub struct BlobStore {
     root: PathBuf,
     /// Set when the blobs are in an object store.
     remote: Option<Arc<Remote>>,
+    /// `[blob] retention`.
+    retention: Option<Duration>,
 }
 
 /// A remote object store's settings.
@@ -301,6 +326,12 @@ struct Remote {
 impl BlobStore {
     /// The store `config` names; partial downloads are staged under `<data_dir>/blobs`.
     pub fn open(config: &BlobConfig, data_dir: &Path) -> Result<Self, BlobError> {
+        let retention = config.retention().map_err(BlobError::Config)?;
+        let store = Self::open_location(config, data_dir)?;
+        Ok(Self { retention, ..store })
+    }
+
+    fn open_location(config: &BlobConfig, data_dir: &Path) -> Result<Self, BlobError> {
         match config.location(data_dir).map_err(BlobError::Config)? {
             BlobLocation::Local(root) => Self::local(root),
             BlobLocation::S3 { bucket, prefix } => {
@@ -329,6 +360,7 @@ impl BlobStore {
                 Ok(Self {
                     store,
                     root: staging,
+                    retention: None,
                     remote: Some(Arc::new(Remote {
                         location,
                         part_bytes: config.part_bytes,
@@ -337,6 +369,17 @@ impl BlobStore {
                 })
             }
         }
+    }
+
+    /// `[blob] retention`: how long a finished video is kept after completion.
+    pub fn retention(&self) -> Option<Duration> {
+        self.retention
+    }
+
+    /// When a video completed at `complete_ms` expires (ms since the epoch), if it does.
+    pub fn expires_at_ms(&self, complete_ms: i64) -> Option<i64> {
+        self.retention
+            .map(|r| complete_ms.saturating_add(i64::try_from(r.as_millis()).unwrap_or(i64::MAX)))
     }
 
     /// Where the blobs are, for logs and readiness: a directory or `s3://bucket/prefix`
@@ -396,6 +439,7 @@ impl BlobStore {
             store: Arc::new(store),
             root,
             remote: None,
+            retention: None,
         })
     }
 
@@ -850,6 +894,68 @@ fn classify(remote: bool, op: &'static str, key: &str, e: object_store::Error) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_urls_and_retention_parse_or_say_which_field_is_wrong() {
+        let data = Path::new("/var/lib/vidgate");
+        let with = |url: &str| BlobConfig {
+            url: Some(url.into()),
+            ..BlobConfig::default()
+        };
+        assert_eq!(
+            BlobConfig::default().location(data),
+            Ok(BlobLocation::Local(data.join("blobs")))
+        );
+        assert_eq!(
+            with("s3://bucket/a/b/").location(data),
+            Ok(BlobLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            })
+        );
+        assert_eq!(
+            with("file:///srv/videos").location(data),
+            Ok(BlobLocation::Local(PathBuf::from("/srv/videos")))
+        );
+        let e = with("s3://key:secret@bucket").location(data).unwrap_err();
+        assert!(e.contains("credentials") && !e.contains("secret@"), "{e}");
+        assert!(
+            with("gs://b")
+                .location(data)
+                .unwrap_err()
+                .contains("not supported")
+        );
+        assert!(
+            with("s3://")
+                .location(data)
+                .unwrap_err()
+                .contains("no bucket")
+        );
+        let mut c = BlobConfig {
+            retention: Some("30d".into()),
+            ..BlobConfig::default()
+        };
+        assert_eq!(c.retention(), Ok(Some(Duration::from_secs(30 * 86_400))));
+        c.retention = Some("soon".into());
+        assert!(c.location(data).unwrap_err().contains("blob.retention"));
+        c.retention = None;
+        c.part_bytes = 1024;
+        assert!(c.location(data).unwrap_err().contains("blob.part_bytes"));
+        let printed = format!(
+            "{:?}",
+            BlobConfig {
+                credentials: Some(StaticCredentials {
+                    access_key_id: "AKIA".into(),
+                    secret_access_key: "hush".into()
+                }),
+                ..with("s3://u:p@b")
+            }
+        );
+        assert!(
+            !printed.contains("hush") && !printed.contains("u:p@"),
+            "{printed}"
+        );
+    }
 
     async fn store_with(name: &str, data: &[u8]) -> (BlobStore, PathBuf) {
         let root = std::env::temp_dir().join(format!("vidgate-blob-{}", uuid::Uuid::now_v7()));

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blob::{BlobError, BlobStore};
 use crate::budget::{self, SendError};
 use crate::convert;
-use crate::job::{Job, JobStatus};
+use crate::job::{Job, JobStatus, now_ms};
 use crate::pb;
 use crate::store::{EventQuery, JobStore, StoreError, StoredEvent};
 use crate::telemetry::Metrics;
@@ -146,13 +146,26 @@ pub enum FeedError {
         /// The log reference.
         reference: String,
     },
+    /// The stored content is gone (past `[blob] retention`, or removed from the store).
+    #[error("{0}")]
+    ContentExpired(String),
     /// The object store holding the content is unavailable (the stream can be resumed).
     #[error("stored content unavailable: {0}")]
     ContentUnavailable(String),
 }
 
+/// What a read of content that is no longer stored says.
+pub fn content_gone(job_id: &str) -> String {
+    format!(
+        "video {job_id}'s stored content is gone: past [blob] retention, or removed from the store; the job and its content facts remain (GetVideo)"
+    )
+}
+
 /// A content read failure as the stream's last error: unavailable (try again) or unreadable.
 fn content_failure(job_id: &str, e: &BlobError) -> FeedError {
+    if let BlobError::NotFound(_) = e {
+        return FeedError::ContentExpired(content_gone(job_id));
+    }
     if let BlobError::Unavailable { detail, .. } = e {
         tracing::warn!(job_id = %job_id, error = %e, "stored content unreadable: the object store is unavailable");
         return FeedError::ContentUnavailable(crate::domain::shorten(detail, 300).into_owned());
@@ -455,6 +468,15 @@ impl Feed {
     ) -> Option<Stop> {
         use futures::StreamExt;
         let content = job.content()?;
+        if let Some(at) = job
+            .complete_time_ms()
+            .and_then(|done| self.blobs.expires_at_ms(done))
+            && now_ms() >= at
+        {
+            return Some(Stop::Error(FeedError::ContentExpired(content_gone(
+                &job.id,
+            ))));
+        }
         let mut chunks = match self
             .blobs
             .read_range(&content.blob_key, 0..content.size_bytes, self.chunk_bytes)

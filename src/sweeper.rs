@@ -8,6 +8,11 @@
 //! and its save be on the way; a later upload overwrites the same key). Only objects older than
 //! the grace period are considered, so a sweep never races an upload that is being recorded.
 //! Every instance may sweep: deleting is idempotent.
+//!
+//! With `[blob] retention`, the same pass removes videos and last frames older than the
+//! retention (an object's age is its completion's: it is written just before the job
+//! completes); the jobs stay, and `DownloadVideo` answers `CONTENT_EXPIRED` from the moment
+//! `complete_time + retention` has passed, whether or not a sweep has run yet.
 
 use std::time::Duration;
 
@@ -16,6 +21,7 @@ use futures::StreamExt;
 use crate::blob::{BlobError, BlobStore};
 use crate::job::now_ms;
 use crate::store::JobStore;
+use crate::telemetry::Metrics;
 
 /// How often each instance sweeps by default (`[blob] sweep_interval_ms`; 0 = never).
 pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1000;
@@ -32,6 +38,8 @@ pub struct SweepReport {
     pub examined: u64,
     /// Objects removed: no job references them.
     pub removed_objects: u64,
+    /// Objects removed: older than `[blob] retention`.
+    pub expired_objects: u64,
     /// Staged downloads removed: their job is gone or finished.
     pub removed_staged: u64,
 }
@@ -89,8 +97,13 @@ pub async fn sweep(
     blobs: &BlobStore,
     store: &dyn JobStore,
     grace: Duration,
+    metrics: &Metrics,
 ) -> Result<SweepReport, BlobError> {
-    let before_ms = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let now = now_ms();
+    let before_ms = now - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let expired_before_ms = blobs
+        .retention()
+        .map(|r| now - i64::try_from(r.as_millis()).unwrap_or(i64::MAX));
     let mut report = SweepReport::default();
     let mut removals = 0usize;
     for prefix in ["videos", "frames"] {
@@ -98,6 +111,17 @@ pub async fn sweep(
         while let Some(item) = listed.next().await {
             let (key, modified_ms) = item?;
             report.examined += 1;
+            if job_of(&key).is_some() && expired_before_ms.is_some_and(|t| modified_ms < t) {
+                if removals >= MAX_REMOVALS_PER_SWEEP {
+                    return Ok(report);
+                }
+                blobs.delete(&key).await?;
+                removals += 1;
+                report.expired_objects += 1;
+                metrics.blob_removed("expired");
+                tracing::info!(key = %key, "stored content removed: past [blob] retention");
+                continue;
+            }
             if modified_ms > before_ms || object_wanted(store, &key).await? {
                 continue;
             }
@@ -107,6 +131,7 @@ pub async fn sweep(
             blobs.delete(&key).await?;
             removals += 1;
             report.removed_objects += 1;
+            metrics.blob_removed("orphan");
             tracing::info!(key = %key, "orphan object removed: no job references it");
         }
     }
@@ -120,6 +145,7 @@ pub async fn sweep(
         blobs.remove_staged(&name).await?;
         removals += 1;
         report.removed_staged += 1;
+        metrics.blob_removed("staged");
         tracing::info!(file = %name, "staged download removed: its job is gone or finished");
     }
     Ok(report)

@@ -74,6 +74,9 @@ pub enum ApiError {
         /// Content size.
         size: u64,
     },
+    /// The stored content is gone: past `[blob] retention`, or removed from the store.
+    #[error("{0}")]
+    ContentExpired(String),
     /// The object store holding the videos did not answer: the content exists, try again.
     #[error(
         "the stored video cannot be read right now: the object store is unavailable ({0}); retry after the delay in RetryInfo"
@@ -175,6 +178,7 @@ impl ApiError {
             Self::DownloadStalled { .. } => "DOWNLOAD_STALLED",
             Self::ShuttingDown { .. } => "SERVER_SHUTTING_DOWN",
             Self::ContentUnavailable(_) => "CONTENT_UNAVAILABLE",
+            Self::ContentExpired(_) => "CONTENT_EXPIRED",
             Self::MalformedMessage(_) => "MALFORMED_MESSAGE",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
@@ -189,7 +193,9 @@ impl ApiError {
             Self::MissingCredentials | Self::InvalidCredentials | Self::AmbiguousCredentials(_) => {
                 Code::Unauthenticated
             }
-            Self::LastFrameNotAvailable(_) | Self::LastFrameDropped { .. } => Code::NotFound,
+            Self::LastFrameNotAvailable(_)
+            | Self::LastFrameDropped { .. }
+            | Self::ContentExpired(_) => Code::NotFound,
             Self::VideoNotCompleted { .. } => Code::FailedPrecondition,
             Self::OffsetOutOfRange { .. }
             | Self::CursorExpired { .. }
@@ -267,6 +273,7 @@ impl From<FeedError> for ApiError {
             FeedError::Store(e) => e.into(),
             FeedError::ContentUnreadable { reference } => Self::Internal(reference),
             FeedError::ContentUnavailable(why) => Self::ContentUnavailable(why),
+            FeedError::ContentExpired(why) => Self::ContentExpired(why),
         }
     }
 }

@@ -232,6 +232,20 @@ impl VideoService for VideoApi {
                 .into());
             }
         };
+        if let Some(at) = job
+            .complete_time_ms()
+            .and_then(|done| self.blobs.expires_at_ms(done))
+            && crate::job::now_ms() >= at
+        {
+            return Err(ApiError::ContentExpired(format!(
+                "video {}'s stored content expired at {} ([blob] retention): the job and its content facts remain (GetVideo)",
+                job.id,
+                httpdate::fmt_http_date(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64)
+                )
+            ))
+            .into());
+        }
         let (key, size) = match pb::ContentVariant::try_from(req.variant) {
             Ok(pb::ContentVariant::Video) => (content.blob_key.clone(), content.size_bytes),
             Ok(pb::ContentVariant::LastFrame) => {
@@ -276,7 +290,8 @@ impl VideoService for VideoApi {
                 .blobs
                 .read_range(&key, offset..end, self.chunk_bytes)
                 .await
-                .map_err(blob_status)?;
+                .map_err(|e| blob_status(&job.id, e))?;
+            let job_id = job.id.clone();
             let metrics = self.metrics.clone();
             let draining = self.draining.clone();
             tokio::spawn(async move {
@@ -304,7 +319,7 @@ impl VideoService for VideoApi {
                             let len = data.len();
                             (Ok(pb::ContentChunk { offset: at, data }), len)
                         }
-                        Err(e) => (Err(blob_status(e)), 0),
+                        Err(e) => (Err(blob_status(&job_id, e)), 0),
                     };
                     let failed = item.is_err();
                     let sent = tokio::select! {
@@ -445,8 +460,11 @@ fn event_or_status(item: FeedItem) -> Result<pb::VideoEvent, Status> {
     item.map_err(|e| ApiError::from(e).into())
 }
 
-fn blob_status(e: BlobError) -> Status {
+fn blob_status(job_id: &str, e: BlobError) -> Status {
     match e {
+        BlobError::NotFound(_) => {
+            ApiError::ContentExpired(crate::events::content_gone(job_id)).into()
+        }
         BlobError::OutOfRange { offset, size, .. } => {
             ApiError::OffsetOutOfRange { offset, size }.into()
         }

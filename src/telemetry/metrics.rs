@@ -71,6 +71,7 @@ struct Inner {
     subscribers: UpDownCounter<i64>,
     stream_bytes: Counter<u64>,
     stream_lagged: Counter<u64>,
+    blobs_removed: Counter<u64>,
     models: Mutex<HashSet<String>>,
     /// Keeps a private provider alive for [`Metrics::disabled`].
     _provider: Option<SdkMeterProvider>,
@@ -163,6 +164,12 @@ impl Metrics {
                         "Streams ended SUBSCRIBER_LAGGED: the next event would have taken them past their byte budget",
                     )
                     .build(),
+                blobs_removed: meter
+                    .u64_counter("vidgate.blob.removed")
+                    .with_description(
+                        "Stored videos, last frames and staged downloads removed, by reason: expired (past [blob] retention), orphan (no job references it), staged (its job is gone or finished)",
+                    )
+                    .build(),
                 models: Mutex::new(HashSet::new()),
                 _provider: provider,
             }),
@@ -244,6 +251,13 @@ impl Metrics {
         self.inner
             .retries
             .add(1, &[KeyValue::new("vidgate.step", step)]);
+    }
+
+    /// A stored object or staged file was removed, for `reason`.
+    pub fn blob_removed(&self, reason: &'static str) {
+        self.inner
+            .blobs_removed
+            .add(1, &[KeyValue::new("vidgate.reason", reason)]);
     }
 
     /// A `method` stream was ended past its byte budget.

@@ -9,6 +9,7 @@ use tonic_types::StatusExt;
 
 use super::*;
 use support::s3::s3;
+use vidgate::telemetry::Metrics;
 
 /// Streams a whole video from `client` and returns its SHA-256 and size.
 async fn download_sha256(client: &mut VideoServiceClient<Channel>, id: &str) -> (String, u64) {
@@ -313,9 +314,14 @@ async fn the_sweeper_removes_objects_and_staged_files_no_job_needs_and_keeps_the
     std::fs::write(&staged, b"half a video").expect("staged file");
 
     let blobs = vidgate::blob::BlobStore::open(&blob_config, &dir).expect("blob store");
-    let report = vidgate::sweeper::sweep(&blobs, app.store().as_ref(), Duration::ZERO)
-        .await
-        .expect("a sweep");
+    let report = vidgate::sweeper::sweep(
+        &blobs,
+        app.store().as_ref(),
+        Duration::ZERO,
+        &Metrics::disabled(),
+    )
+    .await
+    .expect("a sweep");
     assert_eq!(report.removed_objects, 2, "{report:?}");
     assert_eq!(report.removed_staged, 1, "{report:?}");
     let left: Vec<String> = s3.list(&prefix).await.into_iter().map(|(k, _)| k).collect();
@@ -328,9 +334,14 @@ async fn the_sweeper_removes_objects_and_staged_files_no_job_needs_and_keeps_the
     );
     assert!(!staged.exists());
     // A second sweep finds nothing more.
-    let again = vidgate::sweeper::sweep(&blobs, app.store().as_ref(), Duration::ZERO)
-        .await
-        .expect("a sweep");
+    let again = vidgate::sweeper::sweep(
+        &blobs,
+        app.store().as_ref(),
+        Duration::ZERO,
+        &Metrics::disabled(),
+    )
+    .await
+    .expect("a sweep");
     assert_eq!((again.removed_objects, again.removed_staged), (0, 0));
     stop_all(vec![app]).await;
     schema.drop().await;
@@ -478,4 +489,86 @@ min_free_disk_bytes = 0
         !logs.contains(ACCESS_KEY),
         "the access key id reached the logs"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_retention_a_video_is_gone_from_the_bucket_its_job_stays_and_download_says_expired()
+ {
+    let db = database().await;
+    let schema = db.schema("objects_retention");
+    let s3 = s3();
+    let prefix = s3.prefix("retention");
+    let sim = sim(sim_config()).await;
+    let dir = temp_dir("objects-retention");
+    let mut config = instance_config(&schema, &dir, &sim);
+    config.blob = s3.blob_config(&prefix);
+    config.blob.retention = Some("4s".into());
+    config.blob.sweep_interval_ms = 0;
+    let blob_config = config.blob.clone();
+    let app = Application::build(config).await.expect("vidgate starts");
+    let mut client = connect(&app).await;
+    let created = client
+        .create_video(req(ACME, veo("objects: retention")))
+        .await
+        .expect("create")
+        .into_inner();
+    let videos = wait_all_terminal(&mut client, 1, "the job").await;
+    let video = &videos[0];
+    assert_eq!(video.status(), pb::VideoStatus::Completed);
+    let content = video.content.clone().expect("content facts");
+    assert_eq!(s3.list(&prefix).await.len(), 1);
+
+    // Past complete_time + 4 s: expired for every reader, before any sweep ran.
+    let complete = video.complete_time.expect("complete time");
+    let expires = std::time::UNIX_EPOCH
+        + Duration::from_secs(complete.seconds as u64)
+        + Duration::from_nanos(complete.nanos as u64)
+        + Duration::from_secs(4);
+    if let Ok(wait) = expires.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    }
+    let status = client
+        .download_video(req(
+            ACME,
+            pb::DownloadVideoRequest {
+                id: created.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|_| ())
+        .expect_err("expired content is not served");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert_eq!(error_reason(&status), "CONTENT_EXPIRED");
+    assert!(status.message().contains("retention"), "{status:?}");
+
+    // The sweep removes it from the bucket; the job stays, with its content facts.
+    let blobs = vidgate::blob::BlobStore::open(&blob_config, &dir).expect("blob store");
+    let report = vidgate::sweeper::sweep(
+        &blobs,
+        app.store().as_ref(),
+        Duration::from_secs(3_600),
+        &Metrics::disabled(),
+    )
+    .await
+    .expect("a sweep");
+    assert_eq!(report.expired_objects, 1, "{report:?}");
+    assert!(
+        s3.list(&prefix).await.is_empty(),
+        "the video is gone from the bucket"
+    );
+    let after = client
+        .get_video(req(
+            ACME,
+            pb::GetVideoRequest {
+                id: created.id.clone(),
+            },
+        ))
+        .await
+        .expect("the job stays")
+        .into_inner();
+    assert_eq!(after.status(), pb::VideoStatus::Completed);
+    assert_eq!(after.content.map(|c| c.sha256), Some(content.sha256));
+    stop_all(vec![app]).await;
+    schema.drop().await;
 }
