@@ -1,8 +1,8 @@
 //! vidgate's benchmark harness: `cargo bench --bench harness [-- SCENARIO...]`, one table for
 //! every scenario of issue #5. Scenario names: `create` (1), `amqp` (2), `inflight` (3),
 //! `download` (4), `watch` (5), `fanout` (6), `e2e` (7), `pgcreate` (8), `pgevents` (9),
-//! `subscribers` (10, issue #14: peak RSS of never-read against reading subscribers); none =
-//! all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
+//! `subscribers` (10, issue #14: peak RSS of never-read against reading subscribers),
+//! `s3download` (11, issue #15: `DownloadVideo` from an S3-compatible store); none = all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
 //!
 //! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
 //! the in-process upstream simulator, or one in a child process where the gateway's CPU and
@@ -51,6 +51,9 @@ mod fanout;
 mod inflight;
 #[path = "harness/postgres.rs"]
 mod postgres;
+#[path = "../tests/support/s3.rs"]
+#[allow(dead_code)]
+mod s3;
 #[path = "harness/subscribers.rs"]
 mod subscribers;
 #[path = "harness/watch.rs"]
@@ -94,7 +97,7 @@ const TOKEN: &str = "tok-bench-0123456789";
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run, with the issue's numbers.
-const SCENARIOS: [(&str, u8); 10] = [
+const SCENARIOS: [(&str, u8); 11] = [
     ("create", 1),
     ("amqp", 2),
     ("inflight", 3),
@@ -105,6 +108,7 @@ const SCENARIOS: [(&str, u8); 10] = [
     ("pgcreate", 8),
     ("pgevents", 9),
     ("subscribers", 10),
+    ("s3download", 11),
 ];
 
 #[tokio::main]
@@ -208,6 +212,7 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         "pgcreate" => postgres::scenario().await,
         "pgevents" => postgres::events_scenario().await,
         "subscribers" => subscribers_scenario().await,
+        "s3download" => s3_download_scenario().await,
         _ => e2e::scenario().await,
     };
     let rows = match result {
@@ -641,6 +646,87 @@ async fn download_scenario() -> anyhow::Result<Vec<Row>> {
     )])
 }
 
+/// Scenario 11 (issue #15): whole `DownloadVideo`s of a 100 MB video kept in an S3-compatible
+/// server (`VIDGATE_TEST_S3_ENDPOINT`, else a moto server started here, as in the tests)
+/// against bare ranged GETs of the same object from the same server with `object_store`'s S3
+/// client (the one vidgate uses), read to the end; interleaved rounds, medians.
+async fn s3_download_scenario() -> anyhow::Result<Vec<Row>> {
+    const DOWNLOADS: usize = 3;
+    const S3_ROUNDS: usize = 3;
+    const TARGET: f64 = 0.80;
+    use object_store::ObjectStore as _;
+    let server = s3::s3();
+    let prefix = server.prefix("bench-download");
+    println!(
+        "s3download: {} MB video in {} ({}), {DOWNLOADS} whole downloads per round, {S3_ROUNDS} rounds, {} KiB chunks",
+        VIDEO_BYTES / 1_000_000,
+        server.endpoint,
+        if std::env::var(s3::TEST_ENDPOINT_ENV).is_ok() {
+            "given"
+        } else {
+            "moto, started here"
+        },
+        chunk_bytes() / 1024
+    );
+    let blob = server.blob_config(&prefix);
+    let stored = StoredVideo::prepare_with(VIDEO_BYTES, |c| c.blob = blob).await?;
+    let (vidgate, size) = (&stored.client, stored.size);
+    let bucket = server.client();
+    let key = object_store::path::Path::from(format!("{prefix}/videos/{}.mp4", stored.id));
+    let bare = |n: usize| {
+        let (bucket, key) = (bucket.clone(), key.clone());
+        async move {
+            let started = Instant::now();
+            for _ in 0..n {
+                let got = bucket
+                    .get_opts(
+                        &key,
+                        object_store::GetOptions::new().with_range(Some(0..size)),
+                    )
+                    .await?;
+                let mut body = got.into_stream();
+                let mut read = 0u64;
+                while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+                    read += chunk?.len() as u64;
+                }
+                anyhow::ensure!(read == size, "read {read} of {size} bytes");
+            }
+            Ok::<f64, anyhow::Error>(
+                (size * n as u64) as f64 / 1e6 / started.elapsed().as_secs_f64(),
+            )
+        }
+    };
+    download_round(vidgate, &stored.id, size, 1).await?;
+    bare(1).await?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..S3_ROUNDS {
+        let (v, b) = if round % 2 == 0 {
+            let v = download_round(vidgate, &stored.id, size, DOWNLOADS).await?;
+            (v, bare(DOWNLOADS).await?)
+        } else {
+            let b = bare(DOWNLOADS).await?;
+            (
+                download_round(vidgate, &stored.id, size, DOWNLOADS).await?,
+                b,
+            )
+        };
+        println!(
+            "  round {}/{S3_ROUNDS}: vidgate {v:.0} MB/s | bare ranged GET {b:.0} MB/s | {:.1}%",
+            round + 1,
+            v / b * 100.0
+        );
+        ours.push(v);
+        theirs.push(b);
+    }
+    stored.stop().await;
+    Ok(vec![Row::rate(
+        "DownloadVideo 100 MB from S3: MB/s (vs bare ranged GET, same server)",
+        (median(ours), median(theirs)),
+        " MB/s",
+        TARGET,
+    )])
+}
+
 /// Steps the dispatcher until the job is terminal; it must complete.
 async fn complete(
     app: &Application,
@@ -900,6 +986,11 @@ struct StoredVideo {
 
 impl StoredVideo {
     async fn prepare(bytes: u64) -> anyhow::Result<Self> {
+        Self::prepare_with(bytes, |_| {}).await
+    }
+
+    /// [`StoredVideo::prepare`] with the config changed by `tweak` first.
+    async fn prepare_with(bytes: u64, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("vidgate-bench-")
             .tempdir()?;
@@ -907,6 +998,7 @@ impl StoredVideo {
         config.simulator.content_min_size = bytes;
         config.events.chunk_bytes = chunk_bytes();
         config.dispatcher.enabled = false;
+        tweak(&mut config);
         let app = Application::build(config).await?;
         let mut client = connect(app.grpc_addr()).await?;
         let prepared = Instant::now();
