@@ -851,27 +851,59 @@ fn read_at(
     Ok(buf.freeze())
 }
 
+/// Re-cuts a body into pieces of exactly `chunk` bytes (the last may be shorter). A piece
+/// that a body frame holds whole is a slice of that frame (no copy); only pieces that span
+/// frames are copied together.
 fn rechunk(
     stream: BoxStream<'static, Result<Bytes, BlobError>>,
     chunk: usize,
 ) -> BoxStream<'static, Result<Bytes, BlobError>> {
-    futures::stream::try_unfold(
-        (stream, BytesMut::new(), false),
-        move |(mut stream, mut buf, mut done)| async move {
-            while !done && buf.len() < chunk {
-                match stream.next().await {
-                    Some(item) => buf.extend_from_slice(&item?),
-                    None => done = true,
+    struct State {
+        stream: BoxStream<'static, Result<Bytes, BlobError>>,
+        /// The unread rest of the last frame.
+        pending: Bytes,
+        /// A piece being gathered across frames.
+        joined: BytesMut,
+        done: bool,
+    }
+    let state = State {
+        stream,
+        pending: Bytes::new(),
+        joined: BytesMut::new(),
+        done: false,
+    };
+    futures::stream::try_unfold(state, move |mut st| async move {
+        loop {
+            // A whole piece in what is pending, and nothing gathered: a slice, no copy.
+            if st.joined.is_empty() && st.pending.len() >= chunk {
+                let out = st.pending.split_to(chunk);
+                return Ok(Some((out, st)));
+            }
+            // Gather from what is pending.
+            if !st.pending.is_empty() {
+                let take = (chunk - st.joined.len()).min(st.pending.len());
+                if st.joined.is_empty() {
+                    st.joined.reserve(chunk);
+                }
+                st.joined.extend_from_slice(&st.pending.split_to(take));
+                if st.joined.len() == chunk {
+                    let out = st.joined.split().freeze();
+                    return Ok(Some((out, st)));
                 }
             }
-            if buf.is_empty() {
-                return Ok(None);
+            if st.done {
+                if st.joined.is_empty() {
+                    return Ok(None);
+                }
+                let out = st.joined.split().freeze();
+                return Ok(Some((out, st)));
             }
-            let take = buf.len().min(chunk);
-            let out = buf.split_to(take).freeze();
-            Ok(Some((out, (stream, buf, done))))
-        },
-    )
+            match st.stream.next().await {
+                Some(item) => st.pending = item?,
+                None => st.done = true,
+            }
+        }
+    })
     .boxed()
 }
 
@@ -1065,6 +1097,36 @@ mod tests {
         assert_eq!(read, 16_384);
         assert!(error.contains("ended before its recorded size"), "{error}");
         std::fs::remove_dir_all(root).ok();
+    }
+
+    #[tokio::test]
+    async fn rechunk_cuts_any_frames_into_exact_chunks_in_order() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for frames in [
+            vec![10_000],
+            vec![1; 0],
+            vec![3, 5000, 7, 4990],
+            vec![4096; 2],
+        ] {
+            let mut at = 0;
+            let mut pieces: Vec<Result<Bytes, BlobError>> = Vec::new();
+            for len in frames {
+                let end = (at + len).min(data.len());
+                pieces.push(Ok(Bytes::copy_from_slice(&data[at..end])));
+                at = end;
+            }
+            if at < data.len() {
+                pieces.push(Ok(Bytes::copy_from_slice(&data[at..])));
+            }
+            let out = collect(rechunk(futures::stream::iter(pieces).boxed(), 1_000)).await;
+            let joined: Vec<u8> = out.iter().flat_map(|c| c.iter().copied()).collect();
+            assert!(joined == data);
+            assert!(
+                out.iter().all(|c| c.len() == 1_000),
+                "{:?}",
+                out.iter().map(|c| c.len()).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[tokio::test]
