@@ -11,16 +11,34 @@ use super::*;
 use support::s3::s3;
 use vidgate::telemetry::Metrics;
 
+/// `DownloadVideo` of the whole video `id`, as ACME.
+fn whole(id: &str) -> tonic::Request<pb::DownloadVideoRequest> {
+    req(
+        ACME,
+        pb::DownloadVideoRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        },
+    )
+}
+
+/// A `DownloadVideo` of `id` that must be refused at once (`why` says why): its status.
+async fn refused_download(
+    client: &mut VideoServiceClient<Channel>,
+    id: &str,
+    why: &str,
+) -> tonic::Status {
+    client
+        .download_video(whole(id))
+        .await
+        .map(|_| ())
+        .expect_err(why)
+}
+
 /// Streams a whole video from `client` and returns its SHA-256 and size.
 async fn download_sha256(client: &mut VideoServiceClient<Channel>, id: &str) -> (String, u64) {
     let mut stream = client
-        .download_video(req(
-            ACME,
-            pb::DownloadVideoRequest {
-                id: id.to_owned(),
-                ..Default::default()
-            },
-        ))
+        .download_video(whole(id))
         .await
         .expect("DownloadVideo starts")
         .into_inner();
@@ -235,17 +253,8 @@ async fn an_unreachable_object_store_makes_downloads_wait_and_reads_unavailable_
 
     // The store down while reading: UNAVAILABLE with a retry delay, naming the cause.
     proxy.cut().await;
-    let status = client
-        .download_video(req(
-            ACME,
-            pb::DownloadVideoRequest {
-                id: created.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .map(|_| ())
-        .expect_err("no read while the store is down");
+    let status =
+        refused_download(&mut client, &created.id, "no read while the store is down").await;
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(error_reason(&status), "CONTENT_UNAVAILABLE");
     assert!(
@@ -527,17 +536,7 @@ async fn past_its_retention_a_video_is_gone_from_the_bucket_its_job_stays_and_do
     if let Ok(wait) = expires.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait + Duration::from_millis(200)).await;
     }
-    let status = client
-        .download_video(req(
-            ACME,
-            pb::DownloadVideoRequest {
-                id: created.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .map(|_| ())
-        .expect_err("expired content is not served");
+    let status = refused_download(&mut client, &created.id, "expired content is not served").await;
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     assert_eq!(error_reason(&status), "CONTENT_EXPIRED");
     assert!(status.message().contains("retention"), "{status:?}");
