@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::blob::{BlobError, BlobStore};
-use crate::job::now_ms;
+use crate::job::{Job, now_ms};
 use crate::store::JobStore;
 use crate::telemetry::Metrics;
 
@@ -57,38 +57,39 @@ pub fn job_of(key: &str) -> Option<&str> {
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
-/// Whether `key` (an object) is still referenced by its job, or may yet be.
-async fn object_wanted(store: &dyn JobStore, key: &str) -> Result<bool, BlobError> {
-    let Some(id) = job_of(key) else {
-        // Not a key vidgate writes: not vidgate's to remove.
-        return Ok(true);
-    };
-    let job = store.get(id).await.map_err(|e| BlobError::Io {
-        op: "sweep",
-        key: key.to_owned(),
-        detail: format!("looking up job {id}: {e}"),
-    })?;
-    Ok(match job {
-        None => false,
-        Some(job) if job.is_deleted() => false,
-        Some(job) => match job.content() {
-            Some(c) => c.blob_key == key || c.last_frame_key.as_deref() == Some(key),
-            None => !job.is_terminal(),
-        },
-    })
-}
-
-/// Whether a staged download of job `id` may still be needed.
-async fn staged_wanted(store: &dyn JobStore, name: &str) -> Result<bool, BlobError> {
+/// The job that `name` (an object key or a staged file) belongs to: `None` when the name is
+/// not one vidgate writes (then it is not vidgate's to remove), else the job if it exists.
+async fn owner(store: &dyn JobStore, name: &str) -> Result<Option<Option<Job>>, BlobError> {
     let Some(id) = job_of(name) else {
-        return Ok(true);
+        return Ok(None);
     };
     let job = store.get(id).await.map_err(|e| BlobError::Io {
         op: "sweep",
         key: name.to_owned(),
         detail: format!("looking up job {id}: {e}"),
     })?;
-    Ok(matches!(job, Some(job) if !job.is_deleted() && !job.is_terminal()))
+    Ok(Some(job))
+}
+
+/// Whether `key` (an object) is still referenced by its job, or may yet be.
+async fn object_wanted(store: &dyn JobStore, key: &str) -> Result<bool, BlobError> {
+    Ok(match owner(store, key).await? {
+        None => true,
+        Some(None) => false,
+        Some(Some(job)) if job.is_deleted() => false,
+        Some(Some(job)) => match job.content() {
+            Some(c) => c.blob_key == key || c.last_frame_key.as_deref() == Some(key),
+            None => !job.is_terminal(),
+        },
+    })
+}
+
+/// Whether a staged download may still be needed: its job exists and is still running.
+async fn staged_wanted(store: &dyn JobStore, name: &str) -> Result<bool, BlobError> {
+    Ok(match owner(store, name).await? {
+        None => true,
+        Some(job) => job.is_some_and(|job| !job.is_deleted() && !job.is_terminal()),
+    })
 }
 
 /// One sweep over `blobs`: objects under `videos/` and `frames/` and the staged downloads,
