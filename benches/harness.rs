@@ -2,7 +2,8 @@
 //! every scenario of issue #5. Scenario names: `create` (1), `amqp` (2), `inflight` (3),
 //! `download` (4), `watch` (5), `fanout` (6), `e2e` (7), `pgcreate` (8), `pgevents` (9),
 //! `subscribers` (10, issue #14: peak RSS of never-read against reading subscribers),
-//! `s3download` (11, issue #15: `DownloadVideo` from an S3-compatible store); none = all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
+//! `s3download` (11, issue #15: `DownloadVideo` from an S3-compatible store), `s3e2e` (12,
+//! issue #15: scenario 7 with videos in S3 against a local directory); none = all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
 //!
 //! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
 //! the in-process upstream simulator, or one in a child process where the gateway's CPU and
@@ -97,7 +98,7 @@ const TOKEN: &str = "tok-bench-0123456789";
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run, with the issue's numbers.
-const SCENARIOS: [(&str, u8); 11] = [
+const SCENARIOS: [(&str, u8); 12] = [
     ("create", 1),
     ("amqp", 2),
     ("inflight", 3),
@@ -109,6 +110,7 @@ const SCENARIOS: [(&str, u8); 11] = [
     ("pgevents", 9),
     ("subscribers", 10),
     ("s3download", 11),
+    ("s3e2e", 12),
 ];
 
 #[tokio::main]
@@ -213,6 +215,7 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         "pgevents" => postgres::events_scenario().await,
         "subscribers" => subscribers_scenario().await,
         "s3download" => s3_download_scenario().await,
+        "s3e2e" => e2e::s3_scenario(&s3::s3()).await,
         _ => e2e::scenario().await,
     };
     let rows = match result {
@@ -698,26 +701,71 @@ async fn s3_download_scenario() -> anyhow::Result<Vec<Row>> {
     };
     download_round(vidgate, &stored.id, size, 1).await?;
     bare(1).await?;
+    // Where the CPU goes, per MB: this process (vidgate and its gRPC client, or the bare GET's
+    // client) and the rest of the machine (mostly the S3 server): on 2 cores, the S3 server and
+    // vidgate's extra gRPC leg share the same CPUs, which caps the ratio.
+    let mb = (size * DOWNLOADS as u64) as f64 / 1e6;
+    let measured = |rate: f64, own0: f64, all0: f64| {
+        let (own, all) = (cpu_seconds() - own0, machine_busy_seconds() - all0);
+        (rate, own * 1e3 / mb, (all - own) * 1e3 / mb)
+    };
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours_cpu, mut theirs_cpu) = (Vec::new(), Vec::new());
     for round in 0..S3_ROUNDS {
+        let vidgate_round = || async {
+            let (own0, all0) = (cpu_seconds(), machine_busy_seconds());
+            let rate = download_round(vidgate, &stored.id, size, DOWNLOADS).await?;
+            Ok::<_, anyhow::Error>(measured(rate, own0, all0))
+        };
+        let bare_round = || async {
+            let (own0, all0) = (cpu_seconds(), machine_busy_seconds());
+            let rate = bare(DOWNLOADS).await?;
+            Ok::<_, anyhow::Error>(measured(rate, own0, all0))
+        };
         let (v, b) = if round % 2 == 0 {
-            let v = download_round(vidgate, &stored.id, size, DOWNLOADS).await?;
-            (v, bare(DOWNLOADS).await?)
+            let v = vidgate_round().await?;
+            (v, bare_round().await?)
         } else {
-            let b = bare(DOWNLOADS).await?;
-            (
-                download_round(vidgate, &stored.id, size, DOWNLOADS).await?,
-                b,
-            )
+            let b = bare_round().await?;
+            (vidgate_round().await?, b)
         };
         println!(
-            "  round {}/{S3_ROUNDS}: vidgate {v:.0} MB/s | bare ranged GET {b:.0} MB/s | {:.1}%",
+            "  round {}/{S3_ROUNDS}: vidgate {:.0} MB/s (CPU ms per MB: {:.2} this process, {:.2} the rest) | bare ranged GET {:.0} MB/s ({:.2}, {:.2}) | {:.1}%",
             round + 1,
-            v / b * 100.0
+            v.0,
+            v.1,
+            v.2,
+            b.0,
+            b.1,
+            b.2,
+            v.0 / b.0 * 100.0
         );
-        ours.push(v);
-        theirs.push(b);
+        ours.push(v.0);
+        theirs.push(b.0);
+        ours_cpu.push((v.1, v.2));
+        theirs_cpu.push((b.1, b.2));
     }
+    let (o, t) = (
+        (
+            median(ours_cpu.iter().map(|c| c.0)),
+            median(ours_cpu.iter().map(|c| c.1)),
+        ),
+        (
+            median(theirs_cpu.iter().map(|c| c.0)),
+            median(theirs_cpu.iter().map(|c| c.1)),
+        ),
+    );
+    println!(
+        "  CPU ms per MB (medians): vidgate {:.2} in this process + {:.2} elsewhere = {:.2}; bare GET {:.2} + {:.2} = {:.2}; 2 cores fully busy would carry {:.0} and {:.0} MB/s",
+        o.0,
+        o.1,
+        o.0 + o.1,
+        t.0,
+        t.1,
+        t.0 + t.1,
+        2e3 / (o.0 + o.1),
+        2e3 / (t.0 + t.1)
+    );
     stored.stop().await;
     Ok(vec![Row::rate(
         "DownloadVideo 100 MB from S3: MB/s (vs bare ranged GET, same server)",
@@ -1053,6 +1101,27 @@ fn ext_config(data_dir: &Path, base_url: &str) -> Config {
 /// User + system CPU seconds of this process so far (all threads, live and exited).
 fn cpu_seconds() -> f64 {
     cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU seconds the whole machine spent busy (every process, `/proc/stat`: all but idle and
+/// iowait), in clock ticks of 1/100 s. NaN where there is no such file.
+fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return f64::NAN;
+    };
+    let Some(line) = stat.lines().next() else {
+        return f64::NAN;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    if ticks.len() < 8 {
+        return f64::NAN;
+    }
+    (ticks[..8].iter().sum::<u64>() - ticks[3] - ticks[4]) as f64 / 100.0
 }
 
 /// `utime + stime` of a `/proc/<pid>/stat` file, in seconds (clock ticks of 1/100 s, Linux's

@@ -163,6 +163,98 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     ])
 }
 
+/// Scenario 12 (issue #15): the same 1 000 jobs with videos kept in an S3-compatible server
+/// (`VIDGATE_TEST_S3_ENDPOINT`, else a moto server started here) against the same jobs with
+/// videos in a local directory, same run, same simulator child: two gateways in this process,
+/// their rounds interleaved (each round's peak RSS is that round's gateway's, with the other
+/// idle). Figures: CPU ms per job of this process and peak RSS, each side's median round and
+/// worst peak. The S3 server's own CPU and memory are not counted (another process), as the
+/// simulator's are not.
+pub async fn s3_scenario(server: &crate::s3::S3) -> anyhow::Result<Vec<Row>> {
+    println!(
+        "s3e2e: {JOBS} jobs per side in {ROUNDS} rounds of {JOBS_PER_ROUND}, {WORKERS} at a time, {} MB MP4s, videos in {} against a local directory, rounds interleaved",
+        VIDEO_BYTES / 1_000_000,
+        server.endpoint
+    );
+    let mut sim = ExtSim::start(SimSettings {
+        queued_ms: QUEUED_MS,
+        processing_ms: PROCESSING_MS,
+        content_min_size: VIDEO_BYTES,
+    })
+    .await?;
+    let prefix = server.prefix("bench-e2e");
+    let mut apps = Vec::new();
+    let mut dirs = Vec::new();
+    for remote in [false, true] {
+        let data = tempfile::Builder::new()
+            .prefix("vidgate-bench-")
+            .tempdir()?;
+        let mut config = ext_config(data.path(), &sim.base_url);
+        config.dispatcher.first_poll_after_ms = FIRST_POLL_MS;
+        config.dispatcher.poll_interval_ms = POLL_INTERVAL_MS;
+        config.dispatcher.poll_jitter = 0.0;
+        if remote {
+            config.blob = server.blob_config(&prefix);
+        }
+        let app = vidgate::app::Application::build(config).await?;
+        let clients = channels(app.grpc_addr(), CONNECTIONS).await?;
+        apps.push((app, clients));
+        dirs.push(data);
+    }
+    let (mut cpu, mut peak) = ([Vec::new(), Vec::new()], [0.0_f64, 0.0_f64]);
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            reset_peak_rss();
+            let cpu0 = cpu_seconds();
+            // Distinct job numbers per side and round (request ids are per gateway anyway).
+            run_jobs(&apps[side].1, round * 2 + side).await?;
+            peak[side] = peak[side].max(peak_rss_mib().map_or(f64::NAN, |m| m * 1.048_576));
+            cpu[side].push((cpu_seconds() - cpu0) * 1e3 / JOBS_PER_ROUND as f64);
+        }
+        println!(
+            "  round {}/{ROUNDS}: local {:.2} CPU ms per job | S3 {:.2} CPU ms per job | {:.2}x",
+            round + 1,
+            cpu[0][round],
+            cpu[1][round],
+            cpu[1][round] / cpu[0][round]
+        );
+    }
+    let stats = sim.stats().await?;
+    for (app, _) in apps {
+        app.shutdown().await;
+    }
+    sim.stop().await;
+    drop(dirs);
+    let [local, remote] = cpu.map(crate::median);
+    println!(
+        "  peak RSS: local {:.1} MB | S3 {:.1} MB; upstream content downloads per job: {:.2}",
+        peak[0],
+        peak[1],
+        stats.contents as f64 / (2 * JOBS) as f64
+    );
+    Ok(vec![
+        Row::custom(
+            "1 000 jobs end to end, videos in S3: CPU ms per job (vs local directory, same run)",
+            format!("{remote:.2} ms"),
+            format!("{local:.2} ms"),
+            format!("{:.2}x", remote / local),
+            "-".into(),
+            true,
+        )
+        .no_verdict(),
+        Row::custom(
+            "1 000 jobs end to end, videos in S3: peak RSS (vs local directory, same run)",
+            format!("{:.1} MB", peak[1]),
+            format!("{:.1} MB", peak[0]),
+            format!("{:.2}x", peak[1] / peak[0]),
+            "-".into(),
+            true,
+        )
+        .no_verdict(),
+    ])
+}
+
 /// One round: `JOBS_PER_ROUND` jobs, `WORKERS` at a time.
 async fn run_jobs(clients: &[VideoServiceClient<Channel>], round: usize) -> anyhow::Result<()> {
     let mut workers = JoinSet::new();
