@@ -2,11 +2,13 @@
 //!
 //! Backed by `object_store`: a local directory (the default, `<data_dir>/blobs`) or an
 //! S3-compatible bucket (`[blob] url = "s3://bucket/prefix"`), which every instance reads.
-//! Downloads are written to a partial file under the local staging directory first (so a
-//! broken download resumes with `Range`, and the MP4 is probed before anyone sees it), then put
-//! in place once verified: renamed on a local directory, or sent as a multipart upload with a
-//! few parts in flight, which S3 makes visible only once complete. A reader never sees half a
-//! video.
+//! Downloads are written to a partial file under the local staging directory (so a broken
+//! download resumes with `Range`, and the MP4 is probed before anyone sees it), then put in
+//! place once verified: renamed on a local directory; with an object store, a multipart upload
+//! fed while the download runs ([`StreamingUpload`]) is completed, or the staged file is sent
+//! (one `PUT`, or a multipart upload with a few parts in flight). S3 makes an object visible
+//! only once its upload is complete: a reader never sees half a video. Every upload of the
+//! instance together holds at most `[blob] upload_memory_bytes`.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,18 @@ pub const DEFAULT_PART_BYTES: usize = 8 * 1024 * 1024;
 /// Default parts of one upload in flight at once: an upload holds at most
 /// `(upload_concurrency + 1) x part_bytes` in memory.
 pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
+/// Default memory every upload of an instance may hold at once (parts read or in flight): an
+/// upload waits for room rather than grow the process.
+pub const DEFAULT_UPLOAD_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+/// How long starting a multipart upload alongside a download may take before the download
+/// goes on without it (and the staged file is uploaded once whole).
+const STREAM_START_WAIT: Duration = Duration::from_secs(5);
+/// How long the object store may take to make room for the next part of an upload fed while
+/// downloading before that upload is given up (the download goes on; the staged file is
+/// uploaded once whole).
+const STREAM_PART_WAIT: Duration = Duration::from_secs(10);
+/// How long aborting a given-up multipart upload may take (it runs in the background).
+const ABORT_WAIT: Duration = Duration::from_secs(30);
 /// The key readiness asks for (absent is fine: the store answered).
 const HEALTH_KEY: &str = ".vidgate-health";
 /// How long a request to the object store may take to connect.
@@ -61,6 +75,9 @@ pub struct BlobConfig {
     pub part_bytes: usize,
     /// Parts of one upload in flight at once; see [`DEFAULT_UPLOAD_CONCURRENCY`].
     pub upload_concurrency: usize,
+    /// Memory all uploads of the instance may hold at once; see
+    /// [`DEFAULT_UPLOAD_MEMORY_BYTES`]. At least `part_bytes`.
+    pub upload_memory_bytes: usize,
     /// How long a finished video (and its last frame) is kept after completion, e.g. `30d`
     /// or `12h`; unset: kept until its video is deleted. Past it the sweeper removes the
     /// objects and `DownloadVideo` answers `NOT_FOUND` / `CONTENT_EXPIRED`; the job stays.
@@ -104,6 +121,7 @@ impl Default for BlobConfig {
             virtual_hosted_style: false,
             part_bytes: DEFAULT_PART_BYTES,
             upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
+            upload_memory_bytes: DEFAULT_UPLOAD_MEMORY_BYTES,
             retention: None,
             sweep_interval_ms: crate::sweeper::DEFAULT_SWEEP_INTERVAL_MS,
             orphan_grace_ms: crate::sweeper::DEFAULT_ORPHAN_GRACE_MS,
@@ -122,6 +140,7 @@ impl std::fmt::Debug for BlobConfig {
             .field("virtual_hosted_style", &self.virtual_hosted_style)
             .field("part_bytes", &self.part_bytes)
             .field("upload_concurrency", &self.upload_concurrency)
+            .field("upload_memory_bytes", &self.upload_memory_bytes)
             .field("retention", &self.retention)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("orphan_grace_ms", &self.orphan_grace_ms)
@@ -186,6 +205,14 @@ impl BlobConfig {
             return Err(format!(
                 "blob.upload_concurrency must be 1 to 64, got {}",
                 self.upload_concurrency
+            ));
+        }
+        if self.upload_memory_bytes < self.part_bytes
+            || self.upload_memory_bytes > u32::MAX as usize
+        {
+            return Err(format!(
+                "blob.upload_memory_bytes must be at least blob.part_bytes ({}) and at most 4 GiB, got {}",
+                self.part_bytes, self.upload_memory_bytes
             ));
         }
         let url = match self.url.as_deref().map(str::trim) {
@@ -321,6 +348,23 @@ struct Remote {
     location: String,
     part_bytes: usize,
     concurrency: usize,
+    /// `upload_memory_bytes`, in bytes: what an upload holds is taken from here first.
+    memory: Arc<tokio::sync::Semaphore>,
+    /// Its size, the most one upload may take.
+    memory_bytes: usize,
+}
+
+impl Remote {
+    /// The memory an upload of `size` bytes holds at most: the whole body for a single `PUT`,
+    /// else `concurrency` parts in flight and one being filled; never more than the budget.
+    fn upload_need(&self, size: u64) -> u32 {
+        let need = if size <= self.part_bytes as u64 {
+            size as usize
+        } else {
+            (self.concurrency + 1).saturating_mul(self.part_bytes)
+        };
+        u32::try_from(need.clamp(1, self.memory_bytes)).unwrap_or(u32::MAX)
+    }
 }
 
 impl BlobStore {
@@ -365,6 +409,8 @@ impl BlobStore {
                         location,
                         part_bytes: config.part_bytes,
                         concurrency: config.upload_concurrency,
+                        memory: Arc::new(tokio::sync::Semaphore::new(config.upload_memory_bytes)),
+                        memory_bytes: config.upload_memory_bytes,
                     })),
                 })
             }
@@ -512,6 +558,18 @@ impl BlobStore {
             .len();
         let location = ObjectPath::from(key);
         let part = remote.part_bytes;
+        // Waits for room in the instance's upload memory (never closed: it lives as long as
+        // `remote`).
+        let _memory = remote
+            .memory
+            .clone()
+            .acquire_many_owned(remote.upload_need(size))
+            .await
+            .map_err(|_| BlobError::Io {
+                op: "upload",
+                key: key.to_owned(),
+                detail: "the upload memory budget is closed".into(),
+            })?;
         if size <= part as u64 {
             let mut buf = Vec::with_capacity(size as usize);
             file.read_to_end(&mut buf)
@@ -573,6 +631,51 @@ impl BlobStore {
             .await
             .map_err(|e| io("remove partial", e))?;
         Ok(())
+    }
+
+    /// Starts the multipart upload of `key` that a download of `size` bytes feeds as it
+    /// arrives ([`StreamingUpload`]), so that the object is complete soon after the last
+    /// byte. `None` when there is nothing to gain or no room: a local directory, a video that
+    /// fits in one part (one `PUT` of the staged file is cheaper), no room in the upload
+    /// memory now, or a store that does not answer at once; the staged file is uploaded
+    /// once whole instead ([`BlobStore::commit_partial`]).
+    pub async fn begin_upload(&self, key: &str, size: u64) -> Option<StreamingUpload> {
+        let remote = self.remote.as_ref()?;
+        if size <= remote.part_bytes as u64 {
+            return None;
+        }
+        let memory = remote
+            .memory
+            .clone()
+            .try_acquire_many_owned(remote.upload_need(size))
+            .ok()?;
+        let started = tokio::time::timeout(
+            STREAM_START_WAIT,
+            self.store.put_multipart(&ObjectPath::from(key)),
+        )
+        .await;
+        let upload = match started {
+            Ok(Ok(upload)) => upload,
+            Ok(Err(e)) => {
+                tracing::info!(key = %key, error = %self.map_err("start upload", key, e), "the video is uploaded once downloaded whole");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(key = %key, wait_ms = STREAM_START_WAIT.as_millis() as u64, "the object store did not start an upload in time; the video is uploaded once downloaded whole");
+                return None;
+            }
+        };
+        Some(StreamingUpload {
+            key: key.to_owned(),
+            writer: Some(object_store::WriteMultipart::new_with_chunk_size(
+                upload,
+                remote.part_bytes,
+            )),
+            concurrency: remote.concurrency,
+            sent: 0,
+            store: self.clone(),
+            _memory: memory,
+        })
     }
 
     /// Every object under `prefix` (`videos`, `frames`): its key and when it was last
@@ -644,15 +747,21 @@ impl BlobStore {
         Ok(meta.size)
     }
 
-    /// Removes a deleted job's stored video and last frame, if it has any. A failure is logged,
-    /// not returned: the job is deleted either way, and a leftover blob only costs space.
-    pub async fn delete_content(&self, job: &crate::job::Job) {
-        let Some(c) = job.content() else { return };
+    /// Removes a deleted job's stored video and last frame, if it has any; how many were
+    /// removed (an object already gone counts). A failure is logged, not returned: the job
+    /// is deleted either way, and the orphan sweeper removes a leftover blob later.
+    pub async fn delete_content(&self, job: &crate::job::Job) -> usize {
+        let Some(c) = job.content() else { return 0 };
+        let mut removed = 0;
         for key in std::iter::once(c.blob_key.as_str()).chain(c.last_frame_key.as_deref()) {
-            if let Err(e) = self.delete(key).await {
-                tracing::warn!(job_id = %job.id, error = %e, "stored content not removed");
+            match self.delete(key).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "stored content not removed; the orphan sweeper removes it later")
+                }
             }
         }
+        removed
     }
 
     /// Deletes a blob; a missing one is not an error.
@@ -716,6 +825,119 @@ impl BlobStore {
     /// missing key means the store is unavailable for now.
     fn map_err(&self, op: &'static str, key: &str, e: object_store::Error) -> BlobError {
         classify(self.remote.is_some(), op, key, e)
+    }
+}
+
+/// A multipart upload fed while its video downloads ([`BlobStore::begin_upload`]): at most
+/// `upload_concurrency` parts in flight and one being filled, so a slow store slows the
+/// download rather than grow memory. Nothing is visible in the bucket until
+/// [`StreamingUpload::finish`] completes it, which the dispatcher calls only once the whole
+/// download is hashed and probed. Dropped unfinished (the download broke, was stopped, or the
+/// video was refused), it is aborted in the background, so no part stays billed.
+pub struct StreamingUpload {
+    key: String,
+    /// `None` once finished or aborted.
+    writer: Option<object_store::WriteMultipart>,
+    concurrency: usize,
+    sent: u64,
+    store: BlobStore,
+    /// This upload's share of the instance's upload memory, given back when it ends.
+    _memory: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for StreamingUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingUpload")
+            .field("key", &self.key)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamingUpload {
+    /// Adds the next bytes of the video, waiting (at most [`STREAM_PART_WAIT`]) for room
+    /// among the parts in flight. An error means the upload is of no more use: drop it (it is
+    /// aborted) and upload the staged file once whole.
+    pub async fn put(&mut self, bytes: Bytes) -> Result<(), BlobError> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(self.ended());
+        };
+        match tokio::time::timeout(STREAM_PART_WAIT, writer.wait_for_capacity(self.concurrency))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.store.map_err("upload part", &self.key, e)),
+            Err(_) => {
+                return Err(BlobError::Unavailable {
+                    op: "upload part",
+                    key: self.key.clone(),
+                    detail: format!(
+                        "no part of the upload finished within {} s",
+                        STREAM_PART_WAIT.as_secs()
+                    ),
+                });
+            }
+        }
+        self.sent += bytes.len() as u64;
+        writer.put(bytes);
+        Ok(())
+    }
+
+    /// Completes the upload (the object appears whole, at once) and checks that the object
+    /// holds `size` bytes, all that was put.
+    pub async fn finish(mut self, size: u64) -> Result<(), BlobError> {
+        let Some(writer) = self.writer.take() else {
+            return Err(self.ended());
+        };
+        if self.sent != size {
+            let _ = writer.abort().await;
+            return Err(BlobError::Io {
+                op: "upload",
+                key: self.key.clone(),
+                detail: format!("{} bytes were put, the download holds {size}", self.sent),
+            });
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| self.store.map_err("upload", &self.key, e))?;
+        let stored = self.store.size(&self.key).await?;
+        if stored != size {
+            return Err(BlobError::Io {
+                op: "verify upload",
+                key: self.key.clone(),
+                detail: format!("the object holds {stored} bytes, the download {size}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn ended(&self) -> BlobError {
+        BlobError::Io {
+            op: "upload",
+            key: self.key.clone(),
+            detail: "the upload was already finished or aborted".into(),
+        }
+    }
+}
+
+impl Drop for StreamingUpload {
+    fn drop(&mut self) {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        let key = std::mem::take(&mut self.key);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %key, "an unfinished multipart upload was not aborted (no runtime); the bucket's lifecycle rule removes it");
+            return;
+        };
+        runtime.spawn(async move {
+            match tokio::time::timeout(ABORT_WAIT, writer.abort()).await {
+                Ok(Ok(())) => tracing::debug!(key = %key, "unfinished multipart upload aborted"),
+                Ok(Err(e)) => tracing::warn!(key = %key, error = %e, "an unfinished multipart upload was not aborted; the bucket's lifecycle rule removes it"),
+                Err(_) => tracing::warn!(key = %key, "aborting an unfinished multipart upload took too long; the bucket's lifecycle rule removes it"),
+            }
+        });
     }
 }
 
@@ -973,6 +1195,15 @@ mod tests {
         c.retention = None;
         c.part_bytes = 1024;
         assert!(c.location(data).unwrap_err().contains("blob.part_bytes"));
+        c.part_bytes = DEFAULT_PART_BYTES;
+        c.upload_memory_bytes = DEFAULT_PART_BYTES - 1;
+        let e = c.location(data).unwrap_err();
+        assert!(
+            e.contains("blob.upload_memory_bytes") && e.contains("blob.part_bytes"),
+            "{e}"
+        );
+        c.upload_memory_bytes = DEFAULT_UPLOAD_MEMORY_BYTES;
+        assert!(c.location(data).is_ok());
         let printed = format!(
             "{:?}",
             BlobConfig {
@@ -987,6 +1218,29 @@ mod tests {
             !printed.contains("hush") && !printed.contains("u:p@"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn an_upload_holds_its_body_or_its_parts_in_flight_never_more_than_the_budget() {
+        let remote = Remote {
+            location: "s3://b".into(),
+            part_bytes: 8 << 20,
+            concurrency: 4,
+            memory: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
+            memory_bytes: 64 << 20,
+        };
+        // One PUT of the whole body.
+        assert_eq!(remote.upload_need(0), 1);
+        assert_eq!(remote.upload_need(5_000_000), 5_000_000);
+        assert_eq!(remote.upload_need(8 << 20), 8 << 20);
+        // Multipart: 4 parts in flight and one being filled.
+        assert_eq!(remote.upload_need((8 << 20) + 1), 40 << 20);
+        assert_eq!(remote.upload_need(10 << 30), 40 << 20);
+        let small = Remote {
+            memory_bytes: 16 << 20,
+            ..remote
+        };
+        assert_eq!(small.upload_need(10 << 30), 16 << 20);
     }
 
     async fn store_with(name: &str, data: &[u8]) -> (BlobStore, PathBuf) {

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Dispatcher, Owned, StepError, job_refused};
+use crate::blob::StreamingUpload;
 use crate::job::{ContentFacts, FailureReason, Job, JobError, Record, now_ms};
 use crate::media;
 use crate::store::LeaseEnd;
@@ -85,7 +86,7 @@ impl Dispatcher {
                 ))
             })?;
             return self
-                .store_download(job, owned, &upstream_id, &ready, written, hasher)
+                .store_download(job, owned, &upstream_id, &ready, written, hasher, None)
                 .await;
         }
         let name = format!("{}.mp4.part", job.id);
@@ -152,6 +153,16 @@ impl Dispatcher {
             ContentStart::Full => 0,
         };
         let total = stream.total_len;
+        // With an object store, a download from the first byte of a known size is uploaded
+        // as it arrives (a multipart upload, completed only once the whole is verified).
+        let mut upload = match (start, total) {
+            (0, Some(size)) => {
+                self.blobs
+                    .begin_upload(&format!("videos/{}.mp4", job.id), size)
+                    .await
+            }
+            _ => None,
+        };
         let mut body = stream.body;
         let writing_error =
             |e: std::io::Error| StepError::Local(format!("writing {}: {e}", path.display()));
@@ -182,9 +193,16 @@ impl Dispatcher {
                             break;
                         }
                     }
-                    if let Err(e) = writer.write(bytes).await {
+                    if let Err(e) = writer.write(bytes.clone()).await {
                         // The writer thread stopped: its own error says why.
                         return Err(writing_error(writer.finish().await.err().unwrap_or(e)));
+                    }
+                    if let Some(streaming) = upload.as_mut()
+                        && let Err(e) = streaming.put(bytes).await
+                    {
+                        // Given up (and aborted): the staged file is uploaded once whole.
+                        tracing::warn!(job_id = %job.id, error = %e, "the upload alongside the download was given up; the video is uploaded once downloaded whole");
+                        upload = None;
                     }
                 }
                 Err(e) => {
@@ -250,12 +268,14 @@ impl Dispatcher {
         tokio::fs::rename(&path, self.blobs.partial_path(&ready))
             .await
             .map_err(|e| StepError::Local(format!("staging {}: {e}", path.display())))?;
-        self.store_download(job, owned, &upstream_id, &ready, written, hasher)
+        self.store_download(job, owned, &upstream_id, &ready, written, hasher, upload)
             .await
     }
 
     /// Probes a whole staged download, copies the last frame, puts the video in the blob
-    /// store and completes the job.
+    /// store (completing `upload` when the download fed one, else from the staged file) and
+    /// completes the job.
+    #[allow(clippy::too_many_arguments)]
     async fn store_download(
         &self,
         job: Job,
@@ -264,6 +284,7 @@ impl Dispatcher {
         name: &str,
         written: u64,
         hasher: Sha256,
+        upload: Option<StreamingUpload>,
     ) -> Result<(), StepError> {
         let path = self.blobs.partial_path(name);
         let sha256 = hex::encode(hasher.finalize());
@@ -319,10 +340,31 @@ impl Dispatcher {
             mismatch.push_str(why);
         }
         let key = format!("videos/{}.mp4", job.id);
-        self.blobs
-            .commit_partial(name, &key)
-            .await
-            .map_err(|e| StepError::Local(e.to_string()))?;
+        let streamed = match upload {
+            Some(upload) => match upload.finish(written).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "completing the upload fed while downloading failed; uploading the staged file");
+                    false
+                }
+            },
+            None => false,
+        };
+        if streamed {
+            self.blobs
+                .remove_staged(name)
+                .await
+                .map_err(|e| StepError::Local(e.to_string()))?;
+        } else {
+            self.blobs
+                .commit_partial(name, &key)
+                .await
+                .map_err(|e| StepError::Local(e.to_string()))?;
+        }
+        if self.blobs.is_remote() {
+            self.metrics
+                .blob_uploaded(if streamed { "streamed" } else { "staged" });
+        }
         let content = ContentFacts {
             size_bytes: written,
             sha256,

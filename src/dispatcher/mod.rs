@@ -421,7 +421,9 @@ impl Dispatcher {
         if let Some(request) = saved.applied {
             tracing::info!(job_id = %saved.job.id, request = request.as_str(), status = saved.job.status().as_str(), "request applied by the job's owner");
             if request == OwnerRequest::Delete {
-                self.blobs.delete_content(&saved.job).await;
+                for _ in 0..self.blobs.delete_content(&saved.job).await {
+                    self.metrics.blob_removed("deleted");
+                }
             }
         }
         if ends || (saved.applied.is_some() && saved.job.is_terminal()) {

@@ -201,7 +201,9 @@ impl Jobs {
     pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), JobsError> {
         // An owner that applied the delete removed the content itself.
         if let Settled::Here(job) = self.request(tenant, id, OwnerRequest::Delete).await? {
-            self.blobs.delete_content(&job).await;
+            for _ in 0..self.blobs.delete_content(&job).await {
+                self.metrics.blob_removed("deleted");
+            }
         }
         Ok(())
     }

@@ -72,6 +72,7 @@ struct Inner {
     stream_bytes: Counter<u64>,
     stream_lagged: Counter<u64>,
     blobs_removed: Counter<u64>,
+    blobs_uploaded: Counter<u64>,
     models: Mutex<HashSet<String>>,
     /// Keeps a private provider alive for [`Metrics::disabled`].
     _provider: Option<SdkMeterProvider>,
@@ -167,7 +168,13 @@ impl Metrics {
                 blobs_removed: meter
                     .u64_counter("vidgate.blob.removed")
                     .with_description(
-                        "Stored videos, last frames and staged downloads removed, by reason: expired (past [blob] retention), orphan (no job references it), staged (its job is gone or finished)",
+                        "Stored videos, last frames and staged downloads removed, by reason: expired (past [blob] retention), orphan (no job references it), staged (its job is gone or finished), deleted (DeleteVideo)",
+                    )
+                    .build(),
+                blobs_uploaded: meter
+                    .u64_counter("vidgate.blob.uploaded")
+                    .with_description(
+                        "Videos put in a remote object store, by mode: streamed (uploaded while downloading, completed once verified) or staged (uploaded from the staged file once whole)",
                     )
                     .build(),
                 models: Mutex::new(HashSet::new()),
@@ -258,6 +265,13 @@ impl Metrics {
         self.inner
             .blobs_removed
             .add(1, &[KeyValue::new("vidgate.reason", reason)]);
+    }
+
+    /// A video was put in a remote object store, `streamed` or `staged`.
+    pub fn blob_uploaded(&self, mode: &'static str) {
+        self.inner
+            .blobs_uploaded
+            .add(1, &[KeyValue::new("vidgate.mode", mode)]);
     }
 
     /// A `method` stream was ended past its byte budget.

@@ -35,6 +35,22 @@ async fn refused_download(
         .expect_err(why)
 }
 
+/// `vidgate.blob.uploaded{vidgate.mode=mode}` on `app`'s admin port (0 when absent).
+async fn uploads(app: &Application, mode: &str) -> f64 {
+    let admin = app.admin_addr().expect("admin port on");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    let label = format!("vidgate_mode=\"{mode}\"");
+    text.lines()
+        .filter(|l| l.starts_with("vidgate_blob_uploaded_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Streams a whole video from `client` and returns its SHA-256 and size.
 async fn download_sha256(client: &mut VideoServiceClient<Channel>, id: &str) -> (String, u64) {
     let mut stream = client
@@ -112,6 +128,14 @@ async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identica
         "B has no local copy"
     );
 
+    // A uploaded it while downloading (12 MiB is more than a part), not afterwards.
+    assert_eq!(
+        uploads(&a, "streamed").await,
+        1.0,
+        "the video was uploaded alongside its download"
+    );
+    assert_eq!(uploads(&a, "staged").await, 0.0);
+
     // B streams it, byte-identical to what A hashed while downloading; so does A.
     let (sha_b, size_b) = download_sha256(&mut client_b, &video.id).await;
     assert_eq!(size_b, content.size_bytes as u64);
@@ -157,6 +181,94 @@ async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identica
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop_all(vec![a, b]).await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_broken_mid_upload_aborts_that_upload_and_completes_with_one_object() {
+    use vidgate::upstream::sim::{Fault, FaultEndpoint, FaultRule, FaultWhen};
+    let db = database().await;
+    let schema = db.schema("objects_broken");
+    let s3 = s3();
+    let prefix = s3.prefix("broken-upload");
+    // 12 MiB, broken once after 9 MiB: by then the first 8 MiB part has gone to the store
+    // alongside the download.
+    let sim = sim(SimConfig {
+        content_min_size: 12 * 1024 * 1024,
+        faults: vec![FaultRule {
+            endpoint: FaultEndpoint::Content,
+            when: FaultWhen {
+                times: Some(1),
+                ..FaultWhen::default()
+            },
+            fault: Fault::TruncateContent {
+                after_bytes: 9 * 1024 * 1024,
+            },
+        }],
+        ..sim_config()
+    })
+    .await;
+    let dir = temp_dir("objects-broken");
+    let mut config = instance_config(&schema, &dir, &sim);
+    config.blob = s3.blob_config(&prefix);
+    let app = Application::build(config).await.expect("vidgate starts");
+    let mut client = connect(&app).await;
+
+    // The check below sees an upload left open: one is, for a moment.
+    let probe_key = format!("{prefix}/probe");
+    let mut probe = s3
+        .client()
+        .put_multipart(&object_store::path::Path::from(probe_key.as_str()))
+        .await
+        .expect("a multipart upload starts");
+    assert_eq!(s3.incomplete_uploads(&prefix).await, vec![probe_key]);
+    probe.abort().await.expect("the probe upload is aborted");
+    assert_eq!(s3.incomplete_uploads(&prefix).await, Vec::<String>::new());
+
+    client
+        .create_video(req(ACME, veo("objects: broken mid upload")))
+        .await
+        .expect("create");
+    let videos = wait_all_terminal(&mut client, 1, "the job broken mid upload").await;
+    let video = &videos[0];
+    assert_eq!(video.status(), pb::VideoStatus::Completed, "{video:?}");
+    let content = video.content.clone().expect("content facts");
+    assert_eq!(
+        sim.stats()
+            .tasks
+            .get(&video.upstream_id)
+            .map(|t| t.content_requests),
+        Some(2),
+        "one broken download, then one resumed from where it broke"
+    );
+
+    // One whole object, the bytes the job hashed; the resumed download was uploaded from its
+    // staged file, and the upload the break interrupted was aborted, not left billed.
+    assert_eq!(
+        s3.list(&prefix).await,
+        vec![(
+            format!("{prefix}/videos/{}.mp4", video.id),
+            content.size_bytes as u64
+        )]
+    );
+    let (sha, _) = download_sha256(&mut client, &video.id).await;
+    assert_eq!(sha, content.sha256);
+    assert_eq!(uploads(&app, "staged").await, 1.0);
+    assert_eq!(uploads(&app, "streamed").await, 0.0);
+    // The abort runs in the background: give it a moment.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = s3.incomplete_uploads(&prefix).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "multipart uploads left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_all(vec![app]).await;
     schema.drop().await;
 }
 

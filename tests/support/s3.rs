@@ -175,4 +175,43 @@ impl S3 {
         out.sort();
         out
     }
+
+    /// The keys of multipart uploads under `prefix` that were started and neither completed
+    /// nor aborted (S3's `ListMultipartUploads`, which `object_store` does not offer; signed
+    /// with SigV4 like any client's request).
+    pub async fn incomplete_uploads(&self, prefix: &str) -> Vec<String> {
+        use object_store::aws::{AwsAuthorizer, AwsCredential};
+        let url = format!(
+            "{}/{}?prefix={}%2F&uploads=",
+            self.endpoint.trim_end_matches('/'),
+            self.bucket,
+            prefix
+        );
+        let credential = AwsCredential {
+            key_id: self.credentials.access_key_id.clone(),
+            secret_key: self.credentials.secret_access_key.clone(),
+            token: None,
+        };
+        let mut signed = http::Request::get(&url)
+            .body(object_store::client::HttpRequestBody::empty())
+            .expect("a request to list uploads");
+        AwsAuthorizer::new(&credential, "s3", "us-east-1")
+            .try_authorize(&mut signed, None)
+            .expect("signing the request");
+        let mut request = reqwest::Client::new().get(&url);
+        for (name, value) in signed.headers() {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.expect("ListMultipartUploads answers");
+        let status = response.status();
+        let body = response.text().await.expect("its body");
+        assert!(
+            status.is_success(),
+            "ListMultipartUploads: HTTP {status}: {body}"
+        );
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned()))
+            .collect()
+    }
 }
