@@ -3,7 +3,8 @@
 //! `download` (4), `watch` (5), `fanout` (6), `e2e` (7), `pgcreate` (8), `pgevents` (9),
 //! `subscribers` (10, issue #14: peak RSS of never-read against reading subscribers),
 //! `s3download` (11, issue #15: `DownloadVideo` from an S3-compatible store), `s3e2e` (12,
-//! issue #15: scenario 7 with videos in S3 against a local directory); none = all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
+//! issue #15: scenario 7 with videos in S3 against a local directory), `s3upload` (13, issue
+//! #15: a 100 MB job's completion with S3 at several part sizes and concurrencies); none = all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
 //!
 //! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
 //! the in-process upstream simulator, or one in a child process where the gateway's CPU and
@@ -98,7 +99,7 @@ const TOKEN: &str = "tok-bench-0123456789";
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run, with the issue's numbers.
-const SCENARIOS: [(&str, u8); 12] = [
+const SCENARIOS: [(&str, u8); 13] = [
     ("create", 1),
     ("amqp", 2),
     ("inflight", 3),
@@ -111,6 +112,7 @@ const SCENARIOS: [(&str, u8); 12] = [
     ("subscribers", 10),
     ("s3download", 11),
     ("s3e2e", 12),
+    ("s3upload", 13),
 ];
 
 #[tokio::main]
@@ -216,6 +218,7 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         "subscribers" => subscribers_scenario().await,
         "s3download" => s3_download_scenario().await,
         "s3e2e" => e2e::s3_scenario(&s3::s3()).await,
+        "s3upload" => s3_upload_scenario().await,
         _ => e2e::scenario().await,
     };
     let rows = match result {
@@ -773,6 +776,85 @@ async fn s3_download_scenario() -> anyhow::Result<Vec<Row>> {
         " MB/s",
         TARGET,
     )])
+}
+
+/// Scenario 13 (issue #15): how long a 100 MB job takes from create to `COMPLETED` with its
+/// video uploaded to an S3-compatible server (`VIDGATE_TEST_S3_ENDPOINT`, else moto) while it
+/// downloads, for several `part_bytes` x `upload_concurrency`, against the same job with a
+/// local directory; each variant twice, interleaved; the process's peak RSS per variant. What
+/// the defaults were chosen by.
+async fn s3_upload_scenario() -> anyhow::Result<Vec<Row>> {
+    const REPS: usize = 2;
+    const MIB: usize = 1024 * 1024;
+    let settings: [(usize, usize); 5] = [
+        (5 * MIB, 2),
+        (8 * MIB, 2),
+        (8 * MIB, 4),
+        (16 * MIB, 4),
+        (32 * MIB, 2),
+    ];
+    let server = s3::s3();
+    println!(
+        "s3upload: a {} MB job from create to COMPLETED, videos in {} (uploaded while downloading) at part size x concurrency {:?} MiB, against a local directory; {REPS} runs each, interleaved",
+        VIDEO_BYTES / 1_000_000,
+        server.endpoint,
+        settings.map(|(p, c)| (p / MIB, c))
+    );
+    // None = the local directory.
+    let variants: Vec<Option<(usize, usize)>> = std::iter::once(None)
+        .chain(settings.iter().copied().map(Some))
+        .collect();
+    let mut seconds = vec![Vec::new(); variants.len()];
+    let mut peaks = vec![0.0_f64; variants.len()];
+    for _ in 0..REPS {
+        for (i, variant) in variants.iter().enumerate() {
+            let prefix = server.prefix("bench-upload");
+            reset_peak_rss();
+            let started = Instant::now();
+            let stored = StoredVideo::prepare_with(VIDEO_BYTES, |c| {
+                if let Some((part, concurrency)) = *variant {
+                    c.blob = server.blob_config(&prefix);
+                    c.blob.part_bytes = part;
+                    c.blob.upload_concurrency = concurrency;
+                    c.blob.upload_memory_bytes =
+                        c.blob.upload_memory_bytes.max(part * (concurrency + 1));
+                }
+            })
+            .await?;
+            seconds[i].push(started.elapsed().as_secs_f64());
+            peaks[i] = peaks[i].max(peak_rss_mib().map_or(f64::NAN, |m| m * 1.048_576));
+            stored.stop().await;
+        }
+    }
+    let local = median(seconds[0].iter().copied());
+    let mut rows = Vec::new();
+    for (i, variant) in variants.iter().enumerate().skip(1) {
+        let Some((part, concurrency)) = *variant else {
+            continue;
+        };
+        let s = median(seconds[i].iter().copied());
+        println!(
+            "  part {} MiB x {concurrency} in flight: {s:.2} s to COMPLETED (local directory {local:.2} s), peak RSS {:.1} MB (local {:.1} MB)",
+            part / MIB,
+            peaks[i],
+            peaks[0]
+        );
+        rows.push(
+            Row::custom(
+                &format!(
+                    "100 MB job to COMPLETED with S3, part {} MiB x {concurrency}: s (vs local directory); peak RSS",
+                    part / MIB
+                ),
+                format!("{s:.2} s; {:.0} MB", peaks[i]),
+                format!("{local:.2} s; {:.0} MB", peaks[0]),
+                format!("{:.2}x", s / local),
+                "-".into(),
+                true,
+            )
+            .no_verdict(),
+        );
+    }
+    Ok(rows)
 }
 
 /// Steps the dispatcher until the job is terminal; it must complete.
