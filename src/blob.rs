@@ -173,6 +173,32 @@ pub enum BlobLocation {
         /// Keys are put under it.
         prefix: String,
     },
+    /// A Google Cloud Storage bucket and a key prefix.
+    Gcs {
+        /// The bucket.
+        bucket: String,
+        /// Keys are put under it.
+        prefix: String,
+    },
+    /// An Azure Blob Storage container and a key prefix.
+    Azure {
+        /// The container.
+        container: String,
+        /// Keys are put under it.
+        prefix: String,
+    },
+}
+
+impl BlobLocation {
+    /// The remote store's scheme, bucket (or container) and prefix; `None` for a directory.
+    fn remote(&self) -> Option<(&'static str, &str, &str)> {
+        match self {
+            BlobLocation::Local(_) => None,
+            BlobLocation::S3 { bucket, prefix } => Some(("s3", bucket, prefix)),
+            BlobLocation::Gcs { bucket, prefix } => Some(("gs", bucket, prefix)),
+            BlobLocation::Azure { container, prefix } => Some(("az", container, prefix)),
+        }
+    }
 }
 
 impl BlobConfig {
@@ -225,29 +251,49 @@ impl BlobConfig {
         let Some((scheme, rest)) = url.split_once("://") else {
             return Ok(BlobLocation::Local(PathBuf::from(url)));
         };
-        match scheme {
-            "s3" | "s3a" => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.contains('@') {
-                    return Err(
-                        "blob.url must not carry credentials: give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or use the instance's role)".into(),
-                    );
-                }
-                if bucket.is_empty() {
-                    return Err(format!(
-                        "blob.url {:?} names no bucket: s3://bucket or s3://bucket/prefix",
-                        redacted_url(url)
-                    ));
-                }
-                Ok(BlobLocation::S3 {
-                    bucket: bucket.to_owned(),
-                    prefix: prefix.trim_matches('/').to_owned(),
-                })
+        let (scheme, what, credentials) = match scheme {
+            "s3" | "s3a" => (
+                "s3",
+                "bucket",
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or use the instance's role)",
+            ),
+            "gs" => (
+                "gs",
+                "bucket",
+                "GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS (or use the instance's service account)",
+            ),
+            "az" | "azure" => (
+                "az",
+                "container",
+                "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a managed identity)",
+            ),
+            other => {
+                return Err(format!(
+                    "blob.url scheme {other:?} is not supported: a local directory, file:///path, s3://bucket/prefix (S3 and S3-compatible servers such as MinIO), gs://bucket/prefix (Google Cloud Storage) or az://container/prefix (Azure Blob Storage)"
+                ));
             }
-            other => Err(format!(
-                "blob.url scheme {other:?} is not supported: a local directory, file:///path or s3://bucket/prefix (S3 and S3-compatible servers such as MinIO; gs:// and az:// are not built in)"
-            )),
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.contains('@') {
+            return Err(format!(
+                "blob.url must not carry credentials: give them as {credentials}"
+            ));
         }
+        if bucket.is_empty() {
+            return Err(format!(
+                "blob.url {:?} names no {what}: {scheme}://{what} or {scheme}://{what}/prefix",
+                redacted_url(url)
+            ));
+        }
+        let (bucket, prefix) = (bucket.to_owned(), prefix.trim_matches('/').to_owned());
+        Ok(match scheme {
+            "s3" => BlobLocation::S3 { bucket, prefix },
+            "gs" => BlobLocation::Gcs { bucket, prefix },
+            _ => BlobLocation::Azure {
+                container: bucket,
+                prefix,
+            },
+        })
     }
 }
 
@@ -376,9 +422,13 @@ impl BlobStore {
     }
 
     fn open_location(config: &BlobConfig, data_dir: &Path) -> Result<Self, BlobError> {
-        match config.location(data_dir).map_err(BlobError::Config)? {
-            BlobLocation::Local(root) => Self::local(root),
-            BlobLocation::S3 { bucket, prefix } => {
+        let location = config.location(data_dir).map_err(BlobError::Config)?;
+        match location.remote() {
+            None => match location {
+                BlobLocation::Local(root) => Self::local(root),
+                _ => Err(BlobError::Config("blob: not a local directory".into())),
+            },
+            Some((scheme, bucket, prefix)) => {
                 let staging = data_dir.join("blobs");
                 let io = |detail: std::io::Error| BlobError::Io {
                     op: "create directory",
@@ -387,19 +437,23 @@ impl BlobStore {
                 };
                 crate::datadir::private_dir(&staging).map_err(io)?;
                 crate::datadir::private_dir(&staging.join(PARTIAL_DIR)).map_err(io)?;
-                let store = s3_store(config, &bucket)?;
+                let store: Arc<dyn ObjectStore> = match scheme {
+                    "s3" => Arc::new(s3_store(config, bucket)?),
+                    "gs" => Arc::new(gcs_store(config, bucket)?),
+                    _ => Arc::new(azure_store(config, bucket)?),
+                };
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    Arc::new(store)
+                    store
                 } else {
                     Arc::new(object_store::prefix::PrefixStore::new(
                         store,
-                        ObjectPath::from(prefix.as_str()),
+                        ObjectPath::from(prefix),
                     ))
                 };
                 let location = if prefix.is_empty() {
-                    format!("s3://{bucket}")
+                    format!("{scheme}://{bucket}")
                 } else {
-                    format!("s3://{bucket}/{prefix}")
+                    format!("{scheme}://{bucket}/{prefix}")
                 };
                 Ok(Self {
                     store,
@@ -946,21 +1000,12 @@ impl Drop for StreamingUpload {
 /// and retries.
 fn s3_store(config: &BlobConfig, bucket: &str) -> Result<object_store::aws::AmazonS3, BlobError> {
     use object_store::aws::AmazonS3Builder;
-    let mut options = object_store::ClientOptions::new()
-        .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_timeout(REQUEST_TIMEOUT);
+    let (options, endpoint) = client_options(config);
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_virtual_hosted_style_request(config.virtual_hosted_style)
-        .with_retry(object_store::RetryConfig {
-            max_retries: MAX_RETRIES,
-            retry_timeout: RETRY_TIMEOUT,
-            ..Default::default()
-        });
-    if let Some(endpoint) = config.endpoint.as_deref().filter(|e| !e.is_empty()) {
-        if endpoint.starts_with("http://") {
-            options = options.with_allow_http(true);
-        }
+        .with_retry(retry_config());
+    if let Some(endpoint) = endpoint {
         builder = builder.with_endpoint(endpoint);
     }
     if let Some(region) = config.region.as_deref().filter(|r| !r.is_empty()) {
@@ -975,6 +1020,85 @@ fn s3_store(config: &BlobConfig, bucket: &str) -> Result<object_store::aws::Amaz
         .with_client_options(options)
         .build()
         .map_err(|e| BlobError::Config(format!("blob: the S3 client cannot be built: {e}")))
+}
+
+/// A Google Cloud Storage client for `bucket`: credentials from `GOOGLE_SERVICE_ACCOUNT` /
+/// `GOOGLE_APPLICATION_CREDENTIALS` or the instance's service account; `[blob] endpoint` as
+/// the base URL (an emulator); bounded timeouts and retries. Built, not tried against a server
+/// (README).
+fn gcs_store(
+    config: &BlobConfig,
+    bucket: &str,
+) -> Result<object_store::gcp::GoogleCloudStorage, BlobError> {
+    use object_store::gcp::GoogleCloudStorageBuilder;
+    if config.credentials.is_some() {
+        return Err(BlobError::Config(
+            "blob: credentials given by code are an access key and secret (S3, Azure); Google Cloud Storage takes GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS".into(),
+        ));
+    }
+    let (options, endpoint) = client_options(config);
+    let mut builder = GoogleCloudStorageBuilder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry_config());
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_base_url(endpoint);
+    }
+    builder.with_client_options(options).build().map_err(|e| {
+        BlobError::Config(format!(
+            "blob: the Google Cloud Storage client cannot be built: {e}"
+        ))
+    })
+}
+
+/// An Azure Blob Storage client for `container`: the account and its key (or another
+/// credential) from the `AZURE_*` environment or a managed identity, or the account name and
+/// key given by code (`credentials`: access key id = account name, secret = account key);
+/// `[blob] endpoint` for a non-default endpoint (e.g. Azurite's
+/// `http://127.0.0.1:10000/devstoreaccount1`); bounded timeouts and retries.
+fn azure_store(
+    config: &BlobConfig,
+    container: &str,
+) -> Result<object_store::azure::MicrosoftAzure, BlobError> {
+    use object_store::azure::MicrosoftAzureBuilder;
+    let (options, endpoint) = client_options(config);
+    let mut builder = MicrosoftAzureBuilder::from_env()
+        .with_container_name(container)
+        .with_retry(retry_config());
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint.to_owned());
+    }
+    if let Some(credentials) = &config.credentials {
+        builder = builder
+            .with_account(&credentials.access_key_id)
+            .with_access_key(&credentials.secret_access_key);
+    }
+    builder.with_client_options(options).build().map_err(|e| {
+        BlobError::Config(format!(
+            "blob: the Azure Blob Storage client cannot be built: {e}"
+        ))
+    })
+}
+
+/// The HTTP client settings every remote store gets (bounded connect and request times;
+/// plain `http` only for an explicitly configured endpoint), and that endpoint.
+fn client_options(config: &BlobConfig) -> (object_store::ClientOptions, Option<&str>) {
+    let mut options = object_store::ClientOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    let endpoint = config.endpoint.as_deref().filter(|e| !e.is_empty());
+    if endpoint.is_some_and(|e| e.starts_with("http://")) {
+        options = options.with_allow_http(true);
+    }
+    (options, endpoint)
+}
+
+/// Retries of one request to a remote store, and how long they may take together.
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: MAX_RETRIES,
+        retry_timeout: RETRY_TIMEOUT,
+        ..Default::default()
+    }
 }
 
 /// Reads `len` bytes from `offset` in `chunk`-sized pieces, each with one positioned read on a
@@ -1173,11 +1297,34 @@ mod tests {
         );
         let e = with("s3://key:secret@bucket").location(data).unwrap_err();
         assert!(e.contains("credentials") && !e.contains("secret@"), "{e}");
+        assert_eq!(
+            with("gs://b/videos").location(data),
+            Ok(BlobLocation::Gcs {
+                bucket: "b".into(),
+                prefix: "videos".into()
+            })
+        );
+        assert_eq!(
+            with("az://media").location(data),
+            Ok(BlobLocation::Azure {
+                container: "media".into(),
+                prefix: String::new()
+            })
+        );
+        let e = with("az://").location(data).unwrap_err();
         assert!(
-            with("gs://b")
-                .location(data)
-                .unwrap_err()
-                .contains("not supported")
+            e.contains("no container") && e.contains("az://container"),
+            "{e}"
+        );
+        let e = with("az://name:key@media").location(data).unwrap_err();
+        assert!(
+            e.contains("AZURE_STORAGE_ACCOUNT_KEY") && !e.contains("key@"),
+            "{e}"
+        );
+        let e = with("ftp://host/dir").location(data).unwrap_err();
+        assert!(
+            e.contains("\"ftp\" is not supported") && e.contains("gs://"),
+            "{e}"
         );
         assert!(
             with("s3://")
@@ -1241,6 +1388,51 @@ mod tests {
             ..remote
         };
         assert_eq!(small.upload_need(10 << 30), 16 << 20);
+    }
+
+    #[tokio::test]
+    async fn gcs_and_azure_stores_are_built_from_the_same_config_and_say_what_is_missing() {
+        let data = tempfile::tempdir().unwrap();
+        // Built without asking anything of the store (nothing listens on port 1).
+        let gcs = BlobStore::open(
+            &BlobConfig {
+                url: Some("gs://bucket/videos".into()),
+                endpoint: Some("http://127.0.0.1:1".into()),
+                ..BlobConfig::default()
+            },
+            data.path(),
+        )
+        .unwrap();
+        assert!(gcs.is_remote());
+        assert_eq!(gcs.describe(), "gs://bucket/videos");
+        let azure = BlobStore::open(
+            &BlobConfig {
+                url: Some("az://media".into()),
+                endpoint: Some("http://127.0.0.1:1/acct".into()),
+                credentials: Some(StaticCredentials {
+                    access_key_id: "acct".into(),
+                    secret_access_key: "a2V5".into(),
+                }),
+                ..BlobConfig::default()
+            },
+            data.path(),
+        )
+        .unwrap();
+        assert_eq!(azure.describe(), "az://media");
+        // Code-given credentials are a key pair: GCS takes a service account instead.
+        let e = BlobStore::open(
+            &BlobConfig {
+                url: Some("gs://bucket".into()),
+                credentials: Some(StaticCredentials {
+                    access_key_id: "a".into(),
+                    secret_access_key: "b".into(),
+                }),
+                ..BlobConfig::default()
+            },
+            data.path(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("GOOGLE_SERVICE_ACCOUNT"), "{e}");
     }
 
     async fn store_with(name: &str, data: &[u8]) -> (BlobStore, PathBuf) {

@@ -101,18 +101,30 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     (
         BLOB_URL_ENV,
-        "blob.url (s3://bucket/prefix = videos in S3 or an S3-compatible store)",
+        "blob.url (s3://bucket/prefix, gs://bucket/prefix or az://container/prefix = videos in an object store)",
     ),
     (
         BLOB_ENDPOINT_ENV,
-        "blob.endpoint (an S3-compatible server, e.g. http://minio:9000)",
+        "blob.endpoint (an S3-compatible server, e.g. http://minio:9000, or an Azure account endpoint)",
     ),
     (
         "AWS_ACCESS_KEY_ID",
-        "with AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN): the object store's credentials; unset = the instance's role",
+        "with AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN): S3's credentials; unset = the instance's role",
     ),
-    ("AWS_SECRET_ACCESS_KEY", "the object store's secret key"),
+    ("AWS_SECRET_ACCESS_KEY", "S3's secret key"),
     ("AWS_REGION", "the bucket's region (blob.region wins)"),
+    (
+        "GOOGLE_SERVICE_ACCOUNT",
+        "Google Cloud Storage: a service account key file (or GOOGLE_APPLICATION_CREDENTIALS); unset = the instance's service account",
+    ),
+    (
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "Azure Blob Storage: the account, with AZURE_STORAGE_ACCOUNT_KEY (or another AZURE_* credential, or a managed identity)",
+    ),
+    (
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "Azure Blob Storage: the account's key",
+    ),
     (AMQP_URL_ENV, "amqp.url (turns the RabbitMQ intake on)"),
     ("VIDGATE_LOG_FORMAT", "text or json log lines"),
     (

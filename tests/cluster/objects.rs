@@ -185,6 +185,76 @@ async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identica
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn videos_in_azure_blob_storage_go_through_the_same_code_byte_identical_across_instances() {
+    let db = database().await;
+    let schema = db.schema("objects_azure");
+    let azure = support::azure::azure().await;
+    let prefix = azure.prefix("azure");
+    // 12 MiB: more than a part, so it goes up (as blocks) while it downloads.
+    let sim = sim(SimConfig {
+        content_min_size: 12 * 1024 * 1024,
+        ..sim_config()
+    })
+    .await;
+    let (dir_a, dir_b) = (temp_dir("azure-a"), temp_dir("azure-b"));
+    let mut config_a = instance_config(&schema, &dir_a, &sim);
+    config_a.blob = azure.blob_config(&prefix);
+    let mut config_b = instance_config(&schema, &dir_b, &sim);
+    config_b.blob = azure.blob_config(&prefix);
+    config_b.dispatcher.enabled = false;
+    let a = Application::build(config_a).await.expect("A starts");
+    let b = Application::build(config_b).await.expect("B starts");
+    let (mut client_a, mut client_b) = (connect(&a).await, connect(&b).await);
+
+    let created = client_a
+        .create_video(req(ACME, veo("objects: azure")))
+        .await
+        .expect("create on A")
+        .into_inner();
+    let videos = wait_all_terminal(&mut client_b, 1, "the job on A").await;
+    let video = videos
+        .into_iter()
+        .find(|v| v.id == created.id)
+        .expect("the job");
+    assert_eq!(video.status(), pb::VideoStatus::Completed, "{video:?}");
+    let content = video.content.clone().expect("content facts");
+    assert_eq!(
+        azure.list(&prefix).await,
+        vec![(
+            format!("{prefix}/videos/{}.mp4", video.id),
+            content.size_bytes as u64
+        )],
+        "the container holds exactly the video"
+    );
+    assert_eq!(uploads(&a, "streamed").await, 1.0);
+    let (sha_b, size_b) = download_sha256(&mut client_b, &video.id).await;
+    assert_eq!(
+        (sha_b, size_b),
+        (content.sha256.clone(), content.size_bytes as u64)
+    );
+
+    client_b
+        .delete_video(req(
+            ACME,
+            pb::DeleteVideoRequest {
+                id: video.id.clone(),
+            },
+        ))
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !azure.list(&prefix).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the blob outlived its video"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_all(vec![a, b]).await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_broken_mid_upload_aborts_that_upload_and_completes_with_one_object() {
     use vidgate::upstream::sim::{Fault, FaultEndpoint, FaultRule, FaultWhen};
     let db = database().await;

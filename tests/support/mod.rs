@@ -11,12 +11,15 @@
 //!   redirects to internal addresses, echoed keys), per job by a word in its prompt;
 //! - [`s3`]: an S3-compatible server (`VIDGATE_TEST_S3_ENDPOINT`, else a moto server the
 //!   support starts, else the test fails saying how to provide one), a key prefix per test;
+//! - [`azure`]: an Azure Blob Storage server (`VIDGATE_TEST_AZURE_ENDPOINT`, else an Azurite
+//!   the support starts, else the test fails saying how to provide one), a prefix per test;
 //! - [`postgres`]: the database (`VIDGATE_TEST_DATABASE_URL`, else testcontainers, else the
 //!   test fails saying what to set) and a schema of the test's own.
 #![allow(dead_code)]
 
 pub mod amqp;
 pub mod app;
+pub mod azure;
 pub mod hostile;
 pub mod postgres;
 pub mod s3;
