@@ -62,3 +62,4 @@ pub mod sweeper;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod webhooks;
