@@ -838,7 +838,8 @@ fn keep_readiness_fresh(
 /// Prunes events past `storage.event_retention_hours` every [`PRUNE_INTERVAL`], keeping those
 /// the AMQP relay has not published yet.
 /// The orphan sweeper (`src/sweeper.rs`) every `[blob] sweep_interval_ms`, the first sweep
-/// after one interval (with up to 10% jitter, so instances started together spread out).
+/// after one interval (with up to 10% jitter, so instances started together spread out); a
+/// shared object store by one instance per interval ([`crate::sweeper::takes_objects`]).
 fn sweep_orphans(
     config: &Config,
     blobs: BlobStore,
@@ -848,6 +849,8 @@ fn sweep_orphans(
 ) -> JoinHandle<()> {
     let interval = Duration::from_millis(config.blob.sweep_interval_ms);
     let grace = Duration::from_millis(config.blob.orphan_grace_ms);
+    // This instance's name as the sweeper role's holder (unique per process start).
+    let holder = uuid::Uuid::now_v7().simple().to_string();
     tokio::spawn(async move {
         loop {
             let jitter = interval.mul_f64(rand::random_range(0.0..0.1));
@@ -855,7 +858,9 @@ fn sweep_orphans(
                 _ = draining.cancelled() => break,
                 _ = tokio::time::sleep(interval + jitter) => {}
             }
-            match crate::sweeper::sweep(&blobs, store.as_ref(), grace, &metrics).await {
+            let objects =
+                crate::sweeper::takes_objects(&blobs, store.as_ref(), &holder, interval).await;
+            match crate::sweeper::sweep(&blobs, store.as_ref(), grace, &metrics, objects).await {
                 Ok(r) if r.removed_objects + r.removed_staged + r.expired_objects > 0 => {
                     tracing::info!(
                         examined = r.examined,

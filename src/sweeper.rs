@@ -7,7 +7,9 @@
 //! without referencing it; a job still running keeps its objects (its upload may have finished
 //! and its save be on the way; a later upload overwrites the same key). Only objects older than
 //! the grace period are considered, so a sweep never races an upload that is being recorded.
-//! Every instance may sweep: deleting is idempotent.
+//! Every instance sweeps its own staged files. A shared object store is swept by one instance
+//! per interval, whichever takes the role [`OBJECTS_ROLE`] first ([`takes_objects`]); if two
+//! ever overlap, no harm is done: deleting is idempotent.
 //!
 //! With `[blob] retention`, the same pass removes videos and last frames older than the
 //! retention (an object's age is its completion's: it is written just before the job
@@ -30,6 +32,35 @@ pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1000;
 pub const DEFAULT_ORPHAN_GRACE_MS: u64 = 60 * 60 * 1000;
 /// At most this many removals per sweep: a sweep that finds more leaves them to the next one.
 pub const MAX_REMOVALS_PER_SWEEP: usize = 10_000;
+
+/// The role ([`JobStore::hold_role`]) whose holder sweeps a shared object store: listing a
+/// bucket once per interval is enough, not once per instance.
+pub const OBJECTS_ROLE: &str = "blob-sweeper";
+
+/// Whether this instance (`holder`) sweeps the objects now: always for a local directory (it
+/// is this instance's own); for a remote store only when it takes [`OBJECTS_ROLE`], which it
+/// then holds for `interval`, so that the other instances skip the bucket until the next
+/// round (whoever asks first after that sweeps it; a holder that died is replaced then). A
+/// store that cannot answer: not this round.
+pub async fn takes_objects(
+    blobs: &BlobStore,
+    store: &dyn JobStore,
+    holder: &str,
+    interval: Duration,
+) -> bool {
+    if !blobs.is_remote() {
+        return true;
+    }
+    let now = now_ms();
+    let until = now.saturating_add(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
+    match store.hold_role(OBJECTS_ROLE, holder, now, until).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "the sweeper role could not be asked for; the objects wait for the next round");
+            false
+        }
+    }
+}
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -94,11 +125,13 @@ async fn staged_wanted(store: &dyn JobStore, name: &str) -> Result<bool, BlobErr
 
 /// One sweep over `blobs`: objects under `videos/` and `frames/` and the staged downloads,
 /// older than `grace`, that no job needs are removed.
+/// One sweep: the objects (when `objects`, see [`takes_objects`]), then the staged files.
 pub async fn sweep(
     blobs: &BlobStore,
     store: &dyn JobStore,
     grace: Duration,
     metrics: &Metrics,
+    objects: bool,
 ) -> Result<SweepReport, BlobError> {
     let now = now_ms();
     let before_ms = now - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
@@ -107,7 +140,8 @@ pub async fn sweep(
         .map(|r| now - i64::try_from(r.as_millis()).unwrap_or(i64::MAX));
     let mut report = SweepReport::default();
     let mut removals = 0usize;
-    for prefix in ["videos", "frames"] {
+    let prefixes: &[&str] = if objects { &["videos", "frames"] } else { &[] };
+    for prefix in prefixes {
         let mut listed = blobs.list(prefix);
         while let Some(item) = listed.next().await {
             let (key, modified_ms) = item?;

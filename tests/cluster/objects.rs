@@ -510,6 +510,7 @@ async fn the_sweeper_removes_objects_and_staged_files_no_job_needs_and_keeps_the
         app.store().as_ref(),
         Duration::ZERO,
         &Metrics::disabled(),
+        true,
     )
     .await
     .expect("a sweep");
@@ -530,9 +531,58 @@ async fn the_sweeper_removes_objects_and_staged_files_no_job_needs_and_keeps_the
         app.store().as_ref(),
         Duration::ZERO,
         &Metrics::disabled(),
+        true,
     )
     .await
     .expect("a sweep");
+
+    // A shared bucket is swept by one instance per interval: whoever takes the role first
+    // holds it for the interval; the others skip the bucket (their staged files they sweep).
+    let store = app.store();
+    let round = Duration::from_millis(300);
+    let takes = |holder: &'static str| {
+        let (blobs, store) = (blobs.clone(), store.clone());
+        async move { vidgate::sweeper::takes_objects(&blobs, store.as_ref(), holder, round).await }
+    };
+    assert!(takes("instance-a").await, "the first to ask sweeps");
+    assert!(
+        !takes("instance-b").await,
+        "another instance skips the bucket this round"
+    );
+    assert!(takes("instance-a").await, "the holder keeps its round");
+    tokio::time::sleep(round * 2).await;
+    assert!(
+        takes("instance-b").await,
+        "after the round, the next to ask sweeps"
+    );
+    // An instance without the role leaves the bucket alone.
+    let late = uuid::Uuid::now_v7().simple().to_string();
+    put(format!("{prefix}/videos/{late}.mp4")).await;
+    let skipped = vidgate::sweeper::sweep(
+        &blobs,
+        store.as_ref(),
+        Duration::ZERO,
+        &Metrics::disabled(),
+        false,
+    )
+    .await
+    .expect("a sweep without the objects");
+    assert_eq!(
+        (skipped.examined, skipped.removed_objects),
+        (0, 0),
+        "{skipped:?}"
+    );
+    assert!(
+        s3.list(&prefix)
+            .await
+            .iter()
+            .any(|(k, _)| k.ends_with(&format!("{late}.mp4")))
+    );
+    let local = vidgate::blob::BlobStore::local(dir.join("own")).expect("a local store");
+    assert!(
+        vidgate::sweeper::takes_objects(&local, store.as_ref(), "instance-a", round).await,
+        "a local directory is the instance's own: always swept"
+    );
     assert_eq!((again.removed_objects, again.removed_staged), (0, 0));
     stop_all(vec![app]).await;
     schema.drop().await;
@@ -730,6 +780,7 @@ async fn past_its_retention_a_video_is_gone_from_the_bucket_its_job_stays_and_do
         app.store().as_ref(),
         Duration::from_secs(3_600),
         &Metrics::disabled(),
+        true,
     )
     .await
     .expect("a sweep");
