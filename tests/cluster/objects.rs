@@ -255,6 +255,107 @@ async fn videos_in_azure_blob_storage_go_through_the_same_code_byte_identical_ac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_upload_leaves_no_object_and_another_completes_the_job_with_one() {
+    const VIDEO: u64 = 60 * 1024 * 1024;
+    let db = database().await;
+    let schema = db.schema("objects_killed");
+    let s3 = s3();
+    let prefix = s3.prefix("killed-upload");
+    let sim = sim(SimConfig {
+        content_min_size: VIDEO,
+        ..sim_config()
+    })
+    .await;
+    let short_leases = |c: &mut Config| {
+        c.dispatcher.lease_ms = 3_000;
+        c.dispatcher.submit_lease_ms = 3_000;
+        c.dispatcher.poll_interval_ms = 100;
+    };
+    // Parts of 5 MiB, one in flight: the download runs at the store's pace, so the instance
+    // can be killed while its upload is under way.
+    let blob = || {
+        let mut b = s3.blob_config(&prefix);
+        b.part_bytes = 5 * 1024 * 1024;
+        b.upload_concurrency = 1;
+        b
+    };
+    let doomed_dir = temp_dir("objects-doomed");
+    let mut doomed_config = instance_config(&schema, &doomed_dir, &sim);
+    doomed_config.blob = blob();
+    short_leases(&mut doomed_config);
+    let doomed = start_killable(doomed_config);
+    let mut doomed_client = VideoServiceClient::connect(format!("http://{}", doomed.grpc))
+        .await
+        .expect("connect");
+    let created = doomed_client
+        .create_video(req(ACME, veo("objects: killed mid upload")))
+        .await
+        .expect("create")
+        .into_inner();
+
+    // Killed once 20 MiB are down: at least two parts are in the store, 40 MiB are not.
+    let partial = doomed_dir
+        .join("blobs")
+        .join("partial")
+        .join(format!("{}.mp4.part", created.id));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 20 * 1024 * 1024 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the download never got to 20 MiB"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    doomed.kill.send(()).expect("kill");
+    doomed
+        .thread
+        .join()
+        .expect("the killed instance's thread ends");
+
+    // Nothing of the video is visible: an upload is an object only once complete. What the
+    // crash left is an unfinished upload, which S3 keeps until the bucket's lifecycle rule
+    // (AbortIncompleteMultipartUpload) removes it (README).
+    assert_eq!(s3.list(&prefix).await, Vec::new(), "no half object");
+    let left = s3.incomplete_uploads(&prefix).await;
+    assert_eq!(
+        left,
+        vec![format!("{prefix}/videos/{}.mp4", created.id)],
+        "the killed upload, unfinished"
+    );
+
+    // Another instance, on another disk, takes the job over when the lease ends: it downloads
+    // again (the partial file was the dead instance's) and uploads alongside, once.
+    let survivor_dir = temp_dir("objects-survivor");
+    let mut config = instance_config(&schema, &survivor_dir, &sim);
+    config.blob = blob();
+    short_leases(&mut config);
+    let survivor = Application::build(config).await.expect("survivor starts");
+    let mut client = connect(&survivor).await;
+    let videos = wait_all_terminal(&mut client, 1, "the job of the killed instance").await;
+    let video = &videos[0];
+    assert_eq!(video.status(), pb::VideoStatus::Completed, "{video:?}");
+    let content = video.content.clone().expect("content facts");
+    assert_eq!(
+        s3.list(&prefix).await,
+        vec![(
+            format!("{prefix}/videos/{}.mp4", video.id),
+            content.size_bytes as u64
+        )],
+        "one whole object"
+    );
+    let (sha, _) = download_sha256(&mut client, &video.id).await;
+    assert_eq!(sha, content.sha256);
+    assert_eq!(uploads(&survivor, "streamed").await, 1.0);
+    assert_eq!(
+        s3.incomplete_uploads(&prefix).await,
+        left,
+        "the survivor's upload was completed; only the killed one is left for the lifecycle rule"
+    );
+    stop_all(vec![survivor]).await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_broken_mid_upload_aborts_that_upload_and_completes_with_one_object() {
     use vidgate::upstream::sim::{Fault, FaultEndpoint, FaultRule, FaultWhen};
     let db = database().await;
