@@ -861,12 +861,19 @@ fn sweep_orphans(
             let objects =
                 crate::sweeper::takes_objects(&blobs, store.as_ref(), &holder, interval).await;
             match crate::sweeper::sweep(&blobs, store.as_ref(), grace, &metrics, objects).await {
-                Ok(r) if r.removed_objects + r.removed_staged + r.expired_objects > 0 => {
+                Ok(r)
+                    if r.removed_objects
+                        + r.removed_staged
+                        + r.expired_objects
+                        + r.aborted_uploads
+                        > 0 =>
+                {
                     tracing::info!(
                         examined = r.examined,
                         expired_objects = r.expired_objects,
                         removed_objects = r.removed_objects,
                         removed_staged = r.removed_staged,
+                        aborted_uploads = r.aborted_uploads,
                         "orphan sweep"
                     );
                 }

@@ -398,6 +398,55 @@ struct Remote {
     memory: Arc<tokio::sync::Semaphore>,
     /// Its size, the most one upload may take.
     memory_bytes: usize,
+    /// With S3: the bucket's own client (keys with the prefix), for what `ObjectStore` does not
+    /// offer: listing and aborting unfinished multipart uploads.
+    s3: Option<S3Uploads>,
+}
+
+/// Unfinished multipart uploads of an S3 bucket under vidgate's prefix.
+#[derive(Debug)]
+struct S3Uploads {
+    client: Arc<object_store::aws::AmazonS3>,
+    /// `prefix/` (empty without a prefix).
+    prefix: String,
+    /// For the listing's signed URL (bounded timeouts, as every store request).
+    http: reqwest::Client,
+}
+
+/// A multipart upload that was started and neither completed nor aborted (a process killed
+/// mid-upload leaves one; S3 keeps, and bills, its parts until it is aborted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncompleteUpload {
+    /// The object key it was for, relative to the prefix (`videos/<id>.mp4`).
+    pub key: String,
+    /// S3's upload id.
+    pub upload_id: String,
+    /// When it was started (ms since the epoch; 0 when S3 did not say).
+    pub initiated_ms: i64,
+}
+
+/// Pages of `ListMultipartUploads` read per sweep (1 000 uploads each).
+const MAX_UPLOAD_PAGES: usize = 10;
+/// The largest `ListMultipartUploads` answer read (1 000 uploads are about 400 KB).
+const MAX_LISTING_BYTES: usize = 4 * 1024 * 1024;
+
+/// `ListMultipartUploadsResult`, the parts read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct UploadListing {
+    #[serde(rename = "Upload")]
+    uploads: Vec<UploadEntry>,
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct UploadEntry {
+    key: String,
+    upload_id: String,
+    initiated: String,
 }
 
 impl Remote {
@@ -437,8 +486,27 @@ impl BlobStore {
                 };
                 crate::datadir::private_dir(&staging).map_err(io)?;
                 crate::datadir::private_dir(&staging.join(PARTIAL_DIR)).map_err(io)?;
+                let mut s3 = None;
                 let store: Arc<dyn ObjectStore> = match scheme {
-                    "s3" => Arc::new(s3_store(config, bucket)?),
+                    "s3" => {
+                        let client = Arc::new(s3_store(config, bucket)?);
+                        let http = reqwest::Client::builder()
+                            .connect_timeout(CONNECT_TIMEOUT)
+                            .timeout(REQUEST_TIMEOUT)
+                            .redirect(reqwest::redirect::Policy::none())
+                            .build()
+                            .map_err(|e| BlobError::Config(format!("blob: an HTTP client: {e}")))?;
+                        s3 = Some(S3Uploads {
+                            client: client.clone(),
+                            prefix: if prefix.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{prefix}/")
+                            },
+                            http,
+                        });
+                        client
+                    }
                     "gs" => Arc::new(gcs_store(config, bucket)?),
                     _ => Arc::new(azure_store(config, bucket)?),
                 };
@@ -465,6 +533,7 @@ impl BlobStore {
                         concurrency: config.upload_concurrency,
                         memory: Arc::new(tokio::sync::Semaphore::new(config.upload_memory_bytes)),
                         memory_bytes: config.upload_memory_bytes,
+                        s3,
                     })),
                 })
             }
@@ -730,6 +799,115 @@ impl BlobStore {
             store: self.clone(),
             _memory: memory,
         })
+    }
+
+    /// The unfinished multipart uploads under vidgate's prefix (S3 only: elsewhere an empty
+    /// list; Azure drops uncommitted blocks by itself after 7 days). At most
+    /// [`MAX_UPLOAD_PAGES`] pages of 1 000.
+    pub async fn incomplete_uploads(&self) -> Result<Vec<IncompleteUpload>, BlobError> {
+        let Some(s3) = self.remote.as_ref().and_then(|r| r.s3.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        use object_store::signer::{SignedUrlOptions, Signer};
+        let unavailable = |detail: String| BlobError::Unavailable {
+            op: "list uploads",
+            key: s3.prefix.clone(),
+            detail,
+        };
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        for _ in 0..MAX_UPLOAD_PAGES {
+            let mut query = vec![
+                ("uploads".to_owned(), String::new()),
+                ("prefix".to_owned(), s3.prefix.clone()),
+            ];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker".to_owned(), key.clone()));
+                query.push(("upload-id-marker".to_owned(), id.clone()));
+            }
+            let url = s3
+                .client
+                .signed_url_opts(
+                    http::Method::GET,
+                    &ObjectPath::from(""),
+                    Duration::from_secs(300),
+                    &SignedUrlOptions::new().with_query(query),
+                )
+                .await
+                .map_err(|e| self.map_err("list uploads", &s3.prefix, e))?;
+            let mut response = s3
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| unavailable(e.without_url().to_string()))?;
+            let status = response.status();
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| unavailable(e.without_url().to_string()))?
+            {
+                if body.len() + chunk.len() > MAX_LISTING_BYTES {
+                    return Err(unavailable(format!(
+                        "the upload listing is longer than {MAX_LISTING_BYTES} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if !status.is_success() {
+                return Err(unavailable(format!(
+                    "ListMultipartUploads answered HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                )));
+            }
+            let page: UploadListing = quick_xml::de::from_reader(body.as_slice())
+                .map_err(|e| unavailable(format!("an unreadable upload listing: {e}")))?;
+            for upload in page.uploads {
+                let Some(key) = upload.key.strip_prefix(&s3.prefix) else {
+                    continue;
+                };
+                let initiated_ms = humantime::parse_rfc3339_weak(&upload.initiated)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                out.push(IncompleteUpload {
+                    key: key.to_owned(),
+                    upload_id: upload.upload_id,
+                    initiated_ms,
+                });
+            }
+            match (
+                page.is_truncated,
+                page.next_key_marker,
+                page.next_upload_id_marker,
+            ) {
+                (true, Some(key), Some(id)) => markers = Some((key, id)),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Aborts an unfinished multipart upload (its parts are deleted); one already gone is not
+    /// an error.
+    pub async fn abort_upload(&self, upload: &IncompleteUpload) -> Result<(), BlobError> {
+        let Some(s3) = self.remote.as_ref().and_then(|r| r.s3.as_ref()) else {
+            return Ok(());
+        };
+        use object_store::multipart::MultipartStore;
+        let path = ObjectPath::from(format!("{}{}", s3.prefix, upload.key));
+        match s3
+            .client
+            .abort_multipart(&path, &upload.upload_id.clone())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err("abort upload", &upload.key, e)),
+        }
     }
 
     /// Every object under `prefix` (`videos`, `frames`): its key and when it was last
@@ -1375,6 +1553,7 @@ mod tests {
             concurrency: 4,
             memory: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
             memory_bytes: 64 << 20,
+            s3: None,
         };
         // One PUT of the whole body.
         assert_eq!(remote.upload_need(0), 1);

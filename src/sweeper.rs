@@ -73,6 +73,8 @@ pub struct SweepReport {
     pub expired_objects: u64,
     /// Staged downloads removed: their job is gone or finished.
     pub removed_staged: u64,
+    /// Unfinished multipart uploads aborted (S3): their job is gone or finished.
+    pub aborted_uploads: u64,
 }
 
 /// The job a key or staged file name belongs to: `videos/<id>.mp4`, `frames/<id>.<ext>`,
@@ -115,7 +117,8 @@ async fn object_wanted(store: &dyn JobStore, key: &str) -> Result<bool, BlobErro
     })
 }
 
-/// Whether a staged download may still be needed: its job exists and is still running.
+/// Whether a staged download (or an unfinished upload) may still be needed: its job exists
+/// and is still running.
 async fn staged_wanted(store: &dyn JobStore, name: &str) -> Result<bool, BlobError> {
     Ok(match owner(store, name).await? {
         None => true,
@@ -123,9 +126,9 @@ async fn staged_wanted(store: &dyn JobStore, name: &str) -> Result<bool, BlobErr
     })
 }
 
-/// One sweep over `blobs`: objects under `videos/` and `frames/` and the staged downloads,
-/// older than `grace`, that no job needs are removed.
-/// One sweep: the objects (when `objects`, see [`takes_objects`]), then the staged files.
+/// One sweep over `blobs`: objects under `videos/` and `frames/`, unfinished multipart uploads
+/// (S3) and staged downloads, older than `grace`, that no job needs are removed; the objects
+/// and uploads only when `objects` (see [`takes_objects`]).
 pub async fn sweep(
     blobs: &BlobStore,
     store: &dyn JobStore,
@@ -168,6 +171,22 @@ pub async fn sweep(
             report.removed_objects += 1;
             metrics.blob_removed("orphan");
             tracing::info!(key = %key, "orphan object removed: no job references it");
+        }
+    }
+    if objects {
+        for upload in blobs.incomplete_uploads().await? {
+            // A running job's upload may be under way (a long download feeds it).
+            if upload.initiated_ms > before_ms || staged_wanted(store, &upload.key).await? {
+                continue;
+            }
+            if removals >= MAX_REMOVALS_PER_SWEEP {
+                return Ok(report);
+            }
+            blobs.abort_upload(&upload).await?;
+            removals += 1;
+            report.aborted_uploads += 1;
+            metrics.blob_removed("upload");
+            tracing::info!(key = %upload.key, "unfinished multipart upload aborted: its job is gone or finished");
         }
     }
     for (name, modified_ms) in blobs.staged().await? {

@@ -168,7 +168,7 @@ impl Metrics {
                 blobs_removed: meter
                     .u64_counter("vidgate.blob.removed")
                     .with_description(
-                        "Stored videos, last frames and staged downloads removed, by reason: expired (past [blob] retention), orphan (no job references it), staged (its job is gone or finished), deleted (DeleteVideo)",
+                        "Stored videos, last frames and staged downloads removed, by reason: expired (past [blob] retention), orphan (no job references it), staged (its job is gone or finished), deleted (DeleteVideo), upload (an unfinished S3 multipart upload aborted)",
                     )
                     .build(),
                 blobs_uploaded: meter

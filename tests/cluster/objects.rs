@@ -255,7 +255,8 @@ async fn videos_in_azure_blob_storage_go_through_the_same_code_byte_identical_ac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_killed_mid_upload_leaves_no_object_and_another_completes_the_job_with_one() {
+async fn an_instance_killed_mid_upload_leaves_no_object_another_completes_the_job_and_the_sweeper_aborts_the_upload()
+ {
     const VIDEO: u64 = 60 * 1024 * 1024;
     let db = database().await;
     let schema = db.schema("objects_killed");
@@ -313,8 +314,7 @@ async fn an_instance_killed_mid_upload_leaves_no_object_and_another_completes_th
         .expect("the killed instance's thread ends");
 
     // Nothing of the video is visible: an upload is an object only once complete. What the
-    // crash left is an unfinished upload, which S3 keeps until the bucket's lifecycle rule
-    // (AbortIncompleteMultipartUpload) removes it (README).
+    // crash left is an unfinished upload, which S3 keeps (and bills) until it is aborted.
     assert_eq!(s3.list(&prefix).await, Vec::new(), "no half object");
     let left = s3.incomplete_uploads(&prefix).await;
     assert_eq!(
@@ -349,8 +349,24 @@ async fn an_instance_killed_mid_upload_leaves_no_object_and_another_completes_th
     assert_eq!(
         s3.incomplete_uploads(&prefix).await,
         left,
-        "the survivor's upload was completed; only the killed one is left for the lifecycle rule"
+        "the survivor's upload was completed; only the killed one is left"
     );
+
+    // The sweeper aborts it: its job is finished. Then nothing is left but the video.
+    let blobs = vidgate::blob::BlobStore::open(&blob(), &survivor_dir).expect("blob store");
+    let report = vidgate::sweeper::sweep(
+        &blobs,
+        survivor.store().as_ref(),
+        Duration::ZERO,
+        &Metrics::disabled(),
+        true,
+    )
+    .await
+    .expect("a sweep");
+    assert_eq!(report.aborted_uploads, 1, "{report:?}");
+    assert_eq!(report.removed_objects, 0, "{report:?}");
+    assert_eq!(s3.incomplete_uploads(&prefix).await, Vec::<String>::new());
+    assert_eq!(s3.list(&prefix).await.len(), 1, "the video stays");
     stop_all(vec![survivor]).await;
     schema.drop().await;
 }
