@@ -709,8 +709,19 @@ async fn the_sweeper_removes_objects_and_staged_files_no_job_needs_and_keeps_the
 async fn the_object_store_credentials_never_reach_a_log_line_even_at_trace() {
     const ACCESS_KEY: &str = "AKIAVIDGATETESTKEY42";
     const SECRET: &str = "vidgate-test-secret-6f1c0a9e2b7d";
+    const SESSION_TOKEN: &str = "vidgate-test-session-token-93d2";
     let s3 = s3();
     let prefix = s3.prefix("credentials");
+    // An upload a crashed instance left: the child's sweeper lists and aborts it, with the
+    // credentials (a signed listing URL, then a signed DELETE).
+    let ghost = uuid::Uuid::now_v7().simple().to_string();
+    let _left = s3
+        .client()
+        .put_multipart(&object_store::path::Path::from(format!(
+            "{prefix}/videos/{ghost}.mp4"
+        )))
+        .await
+        .expect("an upload starts");
     let sim = sim(sim_config()).await;
     let dir = temp_dir("objects-credentials");
     std::fs::create_dir_all(&dir).expect("data dir");
@@ -747,6 +758,10 @@ backoff_min_ms = 10
 backoff_max_ms = 50
 idle_wake_ms = 50
 min_free_disk_bytes = 0
+
+[blob]
+sweep_interval_ms = 200
+orphan_grace_ms = 0
 "#,
             data = dir.display(),
             base = sim.base_url(),
@@ -765,6 +780,7 @@ min_free_disk_bytes = 0
         .env("VIDGATE_BLOB_ENDPOINT", &s3.endpoint)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_SESSION_TOKEN", SESSION_TOKEN)
         .env("AWS_REGION", "us-east-1")
         .env("RUST_LOG", "trace")
         .stdout(std::process::Stdio::piped())
@@ -835,6 +851,13 @@ min_free_disk_bytes = 0
         1,
         "the video is in the bucket"
     );
+    while !s3.incomplete_uploads(&prefix).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweeper never aborted the left upload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     child.kill().await.expect("kill");
     let logs = String::from_utf8_lossy(&logs.await.expect("logs")).into_owned();
     assert!(
@@ -842,7 +865,15 @@ min_free_disk_bytes = 0
         "trace logging was on: {} lines",
         logs.lines().count()
     );
+    assert!(
+        logs.contains("unfinished multipart upload aborted"),
+        "the sweeper's listing and abort ran at trace level"
+    );
     assert!(!logs.contains(SECRET), "the secret key reached the logs");
+    assert!(
+        !logs.contains(SESSION_TOKEN),
+        "the session token reached the logs"
+    );
     assert!(
         !logs.contains(ACCESS_KEY),
         "the access key id reached the logs"
