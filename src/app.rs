@@ -835,8 +835,6 @@ fn keep_readiness_fresh(
     })
 }
 
-/// Prunes events past `storage.event_retention_hours` every [`PRUNE_INTERVAL`], keeping those
-/// the AMQP relay has not published yet.
 /// The orphan sweeper (`src/sweeper.rs`) every `[blob] sweep_interval_ms`, the first sweep
 /// after one interval (with up to 10% jitter, so instances started together spread out); a
 /// shared object store by one instance per interval ([`crate::sweeper::takes_objects`]).
@@ -886,6 +884,8 @@ fn sweep_orphans(
     })
 }
 
+/// Prunes events past `storage.event_retention_hours` every [`PRUNE_INTERVAL`], keeping those
+/// the AMQP relay has not published yet.
 fn prune_old_events(
     config: &Config,
     store: Arc<dyn JobStore>,

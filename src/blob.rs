@@ -1,7 +1,8 @@
 //! Finished videos and last frames: put once, read any range as a stream, many times.
 //!
-//! Backed by `object_store`: a local directory (the default, `<data_dir>/blobs`) or an
-//! S3-compatible bucket (`[blob] url = "s3://bucket/prefix"`), which every instance reads.
+//! Backed by `object_store`: a local directory (the default, `<data_dir>/blobs`) or a bucket
+//! every instance reads: S3 or S3-compatible (`[blob] url = "s3://bucket/prefix"`), Google
+//! Cloud Storage (`gs://`) or Azure Blob Storage (`az://container/prefix`).
 //! Downloads are written to a partial file under the local staging directory (so a broken
 //! download resumes with `Range`, and the MP4 is probed before anyone sees it), then put in
 //! place once verified: renamed on a local directory; with an object store, a multipart upload
