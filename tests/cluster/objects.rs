@@ -35,6 +35,65 @@ async fn refused_download(
         .expect_err(why)
 }
 
+/// Two instances on one schema and one object store (`blob`): A drives jobs, B never does, so
+/// whatever B serves, A downloaded. One 12 MiB job (more than a part: uploaded while it
+/// downloads) is created on A and seen completed from B.
+struct TwoInstances {
+    a: Application,
+    b: Application,
+    client_a: VideoServiceClient<Channel>,
+    client_b: VideoServiceClient<Channel>,
+    video: pb::Video,
+    dir_a: std::path::PathBuf,
+    dir_b: std::path::PathBuf,
+    _sim: SimHandle,
+}
+
+async fn two_instances_with_a_video(
+    schema: &TestSchema,
+    blob: vidgate::blob::BlobConfig,
+    name: &str,
+) -> TwoInstances {
+    let sim = sim(SimConfig {
+        content_min_size: 12 * 1024 * 1024,
+        ..sim_config()
+    })
+    .await;
+    let (dir_a, dir_b) = (
+        temp_dir(&format!("{name}-a")),
+        temp_dir(&format!("{name}-b")),
+    );
+    let mut config_a = instance_config(schema, &dir_a, &sim);
+    config_a.blob = blob.clone();
+    let mut config_b = instance_config(schema, &dir_b, &sim);
+    config_b.blob = blob;
+    config_b.dispatcher.enabled = false;
+    let a = Application::build(config_a).await.expect("A starts");
+    let b = Application::build(config_b).await.expect("B starts");
+    let (mut client_a, mut client_b) = (connect(&a).await, connect(&b).await);
+    let created = client_a
+        .create_video(req(ACME, veo(&format!("objects: {name}"))))
+        .await
+        .expect("create on A")
+        .into_inner();
+    let videos = wait_all_terminal(&mut client_b, 1, "the job on A").await;
+    let video = videos
+        .into_iter()
+        .find(|v| v.id == created.id)
+        .expect("the job");
+    assert_eq!(video.status(), pb::VideoStatus::Completed, "{video:?}");
+    TwoInstances {
+        a,
+        b,
+        client_a,
+        client_b,
+        video,
+        dir_a,
+        dir_b,
+        _sim: sim,
+    }
+}
+
 /// `vidgate.blob.uploaded{vidgate.mode=mode}` on `app`'s admin port (0 when absent).
 async fn uploads(app: &Application, mode: &str) -> f64 {
     let admin = app.admin_addr().expect("admin port on");
@@ -75,34 +134,16 @@ async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identica
     let schema = db.schema("objects_two");
     let s3 = s3();
     let prefix = s3.prefix("two-instances");
-    // 12 MiB: past the 8 MiB part size, so the upload is a multipart one.
-    let sim = sim(SimConfig {
-        content_min_size: 12 * 1024 * 1024,
-        ..sim_config()
-    })
-    .await;
-    let (dir_a, dir_b) = (temp_dir("objects-a"), temp_dir("objects-b"));
-    let mut config_a = instance_config(&schema, &dir_a, &sim);
-    config_a.blob = s3.blob_config(&prefix);
-    let mut config_b = instance_config(&schema, &dir_b, &sim);
-    config_b.blob = s3.blob_config(&prefix);
-    // B never drives a job: whatever it serves, A downloaded.
-    config_b.dispatcher.enabled = false;
-    let a = Application::build(config_a).await.expect("A starts");
-    let b = Application::build(config_b).await.expect("B starts");
-    let (mut client_a, mut client_b) = (connect(&a).await, connect(&b).await);
-
-    let created = client_a
-        .create_video(req(ACME, veo("objects: two instances")))
-        .await
-        .expect("create on A")
-        .into_inner();
-    let videos = wait_all_terminal(&mut client_b, 1, "the job on A").await;
-    let video = videos
-        .into_iter()
-        .find(|v| v.id == created.id)
-        .expect("the job");
-    assert_eq!(video.status(), pb::VideoStatus::Completed, "{video:?}");
+    let TwoInstances {
+        a,
+        b,
+        mut client_a,
+        mut client_b,
+        video,
+        dir_a,
+        dir_b,
+        _sim,
+    } = two_instances_with_a_video(&schema, s3.blob_config(&prefix), "objects").await;
     let content = video.content.clone().expect("content facts");
     assert!(content.size_bytes >= 12 * 1024 * 1024, "{content:?}");
 
@@ -113,7 +154,7 @@ async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identica
         objects,
         vec![(
             format!("{prefix}/videos/{}.mp4", video.id),
-            content.size_bytes as u64
+            content.size_bytes
         )],
         "the bucket holds exactly the video"
     );
@@ -138,7 +179,7 @@ async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identica
 
     // B streams it, byte-identical to what A hashed while downloading; so does A.
     let (sha_b, size_b) = download_sha256(&mut client_b, &video.id).await;
-    assert_eq!(size_b, content.size_bytes as u64);
+    assert_eq!(size_b, content.size_bytes);
     assert_eq!(sha_b, content.sha256, "B's bytes are A's bytes");
     let (sha_a, _) = download_sha256(&mut client_a, &video.id).await;
     assert_eq!(sha_a, content.sha256);
@@ -190,39 +231,20 @@ async fn videos_in_azure_blob_storage_go_through_the_same_code_byte_identical_ac
     let schema = db.schema("objects_azure");
     let azure = support::azure::azure().await;
     let prefix = azure.prefix("azure");
-    // 12 MiB: more than a part, so it goes up (as blocks) while it downloads.
-    let sim = sim(SimConfig {
-        content_min_size: 12 * 1024 * 1024,
-        ..sim_config()
-    })
-    .await;
-    let (dir_a, dir_b) = (temp_dir("azure-a"), temp_dir("azure-b"));
-    let mut config_a = instance_config(&schema, &dir_a, &sim);
-    config_a.blob = azure.blob_config(&prefix);
-    let mut config_b = instance_config(&schema, &dir_b, &sim);
-    config_b.blob = azure.blob_config(&prefix);
-    config_b.dispatcher.enabled = false;
-    let a = Application::build(config_a).await.expect("A starts");
-    let b = Application::build(config_b).await.expect("B starts");
-    let (mut client_a, mut client_b) = (connect(&a).await, connect(&b).await);
-
-    let created = client_a
-        .create_video(req(ACME, veo("objects: azure")))
-        .await
-        .expect("create on A")
-        .into_inner();
-    let videos = wait_all_terminal(&mut client_b, 1, "the job on A").await;
-    let video = videos
-        .into_iter()
-        .find(|v| v.id == created.id)
-        .expect("the job");
-    assert_eq!(video.status(), pb::VideoStatus::Completed, "{video:?}");
+    // The video goes up as blocks while it downloads.
+    let TwoInstances {
+        a,
+        b,
+        mut client_b,
+        video,
+        ..
+    } = two_instances_with_a_video(&schema, azure.blob_config(&prefix), "azure").await;
     let content = video.content.clone().expect("content facts");
     assert_eq!(
         azure.list(&prefix).await,
         vec![(
             format!("{prefix}/videos/{}.mp4", video.id),
-            content.size_bytes as u64
+            content.size_bytes
         )],
         "the container holds exactly the video"
     );
@@ -230,7 +252,7 @@ async fn videos_in_azure_blob_storage_go_through_the_same_code_byte_identical_ac
     let (sha_b, size_b) = download_sha256(&mut client_b, &video.id).await;
     assert_eq!(
         (sha_b, size_b),
-        (content.sha256.clone(), content.size_bytes as u64)
+        (content.sha256.clone(), content.size_bytes)
     );
 
     client_b
@@ -339,7 +361,7 @@ async fn an_instance_killed_mid_upload_leaves_no_object_another_completes_the_jo
         s3.list(&prefix).await,
         vec![(
             format!("{prefix}/videos/{}.mp4", video.id),
-            content.size_bytes as u64
+            content.size_bytes
         )],
         "one whole object"
     );
@@ -435,7 +457,7 @@ async fn a_download_broken_mid_upload_aborts_that_upload_and_completes_with_one_
         s3.list(&prefix).await,
         vec![(
             format!("{prefix}/videos/{}.mp4", video.id),
-            content.size_bytes as u64
+            content.size_bytes
         )]
     );
     let (sha, _) = download_sha256(&mut client, &video.id).await;
