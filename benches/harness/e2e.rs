@@ -60,11 +60,7 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     let data = tempfile::Builder::new()
         .prefix("vidgate-bench-")
         .tempdir()?;
-    let mut config = ext_config(data.path(), &sim.base_url);
-    config.dispatcher.first_poll_after_ms = FIRST_POLL_MS;
-    config.dispatcher.poll_interval_ms = POLL_INTERVAL_MS;
-    config.dispatcher.poll_jitter = 0.0;
-    let app = vidgate::app::Application::build(config).await?;
+    let app = vidgate::app::Application::build(config_of(data.path(), &sim)).await?;
     let clients = channels(app.grpc_addr(), CONNECTIONS).await?;
 
     // The baseline's kept files stay until the scenario ends, as vidgate's stored videos do.
@@ -189,10 +185,7 @@ pub async fn s3_scenario(server: &crate::s3::S3) -> anyhow::Result<Vec<Row>> {
         let data = tempfile::Builder::new()
             .prefix("vidgate-bench-")
             .tempdir()?;
-        let mut config = ext_config(data.path(), &sim.base_url);
-        config.dispatcher.first_poll_after_ms = FIRST_POLL_MS;
-        config.dispatcher.poll_interval_ms = POLL_INTERVAL_MS;
-        config.dispatcher.poll_jitter = 0.0;
+        let mut config = config_of(data.path(), &sim);
         if remote {
             config.blob = server.blob_config(&prefix);
         }
@@ -253,6 +246,16 @@ pub async fn s3_scenario(server: &crate::s3::S3) -> anyhow::Result<Vec<Row>> {
         )
         .no_verdict(),
     ])
+}
+
+/// The gateway's configuration in these scenarios: the simulator child as the upstream, the
+/// dispatcher at compressed timings (first poll after 1 s, then every 250 ms, no jitter).
+fn config_of(data_dir: &std::path::Path, sim: &ExtSim) -> vidgate::config::Config {
+    let mut config = ext_config(data_dir, &sim.base_url);
+    config.dispatcher.first_poll_after_ms = FIRST_POLL_MS;
+    config.dispatcher.poll_interval_ms = POLL_INTERVAL_MS;
+    config.dispatcher.poll_jitter = 0.0;
+    config
 }
 
 /// One round: `JOBS_PER_ROUND` jobs, `WORKERS` at a time.

@@ -94,6 +94,27 @@ async fn two_instances_with_a_video(
     }
 }
 
+/// Deletes video `id` through `client`, then waits (at most [`WAIT`]) until `gone` says the
+/// store holds nothing of it: deleting a video deletes its objects.
+async fn delete_and_wait_until_gone(
+    client: &mut VideoServiceClient<Channel>,
+    id: &str,
+    gone: impl AsyncFn() -> bool,
+) {
+    client
+        .delete_video(req(ACME, pb::DeleteVideoRequest { id: id.to_owned() }))
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !gone().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stored video outlived its job"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `vidgate.blob.uploaded{vidgate.mode=mode}` on `app`'s admin port (0 when absent).
 async fn uploads(app: &Application, mode: &str) -> f64 {
     let admin = app.admin_addr().expect("admin port on");
@@ -204,23 +225,10 @@ async fn a_video_downloaded_by_one_instance_is_streamed_by_another_byte_identica
     assert_eq!(got, 1_000);
 
     // Deleting the video deletes its object.
-    client_b
-        .delete_video(req(
-            ACME,
-            pb::DeleteVideoRequest {
-                id: video.id.clone(),
-            },
-        ))
-        .await
-        .expect("delete");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !s3.list(&prefix).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the object outlived its video"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    delete_and_wait_until_gone(&mut client_b, &video.id, async || {
+        s3.list(&prefix).await.is_empty()
+    })
+    .await;
     stop_all(vec![a, b]).await;
     schema.drop().await;
 }
@@ -255,23 +263,10 @@ async fn videos_in_azure_blob_storage_go_through_the_same_code_byte_identical_ac
         (content.sha256.clone(), content.size_bytes)
     );
 
-    client_b
-        .delete_video(req(
-            ACME,
-            pb::DeleteVideoRequest {
-                id: video.id.clone(),
-            },
-        ))
-        .await
-        .expect("delete");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !azure.list(&prefix).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the blob outlived its video"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    delete_and_wait_until_gone(&mut client_b, &video.id, async || {
+        azure.list(&prefix).await.is_empty()
+    })
+    .await;
     stop_all(vec![a, b]).await;
     schema.drop().await;
 }
