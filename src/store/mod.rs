@@ -8,6 +8,7 @@
 pub mod postgres;
 mod shared;
 pub mod sqlite;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -73,6 +73,8 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod webhooks;
+
 use super::shared::{
     CreateDecision, ImmutableParts, KnownKey, attach_immutable_parts, decide_creates, decode_job,
     detached_job_ids, encode_event_job, encode_job, immutable_parts,

@@ -108,6 +108,8 @@ const QUEUE_BATCHES: usize = 2;
 /// creates queued behind it) for more than one small delete.
 pub const PRUNE_STEP: i64 = 10_000;
 
+mod webhooks;
+
 /// The migrations of the SQLite schema, embedded at compile time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -508,6 +510,11 @@ enum Write {
         sequence: i64,
         reply: Reply<()>,
     },
+    /// A webhook endpoint or delivery write ([`webhooks`]).
+    Webhook {
+        write: webhooks::WebhookWrite,
+        reply: Reply<webhooks::WebhookAnswer>,
+    },
 }
 
 impl Write {
@@ -521,6 +528,7 @@ impl Write {
             Self::Request { .. } => "request",
             Self::PruneStep { .. } => "prune_events",
             Self::SaveCursor { .. } => "save_cursor",
+            Self::Webhook { .. } => "webhook",
         }
     }
 
@@ -535,6 +543,7 @@ impl Write {
             Self::Request { reply, .. } => reply.committed(op),
             Self::PruneStep { reply, .. } => reply.committed(op),
             Self::SaveCursor { reply, .. } => reply.committed(op),
+            Self::Webhook { reply, .. } => reply.committed(op),
         }
     }
 
@@ -548,6 +557,7 @@ impl Write {
             Self::Request { reply, .. } => reply.failed(op, why),
             Self::PruneStep { reply, .. } => reply.failed(op, why),
             Self::SaveCursor { reply, .. } => reply.failed(op, why),
+            Self::Webhook { reply, .. } => reply.failed(op, why),
         }
     }
 }
@@ -799,6 +809,9 @@ async fn apply_one(
         Write::SaveCursor { name, sequence, .. } => apply_save_cursor(conn, name, *sequence)
             .await
             .map(|()| (Answer::Cursor, Vec::new())),
+        Write::Webhook { write, .. } => webhooks::apply(conn, write)
+            .await
+            .map(|answer| (Answer::Webhook(answer), Vec::new())),
     };
     match outcome {
         Ok((answer, written)) => {
@@ -995,6 +1008,7 @@ enum Answer {
     Request(RequestOutcome),
     Prune(PruneProgress),
     Cursor,
+    Webhook(webhooks::WebhookAnswer),
 }
 
 impl Answer {
@@ -1007,6 +1021,7 @@ impl Answer {
             (Self::Request(value), Write::Request { reply, .. }) => reply.result = Some(Ok(value)),
             (Self::Prune(value), Write::PruneStep { reply, .. }) => reply.result = Some(Ok(value)),
             (Self::Cursor, Write::SaveCursor { reply, .. }) => reply.result = Some(Ok(())),
+            (Self::Webhook(value), Write::Webhook { reply, .. }) => reply.result = Some(Ok(value)),
             // Each arm of `apply_in_transaction` builds the answer of its own command, so a
             // mismatch cannot happen; the slot stays empty and `Reply::committed` reports it.
             (_, write) => tracing::error!(op = write.op(), "answer of another kind of command"),
@@ -1023,6 +1038,7 @@ fn fill_error(write: &mut Write, error: StoreError) {
         Write::Request { reply, .. } => reply.result = Some(Err(error)),
         Write::PruneStep { reply, .. } => reply.result = Some(Err(error)),
         Write::SaveCursor { reply, .. } => reply.result = Some(Err(error)),
+        Write::Webhook { reply, .. } => reply.result = Some(Err(error)),
     }
 }
 

@@ -105,6 +105,14 @@ impl Fixture {
         }
     }
 
+    /// The same store's webhook endpoints and deliveries.
+    pub fn webhooks(&self) -> Arc<dyn vidgate::store::webhooks::WebhookStore> {
+        match &self.open {
+            Open::Sqlite { store, .. } => store.clone().expect("a store is open"),
+            Open::Postgres { store, .. } => store.clone().expect("a store is open"),
+        }
+    }
+
     /// Write transactions the store committed since it was opened.
     pub fn batches_committed(&self) -> u64 {
         match &self.open {

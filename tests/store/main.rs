@@ -14,16 +14,21 @@ mod conformance;
 mod fixture;
 mod postgres;
 mod sqlite;
+mod webhooks;
 
 /// Instantiates each named test of [`conformance`] once per backend: `sqlite_backend::name`
 /// and `postgres_backend::name`. Each runs on a fresh store and removes its storage afterwards,
 /// also when the test fails.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
-        conformance!(@backend sqlite_backend, Sqlite; $($name),*);
-        conformance!(@backend postgres_backend, Postgres; $($name),*);
+        conformance!(@backend sqlite_backend, Sqlite, conformance; $($name),*);
+        conformance!(@backend postgres_backend, Postgres, conformance; $($name),*);
     };
-    (@backend $module:ident, $backend:ident; $($name:ident),*) => {
+    (webhooks: $($name:ident),* $(,)?) => {
+        conformance!(@backend sqlite_webhooks, Sqlite, webhooks; $($name),*);
+        conformance!(@backend postgres_webhooks, Postgres, webhooks; $($name),*);
+    };
+    (@backend $module:ident, $backend:ident, $suite:ident; $($name:ident),*) => {
         mod $module {
             $(
                 #[tokio::test]
@@ -35,7 +40,7 @@ macro_rules! conformance {
                     )
                     .await;
                     let outcome =
-                        std::panic::AssertUnwindSafe(crate::conformance::$name(&mut fixture))
+                        std::panic::AssertUnwindSafe(crate::$suite::$name(&mut fixture))
                             .catch_unwind()
                             .await;
                     fixture.cleanup().await;
@@ -76,4 +81,15 @@ conformance! {
     count_by_status_counts_live_jobs_by_wire_name,
     event_rows_do_not_copy_the_request_and_labels_and_reads_put_them_back,
     event_rows_written_with_the_whole_job_still_read_back_as_they_are,
+}
+
+conformance! {
+    webhooks:
+    endpoints_round_trip_list_per_tenant_and_refuse_stale_versions,
+    a_fan_out_moves_its_cursor_once_and_writes_each_delivery_once,
+    claims_take_due_deliveries_once_bounded_per_endpoint,
+    attempts_are_recorded_retried_and_listed_newest_first,
+    an_endpoint_failing_too_long_or_gone_is_disabled_and_its_pending_deliveries_fail,
+    a_replay_makes_a_delivery_pending_again_and_pruning_removes_finished_ones,
+    callbacks_are_made_once_by_the_fan_out_and_the_tenant_secret_is_stable,
 }
