@@ -7,6 +7,11 @@
 //! consumption and the dispatcher stop taking work), then stops the servers and closes the
 //! store, all within `server.shutdown_grace_ms`; past it, whatever is left is abandoned.
 
+use crate::api::webhooks::WebhookApi;
+use crate::pb::webhook_service_server::WebhookServiceServer;
+use crate::store::webhooks::WebhookStore;
+use crate::webhooks::endpoints::WebhookEndpoints;
+use crate::webhooks::engine::WebhookEngine;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,32 +122,39 @@ pub enum StartupError {
     /// `[server.tls]` names files that cannot be used.
     #[error("TLS on the gRPC port: {0}")]
     Tls(#[from] TlsLoadError),
+    /// `[webhooks]` cannot work.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     /// Reflection descriptors could not be loaded (a build problem).
     #[error("gRPC reflection: {0}")]
     Reflection(String),
 }
 
-/// Deletes events older than `before_ms`, but never one the AMQP relay (whose durable cursor is
-/// `relay_cursor`, when AMQP is on) has not had confirmed by the broker: an event is kept until
-/// it is published, however old. Returns how many were deleted.
+/// Deletes events older than `before_ms`, but never one a durable reader has not consumed:
+/// `cursors` names their positions (the AMQP relay's, confirmed by the broker; the webhook
+/// fan-out's). An event is kept until every one of them is past it, however old. Returns how
+/// many were deleted.
 pub async fn prune_events(
     store: &dyn JobStore,
     before_ms: i64,
-    relay_cursor: Option<&str>,
+    cursors: &[&str],
 ) -> Result<u64, StoreError> {
     let mut before = before_ms;
-    if let Some(name) = relay_cursor {
-        let confirmed = store.load_cursor(name).await?.unwrap_or(0);
-        let first_unconfirmed = store
+    for name in cursors {
+        let Some(consumed) = store.load_cursor(name).await? else {
+            // A reader that never started keeps nothing back (it starts from the latest).
+            continue;
+        };
+        let first_unconsumed = store
             .events_after(&EventQuery {
-                after_sequence: confirmed,
+                after_sequence: consumed,
                 tenant: None,
                 job_id: None,
                 limit: 1,
             })
             .await?;
         // The store prunes a prefix up to the first event at or after the bound.
-        if let Some(event) = first_unconfirmed.first() {
+        if let Some(event) = first_unconsumed.first() {
             before = before.min(event.time_ms);
         }
     }
@@ -225,6 +237,20 @@ impl Application {
         )
         .with_job_max_age_ms(config.dispatcher.max_age_ms)
         .with_metrics(telemetry.metrics.clone());
+        let webhook_settings = config.webhooks.settings().map_err(StartupError::Webhooks)?;
+        let jobs = jobs.with_callback_policy(webhook_settings.policy);
+        let webhooks = WebhookEngine::new(
+            store.webhooks(),
+            store_dyn.clone(),
+            webhook_settings,
+            &telemetry.meter,
+        )
+        .map_err(StartupError::Webhooks)?;
+        let webhook_api = WebhookApi::new(
+            WebhookEndpoints::new(webhooks.clone()),
+            auth.clone(),
+            draining.clone(),
+        );
         let readiness_blobs = blobs.clone();
         let sweep_blobs = blobs.clone();
         let api = VideoApi::new(
@@ -261,9 +287,18 @@ impl Application {
             gauges: gauges.clone(),
         };
         let admin_addr = start_admin(&config, admin, &stop, &mut tasks).await?;
-        let (grpc_tasks, grpc_tls) =
-            serve_grpc(&config, listener, tls, api, readiness.clone(), stop.clone())?;
+        let (grpc_tasks, grpc_tls) = serve_grpc(
+            &config,
+            listener,
+            tls,
+            (api, webhook_api),
+            readiness.clone(),
+            stop.clone(),
+        )?;
         tasks.serve.extend(grpc_tasks);
+        if webhooks.settings().enabled {
+            tasks.work.extend(webhooks.start(&draining));
+        }
         if config.dispatcher.enabled {
             let d = dispatcher.clone();
             let draining = draining.clone();
@@ -478,6 +513,13 @@ enum OpenedStore {
 
 impl OpenedStore {
     fn as_dyn(&self) -> Arc<dyn JobStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    fn webhooks(&self) -> Arc<dyn WebhookStore> {
         match self {
             Self::Sqlite(store) => store.clone(),
             Self::Postgres(store) => store.clone(),
@@ -730,13 +772,16 @@ fn serve_grpc(
     config: &Config,
     listener: tokio::net::TcpListener,
     tls: Option<TlsServer>,
-    api: VideoApi,
+    (api, webhook_api): (VideoApi, WebhookApi),
     readiness: Readiness,
     stop: CancellationToken,
 ) -> Result<(Vec<JoinHandle<()>>, Option<TlsHandle>), StartupError> {
     let health_service = ReadinessHealth::server(
         readiness,
-        &[<VideoServiceServer<VideoApi> as NamedService>::NAME],
+        &[
+            <VideoServiceServer<VideoApi> as NamedService>::NAME,
+            <WebhookServiceServer<WebhookApi> as NamedService>::NAME,
+        ],
         stop.clone(),
     );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -762,7 +807,8 @@ fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(video_service);
+        .add_service(video_service)
+        .add_service(WebhookServiceServer::new(webhook_api));
     let tcp_keepalive = Duration::from_secs(config.server.tcp_keepalive_secs);
     let handshake = Duration::from_secs(config.server.handshake_timeout_secs);
     // The server stops only once the work has drained: until then health answers
@@ -885,7 +931,7 @@ fn sweep_orphans(
 }
 
 /// Prunes events past `storage.event_retention_hours` every [`PRUNE_INTERVAL`], keeping those
-/// the AMQP relay has not published yet.
+/// a durable reader (the AMQP relay, the webhook fan-out) has not consumed yet.
 fn prune_old_events(
     config: &Config,
     store: Arc<dyn JobStore>,
@@ -895,14 +941,18 @@ fn prune_old_events(
         .storage
         .event_retention_hours
         .saturating_mul(3_600_000) as i64;
-    let relay_cursor = config
-        .amqp
-        .enabled()
-        .then(|| config.amqp.relay_cursor.clone());
+    let mut cursors: Vec<String> = Vec::new();
+    if config.amqp.enabled() {
+        cursors.push(config.amqp.relay_cursor.clone());
+    }
+    if config.webhooks.enabled {
+        cursors.push(crate::webhooks::engine::FANOUT_CURSOR.to_owned());
+    }
     tokio::spawn(async move {
         loop {
             let before = now_ms() - retention_ms;
-            match prune_events(store.as_ref(), before, relay_cursor.as_deref()).await {
+            let names: Vec<&str> = cursors.iter().map(String::as_str).collect();
+            match prune_events(store.as_ref(), before, &names).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "old events pruned"),
                 Err(e) => tracing::warn!(error = %e, "event pruning failed; will retry"),

@@ -491,6 +491,8 @@ pub struct Config {
     /// `[amqp]`: RabbitMQ intake and event relay; off unless `amqp.url` (or
     /// `VIDGATE_AMQP_URL`) is set.
     pub amqp: AmqpConfig,
+    /// `[webhooks]`: signed HTTP deliveries of job events.
+    pub webhooks: crate::webhooks::config::WebhooksConfig,
     /// From `TURING_API_KEY` only.
     #[serde(skip)]
     pub api_key: Option<String>,
@@ -507,6 +509,7 @@ impl std::fmt::Debug for Config {
             .field("dispatcher", &self.dispatcher)
             .field("auth_mode", &self.auth.mode)
             .field("amqp", &self.amqp)
+            .field("webhooks", &self.webhooks)
             .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
             .finish_non_exhaustive()
     }
@@ -616,6 +619,9 @@ impl Config {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
         if let Err(message) = self.blob.location(&self.storage.data_dir) {
             return invalid("blob", message);
+        }
+        if let Err(message) = self.webhooks.settings() {
+            return invalid("webhooks", message);
         }
         if self.events.chunk_bytes == 0 || self.events.chunk_bytes > crate::events::MAX_CHUNK_BYTES
         {

@@ -1,6 +1,7 @@
 //! The gRPC adapter's errors (its own, and the application layer's and the event feed's as
 //! they reach it) and their one mapping to gRPC `Status` with `google.rpc` details.
 
+use crate::webhooks::endpoints::WebhookError;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -153,6 +154,9 @@ pub enum ApiError {
     /// A message too large for its field (e.g. the request as a whole).
     #[error("{0}")]
     MessageTooLarge(String),
+    /// Refused or failed by the webhooks layer (`WebhookService`).
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::endpoints::WebhookError),
     /// Something vidgate did not expect; details are in the server log, not here.
     #[error("internal error; see the server log (ref {0})")]
     Internal(String),
@@ -182,6 +186,7 @@ impl ApiError {
             Self::MalformedMessage(_) => "MALFORMED_MESSAGE",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::MessageTooLarge(_) => "MESSAGE_TOO_LARGE",
+            Self::Webhooks(e) => e.reason(),
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -203,6 +208,7 @@ impl ApiError {
             Self::SubscriberLagged { .. } | Self::DownloadStalled { .. } => Code::Aborted,
             Self::ShuttingDown { .. } | Self::ContentUnavailable(_) => Code::Unavailable,
             Self::MessageTooLarge(_) | Self::TooManyStreams { .. } => Code::ResourceExhausted,
+            Self::Webhooks(e) => webhooks_code(e),
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -238,6 +244,22 @@ fn jobs_code(e: &JobsError) -> Code {
         JobsError::VideoChanged(_) => Code::Aborted,
         JobsError::StoreUnavailable | JobsError::RequestPending { .. } => Code::Unavailable,
         JobsError::Internal(_) => Code::Internal,
+    }
+}
+
+/// The webhooks layer's refusals in gRPC's terms.
+fn webhooks_code(e: &WebhookError) -> Code {
+    match e {
+        WebhookError::InvalidArgument { .. } | WebhookError::TargetNotAllowed(_) => {
+            Code::InvalidArgument
+        }
+        WebhookError::EndpointNotFound(_) | WebhookError::DeliveryNotFound(_) => Code::NotFound,
+        WebhookError::TooManyEndpoints { .. } => Code::ResourceExhausted,
+        WebhookError::EndpointDisabled { .. } => Code::FailedPrecondition,
+        WebhookError::Changed(_) => Code::Aborted,
+        WebhookError::EventsPruned { .. } => Code::OutOfRange,
+        WebhookError::StoreUnavailable => Code::Unavailable,
+        WebhookError::Internal(_) => Code::Internal,
     }
 }
 
@@ -302,11 +324,15 @@ impl From<ApiError> for Status {
             ApiError::Jobs(JobsError::RequestIdReused { existing_id, .. }) => {
                 metadata.insert("existing_video_id".to_owned(), existing_id.clone());
             }
-            ApiError::CursorExpired { first_kept, .. } => {
+            ApiError::CursorExpired { first_kept, .. }
+            | ApiError::Webhooks(WebhookError::EventsPruned { first_kept, .. }) => {
                 metadata.insert("first_kept_sequence".to_owned(), first_kept.to_string());
             }
             ApiError::TooManyStreams { limit } => {
                 metadata.insert("max_streams".to_owned(), limit.to_string());
+            }
+            ApiError::Webhooks(WebhookError::TooManyEndpoints { limit }) => {
+                metadata.insert("max_endpoints".to_owned(), limit.to_string());
             }
             ApiError::CursorAhead { latest, .. } => {
                 metadata.insert("latest_sequence".to_owned(), latest.to_string());
@@ -336,6 +362,15 @@ impl From<ApiError> for Status {
             | ApiError::Jobs(JobsError::InvalidArgument { field, description }) => {
                 vec![RpcViolation::new(*field, description.clone())]
             }
+            ApiError::Webhooks(w) => w
+                .violation()
+                .map(|(field, rule, description)| {
+                    let mut rv = RpcViolation::new(field, description);
+                    rv.reason = rule.to_owned();
+                    rv
+                })
+                .into_iter()
+                .collect(),
             _ => e
                 .violations()
                 .into_iter()
@@ -350,7 +385,8 @@ impl From<ApiError> for Status {
             details.set_bad_request(violations);
         }
         match &e {
-            ApiError::Jobs(JobsError::StoreUnavailable | JobsError::RequestPending { .. }) => {
+            ApiError::Jobs(JobsError::StoreUnavailable | JobsError::RequestPending { .. })
+            | ApiError::Webhooks(WebhookError::StoreUnavailable) => {
                 details.set_retry_info(Some(STORE_RETRY_AFTER));
             }
             ApiError::ContentUnavailable(_) => {

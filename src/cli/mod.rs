@@ -1,5 +1,6 @@
 //! The client half of the `vidgate` binary: `create`, `get`, `list`, `watch`, `download`,
-//! `cancel`, `retry` and `delete`, each one or a few gRPC calls to a running `vidgate serve`.
+//! `cancel`, `retry`, `delete` and `webhooks ...`, each one or a few gRPC calls to a running
+//! `vidgate serve`.
 //!
 //! Results go to stdout (a readable summary, or proto3 JSON with `--json`); progress goes to
 //! stderr, animated on a terminal and as plain lines otherwise. Every failure is an
@@ -13,6 +14,7 @@
 //! | `create` | flags (or a JSON file) to a `CreateVideoRequest`, then optionally wait and download |
 //! | `query` | `get`, `list`, `cancel`, `retry`, `delete` |
 //! | `watch` | following one job's events, optionally saving its content from the stream |
+//! | `webhooks` | `webhooks create`, `list`, `get`, `update` (AIP-134 mask), `delete`, `rotate`, `test`, `deliveries`, `replay`, `callback-secret` over `WebhookService` |
 //! | `download` | resumable `DownloadVideo` into `FILE.part`, verified, then renamed |
 //! | `content` | the file a download or watch writes: offsets, hashing, verification |
 //! | `render` | text summaries and JSON of the results |
@@ -27,6 +29,7 @@ mod render;
 pub mod rpc;
 pub mod tls;
 mod watch;
+mod webhooks;
 
 use std::io::Write;
 
@@ -36,6 +39,10 @@ pub use query::{GetArgs, IdArgs, ListArgs, RetryArgs};
 pub use rpc::RpcError;
 pub use tls::TlsOpts;
 pub use watch::WatchArgs;
+pub use webhooks::{
+    WebhookCreateArgs, WebhookDeliveriesArgs, WebhookIdArgs, WebhookListArgs, WebhookReplayArgs,
+    WebhookRotateArgs, WebhookUpdateArgs, WebhooksArgs, WebhooksCommand,
+};
 
 /// Where and how to reach `vidgate serve`, shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,6 +84,8 @@ pub enum ClientCommand {
     Retry(RetryArgs),
     /// Delete a job and its stored content
     Delete(IdArgs),
+    /// Manage the webhook endpoints that receive this tenant's job events
+    Webhooks(WebhooksArgs),
 }
 
 /// Runs one client command, printing its result to stdout.
@@ -100,6 +109,7 @@ pub async fn run_with_output(
         ClientCommand::Cancel(args) => query::cancel(&opts, args, out).await,
         ClientCommand::Retry(args) => query::retry(&opts, args, out).await,
         ClientCommand::Delete(args) => query::delete(&opts, args, out).await,
+        ClientCommand::Webhooks(args) => webhooks::run(&opts, args, out).await,
     }
 }
 

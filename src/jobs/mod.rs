@@ -10,6 +10,7 @@ mod envelope;
 mod error;
 mod list;
 
+use crate::webhooks::target::TargetPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub struct Jobs {
     dispatcher: Arc<Dispatcher>,
     metrics: Metrics,
     job_max_age_ms: u64,
+    /// Where a job's `callback_url` may point (`[webhooks]`).
+    callback_policy: TargetPolicy,
 }
 
 /// The checks of a create, all at once: the envelope (request_id, labels) and the spec against
@@ -102,7 +105,14 @@ impl Jobs {
             dispatcher,
             metrics: Metrics::disabled(),
             job_max_age_ms: DEFAULT_MAX_AGE_MS,
+            callback_policy: TargetPolicy::default(),
         }
+    }
+
+    /// Where a job's `callback_url` may point (by default: https, public addresses only).
+    pub fn with_callback_policy(mut self, policy: TargetPolicy) -> Self {
+        self.callback_policy = policy;
+        self
     }
 
     /// The dispatcher's maximum job age (0 = none). A job past it is not retried: the
@@ -135,6 +145,16 @@ impl Jobs {
         origin: IntakeOrigin,
     ) -> Result<(Job, bool), JobsError> {
         let spec = validate_create(&request, &self.catalog)?;
+        if !request.callback_url.is_empty() {
+            // Checked now (and again before each delivery: DNS can change).
+            self.callback_policy
+                .check("callback_url", &request.callback_url)
+                .await
+                .map_err(|e| JobsError::InvalidArgument {
+                    field: "callback_url",
+                    description: e.to_string(),
+                })?;
+        }
         // What the dispatcher sends: the spec just validated, not the wire request.
         let submission = submission::encode(&spec, &self.catalog)
             .map_err(|e| JobsError::internal("submission not encoded", &e))?;

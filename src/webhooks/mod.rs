@@ -2,6 +2,8 @@
 //!
 //! - [`signing`]: the Standard Webhooks headers and `whsec_` secrets (rotation signs with two);
 //! - [`target`]: which URLs a webhook may go to (https, public addresses; no SSRF);
+//! - [`config`]: `[webhooks]`: the URL policy, the retry schedule, timeouts and bounds;
+//! - [`engine`]: fan-out from the event log and delivery (claims, attempts, outcomes);
 //! - here: the message of one event for one endpoint, its stable id and its body.
 //!
 //! A body is `{"type": "video.<status>", "timestamp": "<the event's time, RFC 3339>", "data":
@@ -9,6 +11,9 @@
 //! by `DownloadVideo`). Its `webhook-id` is the same for every attempt of one event at one
 //! endpoint, so a receiver that drops ids it has seen gets each event once.
 
+pub mod config;
+pub mod endpoints;
+pub mod engine;
 pub mod signing;
 pub mod target;
 

@@ -91,6 +91,21 @@ pub enum TargetError {
     },
 }
 
+impl TargetError {
+    /// The request field the refusal is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::TooLong { field, .. }
+            | Self::NotAUrl { field, .. }
+            | Self::Scheme { field, .. }
+            | Self::Credentials { field }
+            | Self::NoHost { field }
+            | Self::Internal { field, .. }
+            | Self::Resolve { field, .. } => field,
+        }
+    }
+}
+
 /// The rules in force (`[webhooks]`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TargetPolicy {

@@ -331,14 +331,14 @@ async fn pruning_never_deletes_an_event_the_relay_has_not_had_confirmed() {
     // The relay's durable cursor says events up to 2 are confirmed by the broker.
     store.save_cursor("test-relay", 2).await.unwrap();
     let everything = vidgate::job::now_ms() + 1_000;
-    let pruned = vidgate::app::prune_events(store.as_ref(), everything, Some("test-relay"))
+    let pruned = vidgate::app::prune_events(store.as_ref(), everything, &["test-relay"])
         .await
         .unwrap();
     assert_eq!(pruned, 2, "only the confirmed events are old enough to go");
     assert_eq!(store.pruned_through().await.unwrap(), 2);
     // Once the relay has them all, they may go.
     store.save_cursor("test-relay", 4).await.unwrap();
-    let pruned = vidgate::app::prune_events(store.as_ref(), everything, Some("test-relay"))
+    let pruned = vidgate::app::prune_events(store.as_ref(), everything, &["test-relay"])
         .await
         .unwrap();
     assert_eq!(pruned, 2);
@@ -347,7 +347,7 @@ async fn pruning_never_deletes_an_event_the_relay_has_not_had_confirmed() {
         .create_video(req(ACME, veo(&unique("no relay"))))
         .await
         .unwrap();
-    let pruned = vidgate::app::prune_events(store.as_ref(), vidgate::job::now_ms() + 1_000, None)
+    let pruned = vidgate::app::prune_events(store.as_ref(), vidgate::job::now_ms() + 1_000, &[])
         .await
         .unwrap();
     assert_eq!(pruned, 1);
