@@ -14,3 +14,4 @@ mod service_grpc;
 mod service_ops;
 mod stored_once;
 mod tls;
+mod webhooks;

@@ -13,6 +13,8 @@
 //!   support starts, else the test fails saying how to provide one), a key prefix per test;
 //! - [`azure`]: an Azure Blob Storage server (`VIDGATE_TEST_AZURE_ENDPOINT`, else an Azurite
 //!   the support starts, else the test fails saying how to provide one), a prefix per test;
+//! - [`receiver`]: a webhook receiver that verifies every signature with the Standard Webhooks
+//!   library and can answer 503 or 410, be slow, or be down;
 //! - [`postgres`]: the database (`VIDGATE_TEST_DATABASE_URL`, else testcontainers, else the
 //!   test fails saying what to set) and a schema of the test's own.
 #![allow(dead_code)]
@@ -22,6 +24,7 @@ pub mod app;
 pub mod azure;
 pub mod hostile;
 pub mod postgres;
+pub mod receiver;
 pub mod s3;
 pub mod upstream;
 
