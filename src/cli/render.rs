@@ -37,7 +37,7 @@ pub fn progress_line(video: &Video) -> String {
 }
 
 /// An RFC 3339 time, or `-` when absent.
-fn time(ts: Option<&pbjson_types::Timestamp>) -> String {
+pub(crate) fn time(ts: Option<&pbjson_types::Timestamp>) -> String {
     ts.and_then(|t| serde_json::to_value(t).ok())
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| "-".to_owned())

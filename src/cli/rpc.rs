@@ -48,6 +48,14 @@ impl Interceptor for BearerAuth {
 /// Connects eagerly, so a wrong address fails here with a clear message rather than on the
 /// first call. The channel reconnects by itself afterwards, which `watch` and `download` rely on.
 pub async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+    let (channel, auth) = channel(opts).await?;
+    Ok(VideoServiceClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES))
+}
+
+/// The connected channel (TLS as asked) and the interceptor adding the token: what every
+/// service's client is built on.
+pub async fn channel(opts: &ClientOpts) -> anyhow::Result<(Channel, BearerAuth)> {
     let auth = match opts.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => {
             let value = MetadataValue::try_from(format!("Bearer {token}")).context(
@@ -84,8 +92,7 @@ pub async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to {addr}: {hint}"))?;
-    Ok(VideoServiceClient::with_interceptor(channel, auth)
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES))
+    Ok((channel, auth))
 }
 
 /// A failed RPC, rendered with its `google.rpc` details: the status message, every

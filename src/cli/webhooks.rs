@@ -19,16 +19,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write;
 
-use anyhow::{Context as _, bail};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
+use anyhow::bail;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::transport::Channel;
 
 use super::query::MAX_LIST_PAGES;
-use super::render::{write_json, write_text};
-use super::rpc::{CONNECT_TIMEOUT, MAX_DECODING_MESSAGE_BYTES, rpc_err};
+use super::render::{time, write_json, write_text};
+use super::rpc::{BearerAuth, MAX_DECODING_MESSAGE_BYTES, rpc_err};
 use super::{ClientOpts, parse_key_value};
 use crate::pb::replay_webhooks_request::What;
 use crate::pb::webhook_service_client::WebhookServiceClient;
@@ -215,63 +212,12 @@ fn parse_grace(s: &str) -> Result<u32, String> {
 }
 
 /// The generated webhook client with the bearer token added to every call.
-type WebhookClient = WebhookServiceClient<InterceptedService<Channel, BearerToken>>;
-
-/// Adds `authorization: Bearer <token>` to every request, when a token was given (as
-/// [`super::rpc::BearerAuth`] does for `VideoService`).
-#[derive(Debug, Clone)]
-struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+type WebhookClient = WebhookServiceClient<InterceptedService<Channel, BearerAuth>>;
 
 /// Connects eagerly to `WebhookService`, with the token and TLS of [`super::rpc::connect`],
 /// so a wrong address fails here with the same advice.
 async fn connect(opts: &ClientOpts) -> anyhow::Result<WebhookClient> {
-    let auth = match opts.token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => {
-            let value = MetadataValue::try_from(format!("Bearer {token}")).context(
-                "the token has characters that cannot go in a gRPC header; check --token / VIDGATE_TOKEN",
-            )?;
-            BearerToken(Some(value))
-        }
-        // No token: the server answers UNAUTHENTICATED, and the error hint says how to pass one.
-        None => BearerToken(None),
-    };
-    let (addr, tls) = opts.tls.configure(&opts.addr)?;
-    let mut endpoint = Endpoint::from_shared(addr.clone())
-        .with_context(|| {
-            format!(
-                "--addr {:?} is not a valid URL; expected e.g. http://127.0.0.1:50051",
-                opts.addr
-            )
-        })?
-        .connect_timeout(CONNECT_TIMEOUT);
-    let hint = match tls {
-        Some(tls) => {
-            endpoint = endpoint
-                .tls_config(tls)
-                .context("cannot set up TLS; check --ca-cert, --cert and --key")?;
-            "is `vidgate serve` running there with TLS, does --ca-cert (or the system's roots) \
-             trust its certificate, does the certificate name this host (else --tls-server-name), \
-             and does the server require a client certificate (--cert/--key)?"
-        }
-        None => {
-            "is `vidgate serve` running there (over TLS? then add --tls)? Set --addr or VIDGATE_ADDR"
-        }
-    };
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {addr}: {hint}"))?;
+    let (channel, auth) = super::rpc::channel(opts).await?;
     Ok(WebhookServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES))
 }
@@ -625,13 +571,6 @@ async fn callback_secret(opts: &ClientOpts, out: &mut (dyn Write + Send)) -> any
 /// The line that hands out a new secret, saying it will not be shown again.
 fn secret_line(what: &str, secret: &str) -> String {
     format!("{what} (shown once, keep it): {secret}")
-}
-
-/// An RFC 3339 time, or `-` when absent (as `render` prints a video's times).
-fn time(ts: Option<&pbjson_types::Timestamp>) -> String {
-    ts.and_then(|t| serde_json::to_value(t).ok())
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "-".to_owned())
 }
 
 /// The proto name of a delivery state (`DELIVERED`), or the raw number when it is not one we know.

@@ -522,7 +522,9 @@ impl WebhookEngine {
 
     async fn run_sender(self, draining: CancellationToken) {
         let settings = &self.inner.settings;
-        let lease = settings.timeout + Duration::from_secs(30);
+        // Past the attempt's own timeout, with room for recording it: an instance that dies
+        // mid-attempt leaves its deliveries to the others this long after it claimed them.
+        let lease = settings.timeout * 2 + Duration::from_secs(5);
         let mut sending = JoinSet::new();
         loop {
             while sending.try_join_next().is_some() {}

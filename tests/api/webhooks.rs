@@ -498,3 +498,86 @@ async fn a_video_callback_url_gets_its_events_signed_with_the_tenant_callback_se
         .signing_secret;
     assert_ne!(other, secret);
 }
+
+/// The client commands as the binary exposes them.
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    opts: vidgate::cli::ClientOpts,
+    #[command(subcommand)]
+    cmd: vidgate::cli::ClientCommand,
+}
+
+/// Runs `vidgate <args>` against `app` as tenant acme; the result and what it printed.
+async fn vidgate(app: &TestApp, args: &[&str]) -> (anyhow::Result<()>, String) {
+    use clap::Parser as _;
+    let addr = format!("http://{}", app.app().grpc_addr());
+    let argv = ["vidgate", "--addr", &addr, "--token", ACME];
+    let cli = Cli::try_parse_from(argv.iter().chain(args)).expect("arguments parse");
+    let mut out = Vec::new();
+    let result = vidgate::cli::run_with_output(cli.opts, cli.cmd, &mut out).await;
+    (result, String::from_utf8(out).expect("utf-8"))
+}
+
+#[tokio::test]
+async fn the_cli_creates_tests_lists_rotates_and_deletes_an_endpoint() {
+    let app = app_with_webhooks().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url();
+    let (result, out) = vidgate(
+        &app,
+        &[
+            "webhooks",
+            "create",
+            &url,
+            "--event-type",
+            "video.completed",
+        ],
+    )
+    .await;
+    result.expect("create");
+    let secret = out
+        .split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .unwrap_or_else(|| panic!("no secret shown: {out}"))
+        .to_owned();
+    assert!(out.contains("shown once"), "{out}");
+    let id = out
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .find(|w| w.starts_with("whe_"))
+        .unwrap_or_else(|| panic!("no endpoint id: {out}"))
+        .to_owned();
+    receiver.set_secrets(&[&secret]);
+
+    let (result, out) = vidgate(&app, &["webhooks", "test", &id]).await;
+    result.expect("test");
+    assert!(out.contains("204"), "{out}");
+    assert_eq!(receiver.received()[0].verified_by, [0]);
+
+    let (result, out) = vidgate(&app, &["webhooks", "list"]).await;
+    result.expect("list");
+    assert!(out.contains(&id) && out.contains(&url), "{out}");
+
+    let (result, out) = vidgate(&app, &["webhooks", "rotate", &id, "--grace", "1h"]).await;
+    result.expect("rotate");
+    let rotated = out
+        .split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .unwrap_or_else(|| panic!("no new secret: {out}"));
+    assert_ne!(rotated, secret);
+
+    let (result, out) = vidgate(&app, &["webhooks", "deliveries", &id]).await;
+    result.expect("deliveries");
+    assert!(out.contains("webhook.test"), "{out}");
+
+    vidgate(&app, &["webhooks", "delete", &id])
+        .await
+        .0
+        .expect("delete");
+    let (result, _) = vidgate(&app, &["webhooks", "get", &id]).await;
+    let error = format!("{:#}", result.expect_err("gone"));
+    assert!(
+        error.contains("WEBHOOK_ENDPOINT_NOT_FOUND") || error.contains("does not exist"),
+        "{error}"
+    );
+}

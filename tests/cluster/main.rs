@@ -8,6 +8,7 @@
 mod support;
 
 mod objects;
+mod webhooks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -13,6 +13,7 @@
 //!   support starts, else the test fails saying how to provide one), a key prefix per test;
 //! - [`azure`]: an Azure Blob Storage server (`VIDGATE_TEST_AZURE_ENDPOINT`, else an Azurite
 //!   the support starts, else the test fails saying how to provide one), a prefix per test;
+//! - [`child`]: `vidgate serve` as a child process the test can `SIGKILL`;
 //! - [`receiver`]: a webhook receiver that verifies every signature with the Standard Webhooks
 //!   library and can answer 503 or 410, be slow, or be down;
 //! - [`postgres`]: the database (`VIDGATE_TEST_DATABASE_URL`, else testcontainers, else the
@@ -22,6 +23,7 @@
 pub mod amqp;
 pub mod app;
 pub mod azure;
+pub mod child;
 pub mod hostile;
 pub mod postgres;
 pub mod receiver;
