@@ -4,7 +4,9 @@
 //! `subscribers` (10, issue #14: peak RSS of never-read against reading subscribers),
 //! `s3download` (11, issue #15: `DownloadVideo` from an S3-compatible store), `s3e2e` (12,
 //! issue #15: scenario 7 with videos in S3 against a local directory), `s3upload` (13, issue
-//! #15: a 100 MB job's completion with S3 at several part sizes and concurrencies); none = all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
+//! #15: a 100 MB job's completion with S3 at several part sizes and concurrencies), `webhooks`
+//! (14, issue #16: completion -> webhook at 100 endpoints against completion -> `Subscribe`);
+//! none = all. With more than one, each scenario runs in a fresh child process (this executable again), so its peak RSS is its own.
 //!
 //! Each scenario starts the real service with [`Application::build`] (port 0, a temp data dir,
 //! the in-process upstream simulator, or one in a child process where the gateway's CPU and
@@ -60,6 +62,8 @@ mod s3;
 mod subscribers;
 #[path = "harness/watch.rs"]
 mod watch;
+#[path = "harness/webhooks.rs"]
+mod webhooks;
 
 /// The allocator of the `vidgate` binary (src/main.rs), so that in-process scenarios measure
 /// what production runs; `--no-default-features` measures the system allocator instead.
@@ -99,7 +103,7 @@ const TOKEN: &str = "tok-bench-0123456789";
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run, with the issue's numbers.
-const SCENARIOS: [(&str, u8); 13] = [
+const SCENARIOS: [(&str, u8); 14] = [
     ("create", 1),
     ("amqp", 2),
     ("inflight", 3),
@@ -113,6 +117,7 @@ const SCENARIOS: [(&str, u8); 13] = [
     ("s3download", 11),
     ("s3e2e", 12),
     ("s3upload", 13),
+    ("webhooks", 14),
 ];
 
 #[tokio::main]
@@ -219,6 +224,7 @@ async fn run_scenario(name: &str, number: u8) -> (Vec<Row>, String) {
         "s3download" => s3_download_scenario().await,
         "s3e2e" => e2e::s3_scenario(&s3::s3()).await,
         "s3upload" => s3_upload_scenario().await,
+        "webhooks" => webhooks::scenario().await,
         _ => e2e::scenario().await,
     };
     let rows = match result {

@@ -588,6 +588,9 @@ impl WebhookEndpoints {
         let deliveries: Vec<NewDelivery> = events
             .iter()
             .filter(|event| {
+                if event.job.is_deleted() {
+                    return false;
+                }
                 let kind = super::event_type(event);
                 endpoint.wants(&kind, &event.job.id, &event.job.model, &event.job.labels)
             })

@@ -404,8 +404,13 @@ impl WebhookEngine {
                         .collect()
                 })
                 .unwrap_or_default();
-            let callback = callback_url(event);
-            let needed = matching.len() + usize::from(callback.is_some());
+            // A deleted job's last event: nothing to tell (as the streams and the AMQP relay).
+            let callback = callback_url(event).filter(|_| !job.is_deleted());
+            let needed = if job.is_deleted() {
+                0
+            } else {
+                matching.len() + usize::from(callback.is_some())
+            };
             if needed == 0 {
                 to = event.sequence;
                 continue;

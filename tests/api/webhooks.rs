@@ -61,6 +61,17 @@ async fn endpoint(
     (made.endpoint.expect("an endpoint"), made.signing_secret)
 }
 
+/// The admin port's `/metrics` text.
+async fn metrics(app: &TestApp) -> String {
+    let admin = app.app().admin_addr().expect("admin port on");
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 async fn create_video(app: &mut TestApp, prompt: &str) -> pb::Video {
     app.client
         .create_video(req(ACME, veo(prompt)))
@@ -396,6 +407,26 @@ async fn a_gone_receiver_disables_its_endpoint_and_a_replay_after_enabling_sends
         "{}",
         disabled.disabled_reason
     );
+    // Seen on /metrics: the attempt by outcome and status, the disabling and its reason.
+    let text = metrics(&app).await;
+    for expected in [
+        "vidgate_webhook_attempts_total{",
+        "http_response_status_code=\"410\"",
+        "vidgate_webhook_outcome=\"failed\"",
+        "vidgate_webhook_endpoint_disablings_total{",
+        "vidgate_webhook_reason=\"gone\"",
+        "vidgate_webhook_attempt_duration_seconds_bucket",
+        "vidgate_webhook_backlog ",
+        "vidgate_webhook_backlog_age_seconds",
+        "vidgate_webhook_endpoints_disabled",
+    ] {
+        let ours: Vec<&str> = text.lines().filter(|l| l.contains("webhook")).collect();
+        assert!(
+            text.contains(expected),
+            "{expected} not in /metrics:\n{}",
+            ours.join("\n")
+        );
+    }
     // Disabled: a replay is refused, naming what to do.
     let status = hooks
         .replay_webhooks(req(
@@ -580,4 +611,140 @@ async fn the_cli_creates_tests_lists_rotates_and_deletes_an_endpoint() {
         error.contains("WEBHOOK_ENDPOINT_NOT_FOUND") || error.contains("does not exist"),
         "{error}"
     );
+}
+
+/// A receiver that misbehaves by path: `/silent` reads the request and never answers,
+/// `/endless` answers 500 with a body that never ends, `/redirect` answers 302 to another
+/// address.
+async fn hostile_receiver() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 8192];
+                let Ok(n) = socket.read(&mut head).await else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(&head[..n]).into_owned();
+                if text.contains("POST /silent") {
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                } else if text.contains("POST /endless") {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 1000000000\r\n\r\n")
+                        .await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while socket.write_all(&chunk).await.is_ok() {}
+                } else {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:9/elsewhere\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn silent_endless_and_redirecting_receivers_are_bounded_and_recorded_as_failures() {
+    let app = spawn_app_with(|c| {
+        c.webhooks.allow_http = true;
+        c.webhooks.allow_private_targets = true;
+        c.webhooks.poll_interval_ms = 50;
+        c.webhooks.timeout_ms = 1_000;
+    })
+    .await;
+    let addr = hostile_receiver().await;
+    let mut hooks = webhooks_client(&app).await;
+    let mut first_attempt = async |path: &str| {
+        let (ep, _) = endpoint(&mut hooks, &format!("http://{addr}/{path}"), &[]).await;
+        let started = std::time::Instant::now();
+        let delivery = hooks
+            .send_test_webhook(req(ACME, pb::SendTestWebhookRequest { id: ep.id }))
+            .await
+            .unwrap()
+            .into_inner();
+        let attempt = delivery
+            .recent_attempts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| panic!("{path}: no attempt recorded: {delivery:?}"));
+        // Failed, and due again (a retry), not delivered.
+        assert_eq!(
+            delivery.state(),
+            pb::WebhookDeliveryState::Pending,
+            "{path}"
+        );
+        assert!(delivery.next_attempt_time.is_some(), "{path}");
+        (attempt, started.elapsed())
+    };
+    let (silent, took) = first_attempt("silent").await;
+    assert_eq!(silent.http_status, 0);
+    assert!(silent.error.contains("timed out"), "{}", silent.error);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    let (endless, took) = first_attempt("endless").await;
+    assert_eq!(endless.http_status, 500);
+    assert!(endless.error.contains("500"), "{}", endless.error);
+    // Only an excerpt of the body is kept, however long it claims to be.
+    assert!(endless.error.len() < 400, "{}", endless.error.len());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    let (redirect, _) = first_attempt("redirect").await;
+    assert_eq!(redirect.http_status, 302);
+    assert!(redirect.error.contains("redirect"), "{}", redirect.error);
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_holds_only_its_own_slots_and_never_slows_another() {
+    let mut app = spawn_app_with(|c| {
+        c.webhooks.allow_http = true;
+        c.webhooks.allow_private_targets = true;
+        c.webhooks.poll_interval_ms = 50;
+        c.webhooks.max_in_flight = 8;
+        c.webhooks.max_in_flight_per_endpoint = 2;
+    })
+    .await;
+    let slow = Receiver::start().await;
+    slow.set_delay(Duration::from_secs(2));
+    let fast = Receiver::start().await;
+    let mut hooks = webhooks_client(&app).await;
+    endpoint(&mut hooks, &slow.url(), &[]).await;
+    endpoint(&mut hooks, &fast.url(), &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            create_video(&mut app, &format!("slow and fast {i}"))
+                .await
+                .id,
+        );
+    }
+    app.drive_all(ACME, &ids).await;
+    let mut events = 0;
+    for id in &ids {
+        events += logged_bodies(&app, id).await.len();
+    }
+    // The fast receiver gets every event while the slow one, two at a time and 2 s each, has
+    // had only a few.
+    fast.wait_for(PROMPTLY, "every event at the fast endpoint", |got| {
+        got.len() >= events
+    })
+    .await;
+    let slow_so_far = slow.received().len();
+    assert!(
+        slow_so_far < events / 2,
+        "the slow endpoint got {slow_so_far} of {events} as fast as the fast one"
+    );
+    slow.set_delay(Duration::ZERO);
+    slow.wait_for(
+        Duration::from_secs(60),
+        "every event at the slow endpoint",
+        |got| got.len() >= events,
+    )
+    .await;
 }
