@@ -160,6 +160,17 @@ pub fn sign(
 mod tests {
     use super::*;
 
+    #[test]
+    fn signatures_match_the_scheme_s_published_vector_as_the_python_library_computes_it() {
+        // The Standard Webhooks specification's example, also what `pip install
+        // standardwebhooks` computes: `Webhook(secret).sign(id, 1614265330, body)`.
+        let secret = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let signature = secret
+            .sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, br#"{"test": 2432232314}"#)
+            .unwrap();
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
     fn headers(signed: &SignedHeaders) -> http::HeaderMap {
         let mut map = http::HeaderMap::new();
         for (name, value) in signed.pairs() {
