@@ -7,12 +7,13 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`api`] | the gRPC adapter: `VideoService` over [`jobs`] and [`events`], bearer-token tenants, the one mapping of errors to `Status`, gRPC health over readiness |
+//! | [`api`] | the gRPC adapter: `VideoService` over [`jobs`] and [`events`], `WebhookService` over [`webhooks`], bearer-token tenants, the one mapping of errors to `Status`, gRPC health over readiness |
 //! | [`intake`] | the AMQP adapter: job messages into [`jobs::Jobs::accept`] (ack after commit, dead letters with reasons), and the outbox relay publishing events |
 //! | [`jobs`] | the application layer, transport-neutral: accept, get, list, cancel, delete, retry, and their one error enum [`jobs::JobsError`] |
 //! | [`dispatcher`] | job progress, a file per phase: claims due jobs with a lease (one writer per job, recorded in the store), submits once, polls politely, downloads and verifies once, applies cancel/delete requests recorded for the jobs it holds |
 //! | [`events`] | fan-out of the event log to live streams, bounded, resumable by cursor; its own [`events::FeedError`] |
-//! | [`store`] | jobs, idempotency keys, leases and owner requests, and the event log behind [`store::JobStore`]; SQLite embedded |
+//! | [`store`] | jobs, idempotency keys, leases and owner requests, and the event log behind [`store::JobStore`]; webhook endpoints and deliveries behind [`store::webhooks::WebhookStore`]; SQLite embedded, PostgreSQL shared |
+//! | [`webhooks`] | signed HTTP deliveries of job events (Standard Webhooks): endpoints and their rules, fan-out from the event log, delivery with leases and retries; its own [`webhooks::endpoints::WebhookError`] |
 //! | [`budget`] | a channel bounded in bytes: what one server stream may hold for a client that does not read |
 //! | [`blob`] | stored videos and last frames: put once, read ranges as streams (object_store) |
 //! | [`upstream`] | the typed HTTP client of the upstream contract: requests, status normalising, error classification, rate limit |
@@ -31,7 +32,7 @@
 //! | [`tls`] | TLS on the gRPC port (`[server.tls]`, optional client certificates): handshakes off the accept path, certificates re-read while serving |
 //! | [`healthcheck`] | `vidgate healthcheck`: one readiness GET against the admin port, for container health checks |
 //! | `fuzzing` | the harnesses of the fuzz targets in `fuzz/`, shared with the corpus replay test (hidden) |
-//! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, retry, delete) over gRPC |
+//! | [`cli`] | the client commands of the `vidgate` binary (create, get, list, watch, download, cancel, retry, delete, webhooks) over gRPC |
 //!
 //! Rules of the upstream contract are cited by their numbers from `CONTRACT.md` (V1-V5, S1-S10,
 //! U1-U4) in code and test names.
