@@ -748,3 +748,88 @@ async fn a_slow_endpoint_holds_only_its_own_slots_and_never_slows_another() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn after_its_last_retry_a_delivery_is_undeliverable_and_an_endpoint_failing_too_long_is_disabled()
+ {
+    let mut app = spawn_app_with(|c| {
+        c.webhooks.allow_http = true;
+        c.webhooks.allow_private_targets = true;
+        c.webhooks.poll_interval_ms = 50;
+        c.webhooks.retry_delays = vec!["100ms".into(), "100ms".into()];
+        c.webhooks.disable_after = "2s".into();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Unavailable);
+    let mut hooks = webhooks_client(&app).await;
+    let (ep, _) = endpoint(&mut hooks, &receiver.url(), &["video.completed"]).await;
+    let video = create_video(&mut app, "always refused").await;
+    app.drive(ACME, &video.id).await;
+    // The first attempt and two retries, then no more.
+    receiver
+        .wait_for(PROMPTLY, "three attempts", |got| got.len() >= 3)
+        .await;
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let delivery = loop {
+        let deliveries = hooks
+            .list_webhook_deliveries(req(
+                ACME,
+                pb::ListWebhookDeliveriesRequest {
+                    endpoint_id: ep.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        if let Some(d) = deliveries
+            .into_iter()
+            .find(|d| d.state() == pb::WebhookDeliveryState::Undeliverable)
+        {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never undeliverable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivery.attempts, 3);
+    assert!(
+        delivery
+            .recent_attempts
+            .iter()
+            .all(|a| a.http_status == 503 && a.error.contains("503")),
+        "{delivery:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "no attempt after the last retry"
+    );
+
+    // Still failing 2 s after its first failure: the next failed attempt disables it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hooks
+        .send_test_webhook(req(ACME, pb::SendTestWebhookRequest { id: ep.id.clone() }))
+        .await
+        .unwrap();
+    let got = hooks
+        .get_webhook_endpoint(req(
+            ACME,
+            pb::GetWebhookEndpointRequest { id: ep.id.clone() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.disabled, "{got:?}");
+    assert!(
+        got.disabled_reason.contains("every attempt failed"),
+        "{}",
+        got.disabled_reason
+    );
+    assert!(got.failing_since.is_some());
+}

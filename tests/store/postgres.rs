@@ -997,3 +997,95 @@ async fn another_instances_events_arrive_with_the_request_their_rows_leave_out()
     })
     .await;
 }
+
+/// Two instances fanning out from the same cursor position at once: exactly one writes, and
+/// each delivery exists once; claims racing on two instances never exceed an endpoint's bound
+/// together, nor take one delivery twice (repeated, so the claims do overlap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_fan_out_once_and_claim_within_each_endpoints_bound_together() {
+    use vidgate::store::webhooks::{
+        Endpoint, EndpointFilter, EndpointKind, NewDelivery, WebhookStore,
+    };
+    use vidgate::webhooks::signing::SigningSecret;
+    const BOUND: u32 = 3;
+    let db = database().await;
+    let schema = db.schema("webhooks_two");
+    guarded(&schema, async {
+        let one = open_retrying(schema.config()).await;
+        let two = open_retrying(schema.config()).await;
+        for round in 0..10 {
+            let endpoints = [format!("whe_{round}_a"), format!("whe_{round}_b")];
+            for id in &endpoints {
+                one.create_endpoint(&Endpoint {
+                    id: id.clone(),
+                    tenant: "acme".into(),
+                    kind: EndpointKind::Endpoint,
+                    url: "https://hooks.example.com/x".into(),
+                    description: String::new(),
+                    filter: EndpointFilter::default(),
+                    secret: SigningSecret::generate(),
+                    previous_secret: None,
+                    disabled: None,
+                    failing_since_ms: None,
+                    create_time_ms: 1,
+                    update_time_ms: 1,
+                    version: 1,
+                })
+                .await
+                .unwrap();
+            }
+            let rows: Vec<NewDelivery> = (1..=40)
+                .map(|s| {
+                    let endpoint = &endpoints[usize::from(s % 2 == 0)];
+                    NewDelivery {
+                        id: vidgate::webhooks::webhook_id(endpoint, s),
+                        endpoint_id: endpoint.clone(),
+                        sequence: s,
+                        event_type: "video.completed".into(),
+                        job_id: format!("vid_{s}"),
+                        event_time_ms: 1,
+                        body: "{}".into(),
+                        due_ms: 1,
+                    }
+                })
+                .collect();
+            let cursor = format!("webhooks-{round}");
+            let (a, b) = tokio::join!(
+                one.fan_out(&cursor, 0, 40, &[], &rows),
+                two.fan_out(&cursor, 0, 40, &[], &rows)
+            );
+            assert_eq!(
+                [a.unwrap(), b.unwrap()]
+                    .iter()
+                    .filter(|moved| **moved)
+                    .count(),
+                1,
+                "exactly one fan-out moves the cursor"
+            );
+            // Earlier rounds' deliveries stay leased (their leases end long after `now`).
+            let now = 1_000;
+            let tokens: Vec<String> = (0..6).map(|i| format!("{round}-{i}")).collect();
+            let claims = futures::future::join_all(tokens.iter().enumerate().map(|(i, t)| {
+                let store = if i % 2 == 0 { &one } else { &two };
+                store.claim_deliveries(now, now + 600_000, t, 100, BOUND)
+            }))
+            .await;
+            let claimed: Vec<_> = claims.into_iter().flat_map(Result::unwrap).collect();
+            let ids: BTreeSet<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+            assert_eq!(ids.len(), claimed.len(), "a delivery claimed twice");
+            for endpoint in &endpoints {
+                let n = claimed
+                    .iter()
+                    .filter(|d| &d.endpoint_id == endpoint)
+                    .count();
+                assert_eq!(
+                    n, BOUND as usize,
+                    "{endpoint}: {n} in flight with a bound of {BOUND}"
+                );
+            }
+        }
+        one.close().await;
+        two.close().await;
+    })
+    .await;
+}
