@@ -299,6 +299,21 @@ pub enum Finished {
     LeaseLost,
 }
 
+/// A claim of due deliveries for one sender: see [`WebhookStore::claim_deliveries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Due at or before this (Unix ms).
+    pub now_ms: i64,
+    /// The lease ends then.
+    pub until_ms: i64,
+    /// The lease's token (unique per claim).
+    pub token: String,
+    /// At most this many.
+    pub limit: u32,
+    /// At most this many leased per endpoint, counting every claim.
+    pub per_endpoint: u32,
+}
+
 /// Deliveries waiting (for the backlog metric).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -351,6 +366,19 @@ pub trait WebhookStore: Send + Sync + 'static {
         callbacks: &[Endpoint],
         deliveries: &[NewDelivery],
     ) -> Result<bool, StoreError>;
+
+    /// [`WebhookStore::fan_out`] and then, in the same commit, [`WebhookStore::claim_deliveries`]
+    /// with `claim`: the instance that fans out sends what it just wrote without a second
+    /// commit. `None`, and nothing written, when the cursor had moved.
+    async fn fan_out_claiming(
+        &self,
+        cursor: &str,
+        from: i64,
+        to: i64,
+        callbacks: &[Endpoint],
+        deliveries: &[NewDelivery],
+        claim: &Claim,
+    ) -> Result<Option<Vec<Delivery>>, StoreError>;
 
     /// Makes each of `deliveries` pending again, due at its `due_ms`, with its body (inserting
     /// it when missing): a replay or a test event. Returns how many.

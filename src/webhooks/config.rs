@@ -67,7 +67,7 @@ impl Default for WebhooksConfig {
             connect_timeout_ms: 5_000,
             timeout_ms: 15_000,
             max_response_bytes: 4_096,
-            max_in_flight: 64,
+            max_in_flight: 128,
             max_in_flight_per_endpoint: 4,
             max_endpoints_per_tenant: 100,
             poll_interval_ms: 1_000,

@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::config::WebhookSettings;
 use super::signing::{self, SigningSecret};
@@ -41,8 +42,8 @@ use crate::job::now_ms;
 use crate::netguard::{AddressGuard, GuardedResolver};
 use crate::pb;
 use crate::store::webhooks::{
-    Attempt, Backlog, Delivery, Endpoint, EndpointFilter, EndpointHealth, EndpointKind, Finish,
-    Finished, NewDelivery, Next, WebhookStore,
+    Attempt, Backlog, Claim, Delivery, Endpoint, EndpointFilter, EndpointHealth, EndpointKind,
+    Finish, Finished, NewDelivery, Next, WebhookStore,
 };
 use crate::store::{EventQuery, JobStore, StoreError, StoredEvent};
 
@@ -183,6 +184,8 @@ struct Inner {
     /// This instance's name as a role holder.
     holder: String,
     in_flight: Arc<Semaphore>,
+    /// Attempts under way (waited for at shutdown).
+    sending: TaskTracker,
     /// Tenants' callback secrets (they never change once made).
     tenant_secrets: Mutex<HashMap<String, SigningSecret>>,
 }
@@ -203,7 +206,8 @@ impl WebhookEngine {
             // A proxy would resolve the name itself, out of the guard's reach.
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(settings.max_in_flight_per_endpoint as usize);
+            // Endpoints often share a host (one receiver, many paths): keep what may be in flight.
+            .pool_max_idle_per_host(settings.max_in_flight as usize);
         if !settings.policy.allow_private_targets {
             let guard = Arc::new(AddressGuard::new(None, Vec::new()));
             client = client.dns_resolver(Arc::new(GuardedResolver::new(guard)));
@@ -214,6 +218,7 @@ impl WebhookEngine {
         Ok(Self {
             inner: Arc::new(Inner {
                 in_flight: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
+                sending: TaskTracker::new(),
                 store,
                 jobs,
                 client,
@@ -373,7 +378,8 @@ impl WebhookEngine {
             .await?;
         if events.is_empty() {
             if p.at > p.durable && p.written.elapsed() >= LAZY_WRITE {
-                self.write_position(position, &[], &[]).await?;
+                self.write_position(position, &[], &[], &HashMap::new())
+                    .await?;
             }
             return Ok(false);
         }
@@ -448,28 +454,62 @@ impl WebhookEngine {
         if rows.is_empty() && to - p.durable < LAZY_EVENTS && p.written.elapsed() < LAZY_WRITE {
             return Ok(true);
         }
-        if self.write_position(position, &callbacks, &rows).await? && !rows.is_empty() {
+        let known: HashMap<&str, &Endpoint> = endpoints
+            .iter()
+            .chain(&callbacks)
+            .map(|e| (e.id.as_str(), e))
+            .collect();
+        if self
+            .write_position(position, &callbacks, &rows, &known)
+            .await?
+            && !rows.is_empty()
+        {
+            // Whatever the claim left (no free slot, an endpoint at its bound).
             self.wake();
         }
         Ok(true)
     }
 
     /// Writes `rows` and moves the durable cursor to the position, in one commit; false (and
-    /// the position forgotten, to be read again) when another instance moved it first.
+    /// the position forgotten, to be read again) when another instance moved it first. With
+    /// free sending slots, the same commit claims deliveries for them, and they are sent at
+    /// once (`known`: the endpoints the rows are for, as the fan-out read them).
     async fn write_position(
         &self,
         position: &mut Option<FanOutPosition>,
         callbacks: &[Endpoint],
         rows: &[NewDelivery],
+        known: &HashMap<&str, &Endpoint>,
     ) -> Result<bool, StoreError> {
         let Some(p) = position.as_mut() else {
             return Ok(false);
         };
-        let moved = self
-            .inner
-            .store
-            .fan_out(FANOUT_CURSOR, p.durable, p.at, callbacks, rows)
-            .await?;
+        let store = &self.inner.store;
+        let slots = if rows.is_empty() {
+            None
+        } else {
+            self.take_slots(rows.len())
+        };
+        let moved = match slots {
+            None => {
+                store
+                    .fan_out(FANOUT_CURSOR, p.durable, p.at, callbacks, rows)
+                    .await?
+            }
+            Some(permits) => {
+                let claim = self.claim(permits.num_permits());
+                match store
+                    .fan_out_claiming(FANOUT_CURSOR, p.durable, p.at, callbacks, rows, &claim)
+                    .await?
+                {
+                    Some(claimed) => {
+                        self.send_claimed(claimed, &claim.token, permits, known);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
         if moved {
             p.durable = p.at;
             p.written = Instant::now();
@@ -525,22 +565,78 @@ impl WebhookEngine {
         Ok(secret)
     }
 
+    /// How long a claim holds a delivery: past the attempt's own timeout, with room for
+    /// recording it. An instance that dies mid-attempt leaves its deliveries to the others
+    /// this long after it claimed them.
+    fn lease(&self) -> Duration {
+        self.inner.settings.timeout * 2 + Duration::from_secs(5)
+    }
+
+    /// A claim for up to `limit` deliveries now, under a new token.
+    fn claim(&self, limit: usize) -> Claim {
+        let now = now_ms();
+        Claim {
+            now_ms: now,
+            until_ms: now + millis(self.lease()),
+            token: uuid::Uuid::now_v7().simple().to_string(),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            per_endpoint: self.inner.settings.max_in_flight_per_endpoint,
+        }
+    }
+
+    /// Sends each claimed delivery in a task of its own, each holding one of `permits` (taken
+    /// before the claim, so every claimed delivery has its slot); unused permits go back.
+    /// `known` holds endpoints already read (the fan-out's), so their deliveries skip a read.
+    fn send_claimed(
+        &self,
+        claimed: Vec<Delivery>,
+        token: &str,
+        mut permits: OwnedSemaphorePermit,
+        known: &HashMap<&str, &Endpoint>,
+    ) {
+        for delivery in claimed {
+            let Some(permit) = permits.split(1) else {
+                // More claimed than permits cannot happen (the claim's limit is the permits);
+                // were it to, the delivery goes when its lease ends.
+                break;
+            };
+            let endpoint = known
+                .get(delivery.endpoint_id.as_str())
+                .map(|e| (*e).clone());
+            let engine = self.clone();
+            let token = token.to_owned();
+            self.inner.sending.spawn(async move {
+                engine.send(delivery, &token, endpoint).await;
+                drop(permit);
+                engine.wake();
+            });
+        }
+    }
+
+    /// Up to `wanted` of this instance's free sending slots, when any is free.
+    fn take_slots(&self, wanted: usize) -> Option<OwnedSemaphorePermit> {
+        let free = self.inner.in_flight.available_permits().min(wanted);
+        if free == 0 {
+            return None;
+        }
+        self.inner
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(u32::try_from(free).unwrap_or(u32::MAX))
+            .ok()
+    }
+
     async fn run_sender(self, draining: CancellationToken) {
         let settings = &self.inner.settings;
-        // Past the attempt's own timeout, with room for recording it: an instance that dies
-        // mid-attempt leaves its deliveries to the others this long after it claimed them.
-        let lease = settings.timeout * 2 + Duration::from_secs(5);
-        let mut sending = JoinSet::new();
         loop {
-            while sending.try_join_next().is_some() {}
             if draining.is_cancelled() {
                 break;
             }
-            let free = self.inner.in_flight.available_permits();
-            if free == 0 {
+            if self.inner.in_flight.available_permits() == 0 {
                 tokio::select! {
                     () = draining.cancelled() => break,
-                    _ = sending.join_next() => continue,
+                    () = self.inner.wake.notified() => continue,
+                    () = tokio::time::sleep(settings.poll_interval) => continue,
                 }
             }
             let now = now_ms();
@@ -561,39 +657,30 @@ impl WebhookEngine {
                     () = draining.cancelled() => break,
                     () = self.inner.wake.notified() => {}
                     () = tokio::time::sleep(pause) => {}
-                    _ = sending.join_next(), if !sending.is_empty() => {}
                 }
                 continue;
             }
-            let token = uuid::Uuid::now_v7().simple().to_string();
-            let claimed = self
+            let Some(permits) = self.take_slots(usize::MAX) else {
+                continue;
+            };
+            let slots = permits.num_permits();
+            let claim = self.claim(slots);
+            let mut full = false;
+            match self
                 .inner
                 .store
                 .claim_deliveries(
-                    now,
-                    now + millis(lease),
-                    &token,
-                    u32::try_from(free).unwrap_or(u32::MAX),
-                    settings.max_in_flight_per_endpoint,
+                    claim.now_ms,
+                    claim.until_ms,
+                    &claim.token,
+                    claim.limit,
+                    claim.per_endpoint,
                 )
-                .await;
-            let mut full = false;
-            match claimed {
+                .await
+            {
                 Ok(claimed) => {
-                    full = claimed.len() >= free;
-                    for delivery in claimed {
-                        let Ok(permit) = self.inner.in_flight.clone().try_acquire_owned() else {
-                            // Only this loop takes permits; the lease ends and it is sent then.
-                            break;
-                        };
-                        let engine = self.clone();
-                        let token = token.clone();
-                        sending.spawn(async move {
-                            engine.send(delivery, &token).await;
-                            drop(permit);
-                            engine.wake();
-                        });
-                    }
+                    full = claimed.len() >= slots;
+                    self.send_claimed(claimed, &claim.token, permits, &HashMap::new());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "webhooks: deliveries could not be claimed; trying again");
@@ -609,9 +696,9 @@ impl WebhookEngine {
             }
         }
         // Attempts in flight finish (each is bounded by the attempt timeout).
+        self.inner.sending.close();
         let wait = settings.timeout + Duration::from_secs(2);
-        let _ = tokio::time::timeout(wait, async { while sending.join_next().await.is_some() {} })
-            .await;
+        let _ = tokio::time::timeout(wait, self.inner.sending.wait()).await;
     }
 
     async fn run_upkeep(self, draining: CancellationToken) {
@@ -645,9 +732,13 @@ impl WebhookEngine {
     }
 
     /// One attempt at `delivery`, claimed under `token`, and its outcome recorded.
-    async fn send(&self, delivery: Delivery, token: &str) {
+    async fn send(&self, delivery: Delivery, token: &str, known: Option<Endpoint>) {
         let store = &self.inner.store;
-        let endpoint = match store.endpoint(&delivery.endpoint_id).await {
+        let read = match known {
+            Some(endpoint) => Ok(Some(endpoint)),
+            None => store.endpoint(&delivery.endpoint_id).await,
+        };
+        let endpoint = match read {
             Ok(Some(endpoint)) if endpoint.disabled.is_none() => endpoint,
             // Deleted or disabled meanwhile: nothing to send (a disable failed it already).
             Ok(_) => return,

@@ -92,4 +92,5 @@ conformance! {
     an_endpoint_failing_too_long_or_gone_is_disabled_and_its_pending_deliveries_fail,
     a_replay_makes_a_delivery_pending_again_and_pruning_removes_finished_ones,
     callbacks_are_made_once_by_the_fan_out_and_the_tenant_secret_is_stable,
+    a_fan_out_can_claim_what_it_writes_in_the_same_commit,
 }

@@ -533,3 +533,70 @@ pub async fn callbacks_are_made_once_by_the_fan_out_and_the_tenant_secret_is_sta
     f.reopen().await;
     assert_eq!(f.webhooks().tenant_secret("acme").await.unwrap(), secret);
 }
+
+pub async fn a_fan_out_can_claim_what_it_writes_in_the_same_commit(f: &mut Fixture) {
+    let store = f.webhooks();
+    store
+        .create_endpoint(&endpoint("whe_a", "acme"))
+        .await
+        .unwrap();
+    store
+        .create_endpoint(&endpoint("whe_b", "acme"))
+        .await
+        .unwrap();
+    let rows: Vec<NewDelivery> = (1..=6)
+        .map(|s| delivery(if s % 2 == 0 { "whe_a" } else { "whe_b" }, s, T0))
+        .collect();
+    let claim = vidgate::store::webhooks::Claim {
+        now_ms: T0,
+        until_ms: T0 + 30_000,
+        token: "fan".into(),
+        limit: 5,
+        per_endpoint: 2,
+    };
+    let claimed = store
+        .fan_out_claiming("webhooks", 0, 6, &[], &rows, &claim)
+        .await
+        .unwrap()
+        .expect("the cursor was where it was said to be");
+    // Two per endpoint (the bound), though the limit allowed five.
+    assert_eq!(claimed.len(), 4, "{claimed:?}");
+    for id in ["whe_a", "whe_b"] {
+        assert_eq!(claimed.iter().filter(|d| d.endpoint_id == id).count(), 2);
+    }
+    // Held: another claim gets nothing until one finishes.
+    assert_eq!(
+        store
+            .claim_deliveries(T0, T0 + 30_000, "other", 10, 2)
+            .await
+            .unwrap(),
+        []
+    );
+    store
+        .finish_delivery(&success(&claimed[0].id, "fan", T0), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_deliveries(T0, T0 + 30_000, "other", 10, 2)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // From a stale position: nothing written, nothing claimed.
+    assert_eq!(
+        store
+            .fan_out_claiming("webhooks", 0, 7, &[], &[delivery("whe_a", 7, T0)], &claim)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .delivery(&vidgate::webhooks::webhook_id("whe_a", 7))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

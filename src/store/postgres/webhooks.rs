@@ -14,9 +14,9 @@ use sqlx::{Postgres, Transaction};
 use super::PostgresStore;
 use crate::store::StoreError;
 use crate::store::webhooks::{
-    AttemptRow, Backlog, Delivery, DeliveryRecord, Endpoint, EndpointHealth, Finish, Finished,
-    NewDelivery, Next, WebhookStore, clip, delivery_columns, delivery_from_row, encode_endpoint,
-    endpoint_columns, endpoint_from_row, failing_reason, with_attempts,
+    AttemptRow, Backlog, Claim, Delivery, DeliveryRecord, Endpoint, EndpointHealth, Finish,
+    Finished, NewDelivery, Next, WebhookStore, clip, delivery_columns, delivery_from_row,
+    encode_endpoint, endpoint_columns, endpoint_from_row, failing_reason, with_attempts,
 };
 use crate::webhooks::signing::SigningSecret;
 
@@ -578,6 +578,45 @@ impl WebhookStore for PostgresStore {
             })
         })
         .await
+    }
+
+    async fn fan_out_claiming(
+        &self,
+        cursor: &str,
+        from: i64,
+        to: i64,
+        callbacks: &[Endpoint],
+        deliveries: &[NewDelivery],
+        claim: &Claim,
+    ) -> Result<Option<Vec<Delivery>>, StoreError> {
+        let cursor = cursor.to_owned();
+        let callbacks = callbacks.to_vec();
+        let deliveries = deliveries.to_vec();
+        let c = claim.clone();
+        let rows = self
+            .in_transaction("fan_out", move |tx| {
+                Box::pin(async move {
+                    if !fan_out_in(tx, &cursor, from, to, &callbacks, &deliveries).await? {
+                        return Ok(Ok(None));
+                    }
+                    if c.limit == 0 || c.per_endpoint == 0 {
+                        return Ok(Ok(Some(Vec::new())));
+                    }
+                    claim_in(tx, c.now_ms, c.until_ms, &c.token, c.limit, c.per_endpoint)
+                        .await
+                        .map(|rows| Ok(Some(rows)))
+                })
+            })
+            .await?;
+        let Some(rows) = rows else {
+            return Ok(None);
+        };
+        let mut claimed = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
+        Ok(Some(claimed))
     }
 
     async fn requeue(&self, deliveries: &[NewDelivery], now_ms: i64) -> Result<u64, StoreError> {

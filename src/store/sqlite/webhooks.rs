@@ -8,11 +8,15 @@ use sqlx::sqlite::SqliteRow;
 use super::{CommandError, SqliteStore, Write, db_error};
 use crate::store::StoreError;
 use crate::store::webhooks::{
-    AttemptRow, Backlog, Delivery, DeliveryRecord, Endpoint, EndpointHealth, Finish, Finished,
-    NewDelivery, Next, WebhookStore, clip, delivery_columns, delivery_from_row, encode_endpoint,
-    endpoint_columns, endpoint_from_row, with_attempts,
+    AttemptRow, Backlog, Claim, Delivery, DeliveryRecord, Endpoint, EndpointHealth, Finish,
+    Finished, NewDelivery, Next, WebhookStore, clip, delivery_columns, delivery_from_row,
+    encode_endpoint, endpoint_columns, endpoint_from_row, with_attempts,
 };
 use crate::webhooks::signing::SigningSecret;
+
+/// Deliveries per multi-row insert of a fan-out (8 bound values each: well under SQLite's
+/// limit of 32 766).
+const FAN_OUT_CHUNK: usize = 500;
 
 /// Rows one pruning command deletes at most (the write lock is held for one small delete).
 const PRUNE_STEP: i64 = 5_000;
@@ -28,6 +32,7 @@ pub(super) enum WebhookWrite {
         to: i64,
         callbacks: Vec<Endpoint>,
         deliveries: Vec<NewDelivery>,
+        claim: Option<Claim>,
     },
     Requeue(Vec<NewDelivery>, i64),
     Claim {
@@ -51,6 +56,8 @@ pub(super) enum WebhookAnswer {
     Deliveries(Vec<Delivery>),
     Finished(Finished),
     Secret(SigningSecret),
+    /// A fan-out: `None` when the cursor had moved; what it claimed otherwise.
+    FannedOut(Option<Vec<Delivery>>),
 }
 
 fn db(op: &'static str) -> impl Fn(sqlx::Error) -> CommandError {
@@ -84,9 +91,27 @@ pub(super) async fn apply(
             to,
             callbacks,
             deliveries,
-        } => fan_out(conn, cursor, *from, *to, callbacks, deliveries)
-            .await
-            .map(WebhookAnswer::Flag),
+            claim: claim_spec,
+        } => {
+            if !fan_out(conn, cursor, *from, *to, callbacks, deliveries).await? {
+                return Ok(WebhookAnswer::FannedOut(None));
+            }
+            let claimed = match claim_spec {
+                Some(c) if c.limit > 0 && c.per_endpoint > 0 => {
+                    claim(
+                        conn,
+                        c.now_ms,
+                        c.until_ms,
+                        &c.token,
+                        c.limit,
+                        c.per_endpoint,
+                    )
+                    .await?
+                }
+                _ => Vec::new(),
+            };
+            Ok(WebhookAnswer::FannedOut(Some(claimed)))
+        }
         WebhookWrite::Requeue(deliveries, now_ms) => {
             let mut count = 0;
             for delivery in deliveries {
@@ -281,30 +306,43 @@ async fn fan_out(
     for callback in callbacks {
         insert_endpoint(conn, callback, true).await?;
     }
-    for delivery in deliveries {
-        // An endpoint deleted since the fan-out read it gets nothing (and fails nothing).
-        sqlx::query(
+    // An endpoint deleted since the fan-out read it gets nothing (and fails nothing). One
+    // statement per chunk: each statement is a hand-off to sqlx's connection thread.
+    for chunk in deliveries.chunks(FAN_OUT_CHUNK) {
+        let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO webhook_deliveries (id, endpoint_id, sequence, event_type, job_id,
                  event_time_ms, body, state, attempts, next_attempt_ms, lease_token,
                  lease_until_ms, create_time_ms, update_time_ms)
-             SELECT ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, 0, ?, ?
-              WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?)
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
+                    'pending', 0, v.column8, NULL, 0, v.column8, v.column8
+               FROM (VALUES ",
+        );
+        let mut rows = sql.separated(", ");
+        for d in chunk {
+            rows.push("(");
+            rows.push_bind_unseparated(d.id.clone());
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(d.endpoint_id.clone());
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(d.sequence);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(d.event_type.clone());
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(d.job_id.clone());
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(d.event_time_ms);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(d.body.clone());
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(d.due_ms);
+            rows.push_unseparated(")");
+        }
+        sql.push(
+            ") AS v
+              WHERE EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = v.column2)
              ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&delivery.id)
-        .bind(&delivery.endpoint_id)
-        .bind(delivery.sequence)
-        .bind(&delivery.event_type)
-        .bind(&delivery.job_id)
-        .bind(delivery.event_time_ms)
-        .bind(&delivery.body)
-        .bind(delivery.due_ms)
-        .bind(delivery.due_ms)
-        .bind(delivery.due_ms)
-        .bind(&delivery.endpoint_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db(OP))?;
+        );
+        sql.build().execute(&mut *conn).await.map_err(db(OP))?;
     }
     sqlx::query(
         "INSERT INTO cursors (name, sequence) VALUES (?, ?)
@@ -664,11 +702,40 @@ impl WebhookStore for SqliteStore {
                     to,
                     callbacks: callbacks.to_vec(),
                     deliveries: deliveries.to_vec(),
+                    claim: None,
                 },
             )
             .await?
         {
-            WebhookAnswer::Flag(moved) => Ok(moved),
+            WebhookAnswer::FannedOut(moved) => Ok(moved.is_some()),
+            _ => Err(unexpected("fan_out")),
+        }
+    }
+
+    async fn fan_out_claiming(
+        &self,
+        cursor: &str,
+        from: i64,
+        to: i64,
+        callbacks: &[Endpoint],
+        deliveries: &[NewDelivery],
+        claim: &Claim,
+    ) -> Result<Option<Vec<Delivery>>, StoreError> {
+        match self
+            .webhook_write(
+                "fan_out",
+                WebhookWrite::FanOut {
+                    cursor: cursor.to_owned(),
+                    from,
+                    to,
+                    callbacks: callbacks.to_vec(),
+                    deliveries: deliveries.to_vec(),
+                    claim: Some(claim.clone()),
+                },
+            )
+            .await?
+        {
+            WebhookAnswer::FannedOut(claimed) => Ok(claimed),
             _ => Err(unexpected("fan_out")),
         }
     }
