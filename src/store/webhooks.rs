@@ -367,9 +367,11 @@ pub trait WebhookStore: Send + Sync + 'static {
         deliveries: &[NewDelivery],
     ) -> Result<bool, StoreError>;
 
-    /// [`WebhookStore::fan_out`] and then, in the same commit, [`WebhookStore::claim_deliveries`]
-    /// with `claim`: the instance that fans out sends what it just wrote without a second
-    /// commit. `None`, and nothing written, when the cursor had moved.
+    /// [`WebhookStore::fan_out`], writing the new deliveries already leased to `claim` as far
+    /// as its bounds allow (at most `claim.limit`, and per endpoint `claim.per_endpoint`
+    /// counting leases held by anyone): the instance that fans out sends what it just wrote,
+    /// without a second commit. Returns the deliveries it leased; `None`, and nothing
+    /// written, when the cursor had moved.
     async fn fan_out_claiming(
         &self,
         cursor: &str,
@@ -621,4 +623,49 @@ pub(crate) fn failing_reason(since_ms: i64, now_ms: i64) -> String {
                 + std::time::Duration::from_millis(since_ms.max(0).unsigned_abs())
         )
     )
+}
+
+/// Which of `rows` a fan-out leases to its own sender (see [`WebhookStore::fan_out_claiming`]):
+/// in order, at most `claim.limit` in all, and per endpoint at most `claim.per_endpoint`
+/// counting `busy` (leases already held, by endpoint).
+pub(crate) fn fan_out_leases(
+    rows: &[NewDelivery],
+    busy: &std::collections::HashMap<String, i64>,
+    claim: &Claim,
+) -> Vec<bool> {
+    let mut held: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut taken = 0u32;
+    rows.iter()
+        .map(|row| {
+            let n = held
+                .entry(row.endpoint_id.as_str())
+                .or_insert_with(|| busy.get(&row.endpoint_id).copied().unwrap_or(0));
+            let lease = taken < claim.limit && *n < i64::from(claim.per_endpoint);
+            if lease {
+                *n += 1;
+                taken += 1;
+            }
+            lease
+        })
+        .collect()
+}
+
+/// A delivery a fan-out wrote and leased, as stored.
+pub(crate) fn fanned_out(row: &NewDelivery) -> Delivery {
+    Delivery {
+        id: row.id.clone(),
+        endpoint_id: row.endpoint_id.clone(),
+        sequence: row.sequence,
+        event_type: row.event_type.clone(),
+        job_id: row.job_id.clone(),
+        event_time_ms: row.event_time_ms,
+        body: Some(row.body.clone()),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        next_attempt_ms: row.due_ms,
+        last_status: None,
+        last_error: None,
+        create_time_ms: row.due_ms,
+        update_time_ms: row.due_ms,
+    }
 }

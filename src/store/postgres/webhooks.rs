@@ -16,7 +16,8 @@ use crate::store::StoreError;
 use crate::store::webhooks::{
     AttemptRow, Backlog, Claim, Delivery, DeliveryRecord, Endpoint, EndpointHealth, Finish,
     Finished, NewDelivery, Next, WebhookStore, clip, delivery_columns, delivery_from_row,
-    encode_endpoint, endpoint_columns, endpoint_from_row, failing_reason, with_attempts,
+    encode_endpoint, endpoint_columns, endpoint_from_row, failing_reason, fan_out_leases,
+    fanned_out, with_attempts,
 };
 use crate::webhooks::signing::SigningSecret;
 
@@ -264,6 +265,89 @@ async fn fan_out_in(
     }
     insert_deliveries(tx, deliveries, None).await?;
     Ok(true)
+}
+
+/// A fan-out that leases what it writes to `claim`, as far as the bounds allow: the endpoints'
+/// rows are locked first (as a claim does), so the count of leases held is exact across
+/// instances. `None` when the cursor had moved.
+async fn fan_out_leasing(
+    tx: &mut Tx,
+    cursor: &str,
+    from: i64,
+    to: i64,
+    callbacks: &[Endpoint],
+    deliveries: &[NewDelivery],
+    claim: &Claim,
+) -> Result<Option<Vec<Delivery>>, sqlx::Error> {
+    if !fan_out_in(tx, cursor, from, to, callbacks, &[]).await? {
+        return Ok(None);
+    }
+    if deliveries.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let mut endpoints: Vec<String> = deliveries.iter().map(|d| d.endpoint_id.clone()).collect();
+    endpoints.sort();
+    endpoints.dedup();
+    sqlx::query(
+        "SELECT id FROM webhook_endpoints WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(&endpoints)
+    .execute(&mut **tx)
+    .await?;
+    let busy: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT endpoint_id, COUNT(*) FROM webhook_deliveries
+          WHERE endpoint_id = ANY($1) AND state = 'pending' AND lease_until_ms >= $2
+          GROUP BY endpoint_id",
+    )
+    .bind(&endpoints)
+    .bind(claim.now_ms)
+    .fetch_all(&mut **tx)
+    .await?;
+    let leases = fan_out_leases(deliveries, &busy.into_iter().collect(), claim);
+    let a = DeliveryArrays::of(deliveries);
+    let tokens: Vec<Option<String>> = leases
+        .iter()
+        .map(|lease| lease.then(|| claim.token.clone()))
+        .collect();
+    let untils: Vec<i64> = leases
+        .iter()
+        .map(|lease| if *lease { claim.until_ms } else { 0 })
+        .collect();
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO webhook_deliveries (id, endpoint_id, sequence, event_type,
+            job_id, event_time_ms, body, state, attempts, next_attempt_ms, lease_token,
+            lease_until_ms, create_time_ms, update_time_ms)
+        SELECT d.id, d.endpoint_id, d.sequence, d.event_type, d.job_id, d.event_time_ms, d.body,
+               'pending', 0, d.due_ms, d.token, d.until_ms, d.due_ms, d.due_ms
+          FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
+                      $7::text[], $8::bigint[], $9::text[], $10::bigint[])
+               AS d(id, endpoint_id, sequence, event_type, job_id, event_time_ms, body, due_ms,
+                    token, until_ms)
+         WHERE EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id",
+    )
+    .bind(a.id)
+    .bind(a.endpoint_id)
+    .bind(a.sequence)
+    .bind(a.event_type)
+    .bind(a.job_id)
+    .bind(a.event_time_ms)
+    .bind(a.body)
+    .bind(a.due_ms)
+    .bind(tokens)
+    .bind(untils)
+    .fetch_all(&mut **tx)
+    .await?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    Ok(Some(
+        deliveries
+            .iter()
+            .zip(&leases)
+            .filter(|(d, lease)| **lease && inserted.contains(&d.id))
+            .map(|(d, _)| fanned_out(d))
+            .collect(),
+    ))
 }
 
 async fn claim_in(
@@ -592,31 +676,15 @@ impl WebhookStore for PostgresStore {
         let cursor = cursor.to_owned();
         let callbacks = callbacks.to_vec();
         let deliveries = deliveries.to_vec();
-        let c = claim.clone();
-        let rows = self
-            .in_transaction("fan_out", move |tx| {
-                Box::pin(async move {
-                    if !fan_out_in(tx, &cursor, from, to, &callbacks, &deliveries).await? {
-                        return Ok(Ok(None));
-                    }
-                    if c.limit == 0 || c.per_endpoint == 0 {
-                        return Ok(Ok(Some(Vec::new())));
-                    }
-                    claim_in(tx, c.now_ms, c.until_ms, &c.token, c.limit, c.per_endpoint)
-                        .await
-                        .map(|rows| Ok(Some(rows)))
-                })
+        let claim = claim.clone();
+        self.in_transaction("fan_out", move |tx| {
+            Box::pin(async move {
+                fan_out_leasing(tx, &cursor, from, to, &callbacks, &deliveries, &claim)
+                    .await
+                    .map(Ok)
             })
-            .await?;
-        let Some(rows) = rows else {
-            return Ok(None);
-        };
-        let mut claimed = rows
-            .iter()
-            .map(delivery_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        claimed.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
-        Ok(Some(claimed))
+        })
+        .await
     }
 
     async fn requeue(&self, deliveries: &[NewDelivery], now_ms: i64) -> Result<u64, StoreError> {

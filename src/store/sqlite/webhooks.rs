@@ -10,7 +10,8 @@ use crate::store::StoreError;
 use crate::store::webhooks::{
     AttemptRow, Backlog, Claim, Delivery, DeliveryRecord, Endpoint, EndpointHealth, Finish,
     Finished, NewDelivery, Next, WebhookStore, clip, delivery_columns, delivery_from_row,
-    encode_endpoint, endpoint_columns, endpoint_from_row, with_attempts,
+    encode_endpoint, endpoint_columns, endpoint_from_row, fan_out_leases, fanned_out,
+    with_attempts,
 };
 use crate::webhooks::signing::SigningSecret;
 
@@ -91,27 +92,18 @@ pub(super) async fn apply(
             to,
             callbacks,
             deliveries,
-            claim: claim_spec,
-        } => {
-            if !fan_out(conn, cursor, *from, *to, callbacks, deliveries).await? {
-                return Ok(WebhookAnswer::FannedOut(None));
-            }
-            let claimed = match claim_spec {
-                Some(c) if c.limit > 0 && c.per_endpoint > 0 => {
-                    claim(
-                        conn,
-                        c.now_ms,
-                        c.until_ms,
-                        &c.token,
-                        c.limit,
-                        c.per_endpoint,
-                    )
-                    .await?
-                }
-                _ => Vec::new(),
-            };
-            Ok(WebhookAnswer::FannedOut(Some(claimed)))
-        }
+            claim,
+        } => fan_out(
+            conn,
+            cursor,
+            *from,
+            *to,
+            callbacks,
+            deliveries,
+            claim.as_ref(),
+        )
+        .await
+        .map(WebhookAnswer::FannedOut),
         WebhookWrite::Requeue(deliveries, now_ms) => {
             let mut count = 0;
             for delivery in deliveries {
@@ -293,7 +285,8 @@ async fn fan_out(
     to: i64,
     callbacks: &[Endpoint],
     deliveries: &[NewDelivery],
-) -> Result<bool, CommandError> {
+    claim: Option<&Claim>,
+) -> Result<Option<Vec<Delivery>>, CommandError> {
     const OP: &str = "fan_out";
     let at: Option<i64> = sqlx::query_scalar("SELECT sequence FROM cursors WHERE name = ?")
         .bind(cursor)
@@ -301,24 +294,46 @@ async fn fan_out(
         .await
         .map_err(db(OP))?;
     if at.unwrap_or(0) != from {
-        return Ok(false);
+        return Ok(None);
     }
     for callback in callbacks {
         insert_endpoint(conn, callback, true).await?;
     }
+    let leases = match claim {
+        Some(claim) if !deliveries.is_empty() => {
+            let busy: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT endpoint_id, COUNT(*) FROM webhook_deliveries
+                  WHERE state = 'pending' AND lease_until_ms >= ? GROUP BY endpoint_id",
+            )
+            .bind(claim.now_ms)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(OP))?;
+            fan_out_leases(deliveries, &busy.into_iter().collect(), claim)
+        }
+        _ => vec![false; deliveries.len()],
+    };
+    let mut leased = Vec::new();
     // An endpoint deleted since the fan-out read it gets nothing (and fails nothing). One
     // statement per chunk: each statement is a hand-off to sqlx's connection thread.
-    for chunk in deliveries.chunks(FAN_OUT_CHUNK) {
+    for (chunk, chunk_leases) in deliveries
+        .chunks(FAN_OUT_CHUNK)
+        .zip(leases.chunks(FAN_OUT_CHUNK))
+    {
         let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO webhook_deliveries (id, endpoint_id, sequence, event_type, job_id,
                  event_time_ms, body, state, attempts, next_attempt_ms, lease_token,
                  lease_until_ms, create_time_ms, update_time_ms)
              SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
-                    'pending', 0, v.column8, NULL, 0, v.column8, v.column8
+                    'pending', 0, v.column8, v.column9, v.column10, v.column8, v.column8
                FROM (VALUES ",
         );
         let mut rows = sql.separated(", ");
-        for d in chunk {
+        for (d, lease) in chunk.iter().zip(chunk_leases) {
+            let (token, until) = match (lease, claim) {
+                (true, Some(c)) => (Some(c.token.clone()), c.until_ms),
+                _ => (None, 0),
+            };
             rows.push("(");
             rows.push_bind_unseparated(d.id.clone());
             rows.push_unseparated(", ");
@@ -335,14 +350,31 @@ async fn fan_out(
             rows.push_bind_unseparated(d.body.clone());
             rows.push_unseparated(", ");
             rows.push_bind_unseparated(d.due_ms);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(token);
+            rows.push_unseparated(", ");
+            rows.push_bind_unseparated(until);
             rows.push_unseparated(")");
         }
         sql.push(
             ") AS v
               WHERE EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = v.column2)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
         );
-        sql.build().execute(&mut *conn).await.map_err(db(OP))?;
+        let inserted: Vec<String> = sql
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(OP))?;
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        leased.extend(
+            chunk
+                .iter()
+                .zip(chunk_leases)
+                .filter(|(d, lease)| **lease && inserted.contains(&d.id))
+                .map(|(d, _)| fanned_out(d)),
+        );
     }
     sqlx::query(
         "INSERT INTO cursors (name, sequence) VALUES (?, ?)
@@ -353,7 +385,7 @@ async fn fan_out(
     .execute(&mut *conn)
     .await
     .map_err(db(OP))?;
-    Ok(true)
+    Ok(Some(leased))
 }
 
 async fn requeue_one(
