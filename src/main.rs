@@ -148,8 +148,19 @@ async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
     config.auth.mode = vidgate::api::auth::AuthMode::None;
     config.dispatcher.first_poll_after_ms = DEMO_POLL_MS;
     config.dispatcher.poll_interval_ms = DEMO_POLL_MS;
+    // The demo's webhook receiver is on this machine, over plain http.
+    config.webhooks.allow_http = true;
+    config.webhooks.allow_private_targets = true;
     let app = vidgate::app::Application::build(config).await?;
     let addr = format!("http://{}", app.grpc_addr());
+    let opts = vidgate::cli::ClientOpts {
+        addr: addr.clone(),
+        token: None,
+        json: false,
+        tls: vidgate::cli::TlsOpts::default(),
+    };
+    let receiver = DemoReceiver::start().await?;
+    let secret = demo_webhook(&opts, &receiver.url).await?;
     std::fs::create_dir_all(&output_dir)
         .with_context(|| format!("creating {}", output_dir.display()))?;
     let image = output_dir.join("demo-input.png");
@@ -191,16 +202,13 @@ async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
     for args in jobs {
         eprintln!("\n$ vidgate --addr {addr} {}", args.join(" "));
         let parsed = DemoClient::try_parse_from(std::iter::once("vidgate".to_owned()).chain(args))?;
-        let opts = vidgate::cli::ClientOpts {
-            addr: addr.clone(),
-            token: None,
-            json: false,
-            tls: vidgate::cli::TlsOpts::default(),
-        };
-        if let Err(e) = vidgate::cli::run(opts, parsed.command).await {
+        if let Err(e) = vidgate::cli::run(opts.clone(), parsed.command).await {
             result = Err(e);
             break;
         }
+    }
+    if result.is_ok() {
+        result = receiver.show(&secret, 2).await;
     }
     app.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -211,6 +219,95 @@ async fn demo(output_dir: PathBuf) -> anyhow::Result<()> {
         image_out.display()
     );
     Ok(())
+}
+
+/// Makes the demo's webhook endpoint (as `vidgate webhooks create` would, printing it) and
+/// returns its signing secret.
+async fn demo_webhook(opts: &vidgate::cli::ClientOpts, url: &str) -> anyhow::Result<String> {
+    let args = [
+        "webhooks",
+        "create",
+        url,
+        "--event-type",
+        "video.completed",
+        "--description",
+        "the demo's receiver",
+    ];
+    eprintln!("\n$ vidgate --addr {} {}", opts.addr, args.join(" "));
+    let parsed = DemoClient::try_parse_from(std::iter::once("vidgate").chain(args))?;
+    let mut out = Vec::new();
+    vidgate::cli::run_with_output(opts.clone(), parsed.command, &mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    eprint!("{text}");
+    text.split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .map(str::to_owned)
+        .context("`vidgate webhooks create` printed no signing secret")
+}
+
+/// The demo's webhook receiver: records what it is sent, answers 204.
+struct DemoReceiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, bytes::Bytes)>>>,
+}
+
+impl DemoReceiver {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: http::HeaderMap, body: bytes::Bytes| {
+                let record = record.clone();
+                async move {
+                    record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((headers, body));
+                    http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { url, got })
+    }
+
+    /// Waits (up to 10 s) for `count` webhooks, checks each signature with the Standard
+    /// Webhooks library, and prints them.
+    async fn show(&self, secret: &str, count: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.got.lock().unwrap_or_else(|p| p.into_inner()).len() < count {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the demo's webhook receiver did not get {count} webhooks within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let verifier = standardwebhooks::Webhook::new(secret)
+            .map_err(|e| anyhow::anyhow!("the signing secret does not parse: {e}"))?;
+        let got = self.got.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        eprintln!();
+        for (headers, body) in got {
+            verifier
+                .verify(&body, &headers)
+                .map_err(|e| anyhow::anyhow!("a webhook's signature does not verify: {e}"))?;
+            let event: serde_json::Value = serde_json::from_slice(&body)?;
+            eprintln!(
+                "webhook received: {} for {} (webhook-id {}), signature verified",
+                event["type"].as_str().unwrap_or("?"),
+                event["data"]["id"].as_str().unwrap_or("?"),
+                headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?"),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Parses the demo's client command lines exactly as the CLI would.
