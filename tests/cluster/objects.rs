@@ -741,22 +741,8 @@ async fn the_object_store_credentials_never_reach_a_log_line_even_at_trace() {
         .expect("an upload starts");
     let sim = sim(sim_config()).await;
     let dir = temp_dir("objects-credentials");
-    std::fs::create_dir_all(&dir).expect("data dir");
-    let grpc = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    let config = dir.with_extension("toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-grpc_listen = "{grpc}"
-
-[admin]
-enabled = false
-
+    let toml = format!(
+        r#"
 [storage]
 data_dir = "{data}"
 
@@ -780,54 +766,29 @@ min_free_disk_bytes = 0
 sweep_interval_ms = 200
 orphan_grace_ms = 0
 "#,
-            data = dir.display(),
-            base = sim.base_url(),
-        ),
+        data = dir.display(),
+        base = sim.base_url(),
+    );
+    let blob_url = format!("s3://{}/{prefix}", s3.bucket);
+    let child = crate::support::child::serve(
+        &dir,
+        &toml,
+        &[
+            ("TURING_API_KEY", sim.api_key()),
+            ("VIDGATE_BLOB_URL", &blob_url),
+            ("VIDGATE_BLOB_ENDPOINT", &s3.endpoint),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_SESSION_TOKEN", SESSION_TOKEN),
+            ("AWS_REGION", "us-east-1"),
+            ("RUST_LOG", "trace"),
+        ],
     )
-    .expect("config written");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vidgate"))
-        .args(["serve", "--no-auth", "--config"])
-        .arg(&config)
-        .env_remove("VIDGATE_AMQP_URL")
-        .env_remove("VIDGATE_DATABASE_URL")
-        .env_remove("VIDGATE_CONFIG")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env("TURING_API_KEY", sim.api_key())
-        .env("VIDGATE_BLOB_URL", format!("s3://{}/{prefix}", s3.bucket))
-        .env("VIDGATE_BLOB_ENDPOINT", &s3.endpoint)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_SESSION_TOKEN", SESSION_TOKEN)
-        .env("AWS_REGION", "us-east-1")
-        .env("RUST_LOG", "trace")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("vidgate serve starts");
-    // Read the logs as they come (a full pipe would stall the child).
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let logs = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-        out.extend_from_slice(&err);
-        out
-    });
+    .await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    let mut client = loop {
-        match VideoServiceClient::connect(format!("http://{grpc}")).await {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "vidgate did not listen: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let mut client = VideoServiceClient::connect(format!("http://{}", child.grpc))
+        .await
+        .expect("client connects");
     let created = client
         .create_video(veo("objects: credentials"))
         .await
@@ -875,8 +836,7 @@ orphan_grace_ms = 0
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.kill().await.expect("kill");
-    let logs = String::from_utf8_lossy(&logs.await.expect("logs")).into_owned();
+    let logs = child.kill().await;
     assert!(
         logs.lines().count() > 100,
         "trace logging was on: {} lines",
