@@ -479,6 +479,155 @@ async fn a_gone_receiver_disables_its_endpoint_and_a_replay_after_enabling_sends
         got.last().unwrap().id,
         "a replay keeps the webhook-id"
     );
+    // One delivery again, by its webhook-id (delivered: its body comes back from the log).
+    let before = receiver.received().len();
+    let one = hooks
+        .replay_webhooks(req(
+            ACME,
+            pb::ReplayWebhooksRequest {
+                endpoint_id: ep.id.clone(),
+                what: Some(pb::replay_webhooks_request::What::WebhookId(
+                    got[0].id.clone(),
+                )),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.queued, 1);
+    let again = receiver
+        .wait_for(PROMPTLY, "the replayed delivery", |all| all.len() > before)
+        .await;
+    let last = again.last().unwrap();
+    assert_eq!(last.id, got[0].id);
+    assert_eq!(
+        last.body,
+        got.last().unwrap().body,
+        "the same body as logged"
+    );
+    // An id of no delivery of this endpoint names what is missing.
+    let status = hooks
+        .replay_webhooks(req(
+            ACME,
+            pb::ReplayWebhooksRequest {
+                endpoint_id: ep.id.clone(),
+                what: Some(pb::replay_webhooks_request::What::WebhookId(
+                    "msg_nobody_1".into(),
+                )),
+            },
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(error_reason(&status), "WEBHOOK_DELIVERY_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn endpoints_and_deliveries_page_without_gaps_or_repeats_and_tenants_stay_apart() {
+    let mut app = app_with_webhooks().await;
+    let receiver = Receiver::start().await;
+    let mut hooks = webhooks_client(&app).await;
+    let mut made = BTreeSet::new();
+    for _ in 0..5 {
+        made.insert(
+            endpoint(&mut hooks, &receiver.url(), &["video.completed"])
+                .await
+                .0
+                .id,
+        );
+    }
+    let mut listed = BTreeSet::new();
+    let mut token = String::new();
+    loop {
+        let page = hooks
+            .list_webhook_endpoints(req(
+                ACME,
+                pb::ListWebhookEndpointsRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.endpoints.len() <= 2);
+        for e in page.endpoints {
+            assert!(listed.insert(e.id), "listed twice");
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(listed, made);
+    // Another tenant sees none of them, and cannot read one.
+    let other = hooks
+        .list_webhook_endpoints(req(
+            crate::support::GLOBEX,
+            pb::ListWebhookEndpointsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.endpoints.is_empty());
+    let first = made.iter().next().unwrap().clone();
+    let status = hooks
+        .get_webhook_endpoint(req(
+            crate::support::GLOBEX,
+            pb::GetWebhookEndpointRequest { id: first.clone() },
+        ))
+        .await
+        .expect_err("another tenant's");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // Five completions: five deliveries of one endpoint, paged two at a time, newest first.
+    for i in 0..5 {
+        let video = create_video(&mut app, &format!("paged {i}")).await;
+        app.drive(ACME, &video.id).await;
+    }
+    receiver
+        .wait_for(PROMPTLY, "25 deliveries", |got| got.len() >= 25)
+        .await;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = hooks
+            .list_webhook_deliveries(req(
+                ACME,
+                pb::ListWebhookDeliveriesRequest {
+                    endpoint_id: first.clone(),
+                    page_size: 2,
+                    page_token: token.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.deliveries.into_iter().map(|d| d.sequence));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "newest first");
+    let status = hooks
+        .list_webhook_deliveries(req(
+            ACME,
+            pb::ListWebhookDeliveriesRequest {
+                endpoint_id: first,
+                page_size: 2,
+                page_token: "not-a-token".into(),
+            },
+        ))
+        .await
+        .expect_err("a forged token");
+    assert!(
+        status.message().contains("page_token"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
