@@ -43,6 +43,7 @@ struct Shared {
     got: Mutex<Vec<Received>>,
     mode: AtomicU8,
     delay_ms: AtomicU64,
+    started: AtomicU64,
 }
 
 pub struct Receiver {
@@ -52,6 +53,7 @@ pub struct Receiver {
 }
 
 async fn hook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    shared.started.fetch_add(1, Ordering::Relaxed);
     let delay = shared.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -162,6 +164,15 @@ impl Receiver {
             }
         };
         self.serve(listener);
+    }
+
+    /// Requests that arrived and were not answered yet (slow mode).
+    pub fn in_flight(&self) -> u64 {
+        let answered = self.shared.got.lock().unwrap().len() as u64;
+        self.shared
+            .started
+            .load(Ordering::Relaxed)
+            .saturating_sub(answered)
     }
 
     pub fn received(&self) -> Vec<Received> {
