@@ -156,7 +156,7 @@ pub async fn list(
     args: ListArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let mut client = connect(opts).await?;
+    let client = connect(opts).await?;
     let mut request = ListVideosRequest {
         page_size: args.page_size.unwrap_or(0),
         page_token: args.page_token.unwrap_or_default(),
@@ -164,49 +164,106 @@ pub async fn list(
         model: args.model.unwrap_or_default(),
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
     };
-    // JSON with --all is one ListVideosResponse holding every page, so it stays one
-    // document; text streams row by row as pages arrive.
-    let mut all = ListVideosResponse::default();
-    let mut seen_tokens = HashSet::new();
-    for _ in 0..MAX_LIST_PAGES {
-        let page = client
-            .list_videos(request.clone())
-            .await
-            .map_err(rpc_err("ListVideos"))?
-            .into_inner();
-        if !opts.json {
-            for video in &page.videos {
-                write_text(out, &video_row(video))?;
-            }
-        }
-        if !args.all {
-            if opts.json {
+    let pages = Pages {
+        json: opts.json,
+        all: args.all,
+        what: "videos",
+        narrow: "narrow the list with --status, --model or --label",
+    };
+    let start = std::mem::take(&mut request.page_token);
+    pages
+        .list(
+            out,
+            start,
+            |token| {
+                let (mut client, mut request) = (client.clone(), request.clone());
+                request.page_token = token;
+                async move {
+                    Ok(client
+                        .list_videos(request)
+                        .await
+                        .map_err(rpc_err("ListVideos"))?
+                        .into_inner())
+                }
+            },
+            |page: &mut ListVideosResponse| {
+                (
+                    std::mem::take(&mut page.videos),
+                    page.next_page_token.clone(),
+                )
+            },
+            |all, videos| all.videos.extend(videos),
+            video_row,
+        )
+        .await
+}
+
+/// How a listing command pages: one page, or with `--all` every page (text rows as pages
+/// arrive; JSON as one response holding every page, so it stays one document), stopping on a
+/// repeated page token or after [`MAX_LIST_PAGES`].
+pub(super) struct Pages {
+    /// `--json`.
+    pub json: bool,
+    /// `--all`.
+    pub all: bool,
+    /// What is listed, for the "more" hint (`videos`).
+    pub what: &'static str,
+    /// What to do past [`MAX_LIST_PAGES`].
+    pub narrow: &'static str,
+}
+
+impl Pages {
+    /// Lists with `fetch` (a page token -> that page), `split` (a page -> its items and the
+    /// next token), `gather` (items into the all-pages response) and `row` (an item's line).
+    pub(super) async fn list<R, T, Fut>(
+        &self,
+        out: &mut (dyn Write + Send),
+        start: String,
+        mut fetch: impl FnMut(String) -> Fut,
+        split: impl Fn(&mut R) -> (Vec<T>, String),
+        gather: impl Fn(&mut R, Vec<T>),
+        row: impl Fn(&T) -> String,
+    ) -> anyhow::Result<()>
+    where
+        R: Default + serde::Serialize,
+        Fut: Future<Output = anyhow::Result<R>>,
+    {
+        let mut all = R::default();
+        let mut seen_tokens = HashSet::new();
+        let mut token = start;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut page = fetch(std::mem::take(&mut token)).await?;
+            if !self.all && self.json {
                 return write_json(out, &page);
             }
-            if !page.next_page_token.is_empty() {
-                eprintln!(
-                    "more videos: --page-token {} (or --all)",
-                    page.next_page_token
+            let (items, next) = split(&mut page);
+            if !self.json {
+                for item in &items {
+                    write_text(out, &row(item))?;
+                }
+            }
+            if !self.all {
+                if !next.is_empty() {
+                    eprintln!("more {}: --page-token {next} (or --all)", self.what);
+                }
+                return Ok(());
+            }
+            if self.json {
+                gather(&mut all, items);
+            }
+            if next.is_empty() {
+                if self.json {
+                    write_json(out, &all)?;
+                }
+                return Ok(());
+            }
+            if !seen_tokens.insert(next.clone()) {
+                bail!(
+                    "the server returned page token {next:?} twice; stopping rather than looping"
                 );
             }
-            return Ok(());
+            token = next;
         }
-        if opts.json {
-            all.videos.extend(page.videos);
-        }
-        if page.next_page_token.is_empty() {
-            if opts.json {
-                write_json(out, &all)?;
-            }
-            return Ok(());
-        }
-        if !seen_tokens.insert(page.next_page_token.clone()) {
-            bail!(
-                "the server returned page token {:?} twice; stopping rather than looping",
-                page.next_page_token
-            );
-        }
-        request.page_token = page.next_page_token;
+        bail!("stopped after {MAX_LIST_PAGES} pages; {}", self.narrow)
     }
-    bail!("stopped after {MAX_LIST_PAGES} pages; narrow the list with --status, --model or --label")
 }

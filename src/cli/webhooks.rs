@@ -15,7 +15,7 @@
 //! Output follows [`super::render`]: a readable summary, or the response as proto3 JSON with
 //! `--json`. Failed calls are [`super::RpcError`]s.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 
@@ -23,7 +23,7 @@ use anyhow::bail;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use super::query::MAX_LIST_PAGES;
+use super::query::Pages;
 use super::render::{time, write_json, write_text};
 use super::rpc::{BearerAuth, MAX_DECODING_MESSAGE_BYTES, rpc_err};
 use super::{ClientOpts, parse_key_value};
@@ -279,55 +279,43 @@ async fn list(
     args: WebhookListArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let mut client = connect(opts).await?;
+    let client = connect(opts).await?;
     let mut request = ListWebhookEndpointsRequest {
         page_size: args.page_size.unwrap_or(0),
         page_token: args.page_token.unwrap_or_default(),
     };
-    // As `list`: JSON with --all is one response holding every page; text streams row by row.
-    let mut all = ListWebhookEndpointsResponse::default();
-    let mut seen_tokens = HashSet::new();
-    for _ in 0..MAX_LIST_PAGES {
-        let page = client
-            .list_webhook_endpoints(request.clone())
-            .await
-            .map_err(rpc_err("ListWebhookEndpoints"))?
-            .into_inner();
-        if !opts.json {
-            for endpoint in &page.endpoints {
-                write_text(out, &endpoint_row(endpoint))?;
-            }
-        }
-        if !args.all {
-            if opts.json {
-                return write_json(out, &page);
-            }
-            if !page.next_page_token.is_empty() {
-                eprintln!(
-                    "more endpoints: --page-token {} (or --all)",
-                    page.next_page_token
-                );
-            }
-            return Ok(());
-        }
-        if opts.json {
-            all.endpoints.extend(page.endpoints);
-        }
-        if page.next_page_token.is_empty() {
-            if opts.json {
-                write_json(out, &all)?;
-            }
-            return Ok(());
-        }
-        if !seen_tokens.insert(page.next_page_token.clone()) {
-            bail!(
-                "the server returned page token {:?} twice; stopping rather than looping",
-                page.next_page_token
-            );
-        }
-        request.page_token = page.next_page_token;
-    }
-    bail!("stopped after {MAX_LIST_PAGES} pages; page by hand with --page-size and --page-token")
+    let pages = Pages {
+        json: opts.json,
+        all: args.all,
+        what: "endpoints",
+        narrow: "page by hand with --page-size and --page-token",
+    };
+    let start = std::mem::take(&mut request.page_token);
+    pages
+        .list(
+            out,
+            start,
+            |token| {
+                let (mut client, mut request) = (client.clone(), request.clone());
+                request.page_token = token;
+                async move {
+                    Ok(client
+                        .list_webhook_endpoints(request)
+                        .await
+                        .map_err(rpc_err("ListWebhookEndpoints"))?
+                        .into_inner())
+                }
+            },
+            |page: &mut ListWebhookEndpointsResponse| {
+                (
+                    std::mem::take(&mut page.endpoints),
+                    page.next_page_token.clone(),
+                )
+            },
+            |all, endpoints| all.endpoints.extend(endpoints),
+            endpoint_row,
+        )
+        .await
 }
 
 async fn get(
