@@ -121,8 +121,11 @@ async fn events_made_while_the_broker_is_unreachable_arrive_afterwards_in_order_
     proxy.restore();
     wait(&h, "the relay catches up", |s| s.relay_confirmed >= latest).await;
     let got = collect_sequences(&mut rx, &during, "events of the outage").await;
+    // An event published just before the cut whose confirm the cut lost is published again
+    // (at least once, as after the blip below): only the outage's own events are checked.
     let order = first_arrivals(&got);
-    assert_eq!(order, during, "in order and complete");
+    let fresh: Vec<i64> = order.into_iter().filter(|s| *s > mid).collect();
+    assert_eq!(fresh, during, "in order and complete");
     // The intake, cut as well, is rebuilt too.
     wait(&h, "the intake consumes again", |s| s.consuming).await;
 
