@@ -58,34 +58,9 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     let theirs = channels(bare.addr, CONNECTIONS).await?;
 
     // When the store published each completion.
-    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let stop = CancellationToken::new();
     let mut background = JoinSet::new();
-    {
-        let mut rx = app.store().subscribe();
-        let published = published.clone();
-        let stop = stop.clone();
-        background.spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    event = rx.recv() => event,
-                };
-                match event {
-                    Ok(event) if event.job.status() == JobStatus::Completed => {
-                        let now = Instant::now();
-                        published
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(event.job_id.clone(), now);
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-    }
+    let published = completions(&app, &stop, &mut background);
 
     // The subscribers. Each ends with the stop token, its stream's end, or after as many
     // events as the scenario can produce.
@@ -281,6 +256,39 @@ async fn steady_noop_p99(
     })
     .await?;
     Ok(round.p99_ms)
+}
+
+/// When the store publishes each job's `completed` event, by job id: an in-process subscriber
+/// of the store, in `background`, until `stop`. The instant a completion counts from.
+pub fn completions(
+    app: &Application,
+    stop: &CancellationToken,
+    background: &mut JoinSet<()>,
+) -> Arc<Mutex<HashMap<String, Instant>>> {
+    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut rx = app.store().subscribe();
+    let (noted, stop) = (published.clone(), stop.clone());
+    background.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => break,
+                event = rx.recv() => event,
+            };
+            match event {
+                Ok(event) if event.job.status() == JobStatus::Completed => {
+                    let now = Instant::now();
+                    noted
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(event.job_id.clone(), now);
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    published
 }
 
 fn delivered(seen: &Seen, id: &str) -> usize {

@@ -28,7 +28,6 @@ use axum::http::{HeaderMap, StatusCode};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use vidgate::app::Application;
-use vidgate::job::JobStatus;
 use vidgate::pb;
 use vidgate::pb::webhook_service_client::WebhookServiceClient;
 
@@ -136,34 +135,9 @@ pub async fn scenario() -> anyhow::Result<Vec<Row>> {
     }
 
     // When the store published each completion.
-    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let stop = CancellationToken::new();
     let mut background = JoinSet::new();
-    {
-        let mut rx = app.store().subscribe();
-        let published = published.clone();
-        let stop = stop.clone();
-        background.spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    event = rx.recv() => event,
-                };
-                match event {
-                    Ok(event) if event.job.status() == JobStatus::Completed => {
-                        let now = Instant::now();
-                        published
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(event.job_id.clone(), now);
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-    }
+    let published = crate::fanout::completions(&app, &stop, &mut background);
 
     // The subscribers, by number. Each ends with the stop token, its stream's end, or after as
     // many events as the scenario can produce.
